@@ -1,0 +1,38 @@
+# The two commands: `make demo` runs the example, `make test` runs every check.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint docs bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@if [ -d examples/taskapi ]; then \
+		$(PY) -m uvicorn examples.taskapi.app:app --host 127.0.0.1 --port 8000; \
+	else \
+		echo "The example task API (examples/taskapi) is not built yet; see the open issues."; \
+	fi
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy --strict scalekit
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir .site
+
+test: lint docs
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[all,dev,bench]"
+	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf .site .pytest_cache .mypy_cache .ruff_cache

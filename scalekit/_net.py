@@ -1,0 +1,197 @@
+"""The client IP of an ASGI request behind trusted proxies.
+
+The rate limiter and the access log both ask :class:`ClientIP` so they agree
+on who the client is. ``X-Forwarded-For`` and ``Forwarded`` are read only
+when the TCP peer is a trusted proxy; the chain is then walked from the
+right, skipping trusted proxies, and the first address that is not one is
+the client. A client cannot move its key by sending its own header: an
+untrusted peer's headers are ignored, and behind a trusted proxy the
+left-hand entries it made up are never reached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["ClientIP", "client_ip", "parse_forwarded", "parse_x_forwarded_for"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+UNKNOWN = "unknown"
+
+
+def _parse_address(value: str) -> IPAddress | None:
+    """An IP from a header entry: bare, ``[v6]:port``, ``v4:port``; None if not an IP."""
+    value = value.strip().strip('"').strip()
+    if not value:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1:
+            return None
+        value = value[1:end]
+    elif value.count(":") == 1:  # IPv4 with a port
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_x_forwarded_for(values: Iterable[str]) -> list[str]:
+    """The entries of one or more ``X-Forwarded-For`` headers, left to right."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _split_outside_quotes(value: str, separator: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    escaped = False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\" and quoted:
+            current.append(char)
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            current.append(char)
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_forwarded(values: Iterable[str]) -> list[str]:
+    """The ``for=`` values of one or more RFC 7239 ``Forwarded`` headers, left to right.
+
+    An element without ``for=`` yields an empty string so the chain keeps its length.
+    """
+    result: list[str] = []
+    for value in values:
+        for element in _split_outside_quotes(value, ","):
+            if not element.strip():
+                continue
+            found = ""
+            for pair in _split_outside_quotes(element, ";"):
+                name, sep, raw = pair.partition("=")
+                if sep and name.strip().lower() == "for":
+                    found = raw.strip().strip('"')
+            result.append(found)
+    return result
+
+
+def _normalise(address: IPAddress, ipv6_prefix: int | None) -> str:
+    if ipv6_prefix is not None and isinstance(address, ipaddress.IPv6Address):
+        network = ipaddress.IPv6Network((address, ipv6_prefix), strict=False)
+        return str(network)
+    return str(address)
+
+
+class ClientIP:
+    """Resolves the client IP of an ASGI scope.
+
+    Args:
+        trusted_proxies: CIDRs (or single addresses) of the proxies whose
+            forwarding headers are believed, e.g. ``["10.0.0.0/8", "127.0.0.1"]``.
+        ipv6_prefix: group IPv6 clients by this prefix length (``64`` keys a
+            whole /64 as one client); ``None`` keeps full addresses.
+        header: ``"x-forwarded-for"``, ``"forwarded"`` or ``"auto"`` (``Forwarded``
+            when the request has it, else ``X-Forwarded-For``).
+
+    Raises:
+        ValueError: a CIDR that does not parse, a prefix outside 0..128, or an
+            unknown header choice.
+    """
+
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str] = (),
+        *,
+        ipv6_prefix: int | None = None,
+        header: str = "auto",
+    ) -> None:
+        networks: list[IPNetwork] = []
+        for cidr in trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted_proxies: {cidr!r} is not an IP address or CIDR "
+                    "(write e.g. '10.0.0.0/8' or '127.0.0.1')"
+                ) from exc
+        if ipv6_prefix is not None and not 0 <= ipv6_prefix <= 128:
+            raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
+        if header not in ("auto", "x-forwarded-for", "forwarded"):
+            raise ValueError(
+                f"header must be 'auto', 'x-forwarded-for' or 'forwarded', got {header!r}"
+            )
+        self.trusted_proxies: tuple[IPNetwork, ...] = tuple(networks)
+        self.ipv6_prefix = ipv6_prefix
+        self.header = header
+        self._is_trusted = lru_cache(maxsize=1024)(self._is_trusted_uncached)
+
+    def _is_trusted_uncached(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.trusted_proxies)
+
+    def __call__(self, scope: Any) -> str:
+        """The client IP of ``scope`` as a string (``"unknown"`` when there is no peer)."""
+        client = scope.get("client")
+        peer_text = client[0] if client else None
+        if not peer_text:
+            return UNKNOWN
+        if not self.trusted_proxies and (self.ipv6_prefix is None or ":" not in peer_text):
+            return str(peer_text)  # the fast path: nothing to parse
+        peer = _parse_address(str(peer_text))
+        if peer is None:  # a unix socket path or similar: nothing to resolve
+            return str(peer_text)
+        if not self.trusted_proxies or not self._is_trusted(peer):
+            return _normalise(peer, self.ipv6_prefix)
+        chain = self._chain(scope.get("headers") or ())
+        return _normalise(self._walk(chain, peer), self.ipv6_prefix)
+
+    def _chain(self, headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
+        forwarded: list[str] = []
+        xff: list[str] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"forwarded":
+                forwarded.append(value.decode("latin-1"))
+            elif lowered == b"x-forwarded-for":
+                xff.append(value.decode("latin-1"))
+        if self.header == "forwarded" or (self.header == "auto" and forwarded):
+            return parse_forwarded(forwarded)
+        return parse_x_forwarded_for(xff)
+
+    def _walk(self, chain: list[str], peer: IPAddress) -> IPAddress:
+        # Right to left: each entry was appended by the hop to its right, which
+        # we trust; stop at the first address that is not a trusted proxy. An
+        # entry that is not an IP ends the walk at the last hop we could read.
+        nearest = peer
+        for entry in reversed(chain):
+            address = _parse_address(entry)
+            if address is None:
+                return nearest
+            if not self._is_trusted(address):
+                return address
+            nearest = address
+        return nearest
+
+
+def client_ip(
+    scope: Any, trusted_proxies: Iterable[str] = (), *, ipv6_prefix: int | None = None
+) -> str:
+    """One-off form of :class:`ClientIP`; build a ``ClientIP`` once for per-request use."""
+    return ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix)(scope)
