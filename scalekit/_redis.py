@@ -195,11 +195,42 @@ def _make_client(
         sentinel = sentinel_module.Sentinel(
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
-        return sentinel.master_for(parsed.service_name, db=parsed.db)
+        redis_class = _sentinel_owning_class(client_module.Redis, asynchronous)
+        return sentinel.master_for(parsed.service_name, db=parsed.db, redis_class=redis_class)
     if parsed.path:
         return client_module.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
     host, port = parsed.hosts[0]
     return client_module.Redis(host=host, port=port, db=parsed.db, **kwargs)
+
+
+_owning_classes: dict[tuple[Any, bool], type] = {}
+
+
+def _sentinel_owning_class(base: Any, asynchronous: bool) -> type:
+    """A client class whose close also closes its connections to the sentinels.
+
+    redis-py's ``master_for`` client leaves those open, which leaks sockets
+    (and a ResourceWarning) every time a Sentinel-backed client is closed.
+    """
+    key = (base, asynchronous)
+    if key not in _owning_classes:
+        if asynchronous:
+
+            async def aclose(self: Any, close_connection_pool: bool | None = None) -> None:
+                await base.aclose(self, close_connection_pool)
+                for sentinel in self.connection_pool.sentinel_manager.sentinels:
+                    await sentinel.aclose()
+
+            _owning_classes[key] = type("SentinelRedis", (base,), {"aclose": aclose})
+        else:
+
+            def close(self: Any) -> None:
+                base.close(self)
+                for sentinel in self.connection_pool.sentinel_manager.sentinels:
+                    sentinel.close()
+
+            _owning_classes[key] = type("SentinelRedis", (base,), {"close": close})
+    return _owning_classes[key]
 
 
 def from_url(
