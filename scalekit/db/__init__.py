@@ -1,0 +1,67 @@
+"""Connection pools, read/write routing to replicas, read-your-writes.
+
+::
+
+    from scalekit.db import Pool, ReplicaSet
+
+    primary = Pool.from_url("mysql://app:pw@127.0.0.1:3306/tasks?max_connections=20")
+    replica = Pool.from_url("mysql://app:pw@127.0.0.1:3307/tasks")
+    db = ReplicaSet(primary, [replica], max_lag=2.0, pin_after_write=5.0)
+    rows = db.query("SELECT * FROM tasks WHERE user_id = %s", [42], key=42)
+    db.execute("INSERT INTO tasks (user_id, title) VALUES (%s, %s)", [42, "x"], key=42)
+
+Errors::
+
+    DatabaseError
+    ├── ConfigError                  a bad URL or option, raised at construction
+    ├── PoolTimeout                  no connection within ``acquire_timeout``
+    ├── NoHealthyServer              no replica and no primary could serve the read
+    ├── ConnectionLost               the connection died (2006, 2013, 4031, ...)
+    │   └── WriteOutcomeUnknown      ... while a write was in flight: never re-sent
+    ├── RetryableTransactionError    deadlock (1213) or lock wait timeout (1205)
+    ├── PrimaryReadOnly              the primary answered 1290: it was demoted
+    └── MisroutedWrite               a write reached a read-only replica session (1792)
+
+Events (``scalekit.events``): ``DbQuery`` per statement, ``DbRouting`` per
+routing decision, ``DbPoolStats`` when a pool's counts change.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConfigError,
+    ConnectionLost,
+    DatabaseError,
+    MisroutedWrite,
+    NoHealthyServer,
+    PoolTimeout,
+    PrimaryReadOnly,
+    RetryableTransactionError,
+    WriteOutcomeUnknown,
+)
+from .marks import Mark, MarkStore, MarkStoreUnavailable, MemoryMarks, RedisMarks
+from .pool import Connection, Cursor, Pool, PoolStats, Result
+from .replicas import ReplicaSet
+
+__all__ = [
+    "ConfigError",
+    "Connection",
+    "ConnectionLost",
+    "Cursor",
+    "DatabaseError",
+    "Mark",
+    "MarkStore",
+    "MarkStoreUnavailable",
+    "MemoryMarks",
+    "MisroutedWrite",
+    "NoHealthyServer",
+    "Pool",
+    "PoolStats",
+    "PoolTimeout",
+    "PrimaryReadOnly",
+    "RedisMarks",
+    "ReplicaSet",
+    "Result",
+    "RetryableTransactionError",
+    "WriteOutcomeUnknown",
+]
