@@ -353,6 +353,7 @@ class Pool:
         read_only: make every session ``READ ONLY`` (replicas).
         paramstyle: override the driver's ``paramstyle`` (``"qmark"`` makes
             the pool translate ``%s`` placeholders).
+        dialect: ``"mysql"``, ``"sqlite"`` or ``"other"``; guessed from the driver.
         clock: the clock for lifetimes and idle expiry (default ``get_clock()``).
 
     Raises:
@@ -376,6 +377,7 @@ class Pool:
         session: Sequence[str] = (),
         read_only: bool = False,
         paramstyle: str | None = None,
+        dialect: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
@@ -399,7 +401,7 @@ class Pool:
         self._creator = creator
         self._driver = _module_of(creator)
         driver_name = self._driver.__name__ if self._driver is not None else ""
-        self.dialect = (
+        self.dialect = dialect or (
             "mysql"
             if driver_name.startswith(("pymysql", "MySQLdb", "mariadb"))
             else ("sqlite" if driver_name.startswith("sqlite3") else "other")

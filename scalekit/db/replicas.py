@@ -28,13 +28,15 @@ __all__ = ["ReplicaSet"]
 
 T = TypeVar("T")
 
-# Per context (one request, sync or async): ReplicaSet id -> (pinned until, GTID).
+# Per context (one request, sync or async): ReplicaSet number -> (pinned until, GTID).
 _pins: contextvars.ContextVar[Mapping[int, tuple[float, str | None]]] = contextvars.ContextVar(
     "scalekit_db_pins", default=types.MappingProxyType({})
 )
 _bound_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "scalekit_db_bound_key", default=None
 )
+
+_set_ids = itertools.count(1)  # never reused, unlike id()
 
 _STATUS_SQL = "SHOW REPLICA STATUS"
 _GTID_WAIT_SQL = "SELECT MASTER_GTID_WAIT(%s, %s) AS waited"
@@ -149,7 +151,7 @@ class ReplicaSet:
         """Reads and writes that found the mark store unreachable (reads went to the primary)."""
         self._replicas = [_Replica(pool) for pool in self.replicas]
         self._turn = itertools.count()
-        self._id = id(self)
+        self._id = next(_set_ids)
 
     # -- reads -------------------------------------------------------------
     def query(

@@ -1,0 +1,286 @@
+"""Pool: bounded timed wait, expiry on the injected clock, error numbers, no re-execute."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from db_fakedb import FakeServer, OperationalError, lost
+
+from scalekit import events
+from scalekit._clock import ManualClock
+from scalekit.db import (
+    ConnectionLost,
+    MisroutedWrite,
+    Pool,
+    PoolTimeout,
+    PrimaryReadOnly,
+    RetryableTransactionError,
+    WriteOutcomeUnknown,
+)
+
+
+def test_sqlite_pool_round_trip(tmp_path: Path) -> None:
+    pool = Pool.from_url(f"sqlite:///{tmp_path}/app.db")
+    pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    result = pool.execute("INSERT INTO t (v) VALUES (%s)", ["100%"])
+    assert (result.rowcount, result.lastrowid) == (1, 1)
+    assert pool.query("SELECT v FROM t WHERE v LIKE %s", ["100%%"]) == [{"v": "100%"}]
+    assert pool.query("SELECT '50%%' AS pct, %(n)s AS n", {"n": 7}) == [{"pct": "50%", "n": 7}]
+    pool.close()
+
+
+def test_sqlite_connections_work_across_threads(tmp_path: Path) -> None:
+    pool = Pool.from_url(f"sqlite:///{tmp_path}/app.db?max_connections=1")
+    pool.execute("CREATE TABLE t (v INTEGER)")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            pool.execute("INSERT INTO t (v) VALUES (%s)", [1])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert pool.query("SELECT COUNT(*) AS n FROM t") == [{"n": 4}]
+    assert pool.stats().opened == 1
+
+
+def test_third_acquire_times_out_and_waiter_gets_released_connection() -> None:
+    server = FakeServer("p")
+    pool = server.pool(max_connections=2, acquire_timeout=0.05)
+    first = pool.connection()
+    second = pool.connection()
+    first.__enter__()
+    second.__enter__()
+    with pytest.raises(PoolTimeout, match="max_connections=2"):
+        pool.connection().__enter__()
+
+    got: list[int] = []
+    waiter_pool_timeout = 60.0
+    waiting = threading.Event()
+
+    def waiter() -> None:
+        waiting.set()
+        with pool.connection(timeout=waiter_pool_timeout) as conn:
+            got.append(conn.query("SELECT 1")[0]["connection"])
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    waiting.wait()
+    while pool.stats().waiting != 1:
+        threading.Event().wait(0.001)
+    first.__exit__(None, None, None)
+    thread.join()
+    assert len(got) == 1
+    second.__exit__(None, None, None)
+    stats = pool.stats()
+    assert (stats.in_use, stats.open, stats.waiting) == (0, 2, 0)
+
+
+def test_slow_connect_does_not_stall_checkout_of_idle_connections() -> None:
+    server = FakeServer("p")
+    pool = server.pool(max_connections=3)
+    pool.query("SELECT 1")  # one idle connection now
+    entered = threading.Event()
+    release = threading.Event()
+    real_connect = server.connect
+
+    def slow_connect(**kwargs: object) -> object:
+        entered.set()
+        release.wait()
+        return real_connect(**kwargs)
+
+    with pool.connection() as held:  # takes the idle one
+        server.module.connect = slow_connect  # type: ignore[attr-defined]
+        thread = threading.Thread(target=lambda: pool.query("SELECT 1"))
+        thread.start()
+        entered.wait()
+        held.query("SELECT 1")
+    # The connect is still blocked, yet the idle connection is checked out at once.
+    with pool.connection(timeout=0) as conn:
+        assert conn.query("SELECT 1")[0]["server"] == "p"
+    release.set()
+    thread.join()
+
+
+def test_max_lifetime_and_idle_expiry_follow_the_injected_clock() -> None:
+    clock = ManualClock()
+    server = FakeServer("p")
+    pool = server.pool(max_lifetime=100.0, idle_timeout=10.0, ping_after_idle=None, clock=clock)
+    pool.query("SELECT 1")
+    clock.advance(9.9)
+    pool.query("SELECT 1")
+    assert server.connects == 1
+    clock.advance(10.0)  # idle for 10 s: closed at the next checkout, a new one opened
+    pool.query("SELECT 1")
+    assert server.connects == 2
+    for _ in range(12):  # 108 s after the second connection opened
+        clock.advance(9.0)
+        pool.query("SELECT 1")
+    assert server.connects == 3  # lifetime of 100 s passed once
+    assert server.open_connections == pool.stats().open == 1
+
+
+def test_ping_after_idle_replaces_a_dead_connection() -> None:
+    clock = ManualClock()
+    server = FakeServer("p")
+    pool = server.pool(ping_after_idle=1.0, clock=clock)
+    with pool.connection() as conn:
+        fake = conn.dbapi_connection
+    fake.closed = True  # the server restarted meanwhile
+    clock.advance(1.0)
+    assert pool.query("SELECT 1")[0]["server"] == "p"
+    assert server.connects == 2
+
+
+def test_write_lost_after_execution_is_never_resent() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    server.hook = lambda sql: lost(2013) if sql.startswith("INSERT") else None
+    with pytest.raises(WriteOutcomeUnknown, match="will not send it again"):
+        pool.execute("INSERT INTO t VALUES (1)")
+    assert server.count("INSERT") == 1
+    assert server.rows_written == 1
+    assert pool.stats().in_use == 0
+
+
+def test_read_lost_is_retried_once_on_a_fresh_connection() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    failures = iter([lost(2006)])
+    server.hook = lambda sql: next(failures, None)
+    assert pool.query("SELECT 1")[0]["server"] == "p"
+    assert server.count("SELECT 1") == 2
+    assert server.connects == 2
+
+
+@pytest.mark.parametrize("code", [1213, 1205])
+def test_deadlock_and_lock_wait_raise_retryable(code: int) -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    server.hook = lambda sql: OperationalError(code, "deadlock") if "UPDATE" in sql else None
+    with pytest.raises(RetryableTransactionError):
+        pool.execute("UPDATE t SET v = 1")
+    assert server.count("UPDATE") == 1
+
+
+def test_read_only_primary_raises_and_rechecks_before_next_write() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    server.global_read_only = True
+    with pytest.raises(PrimaryReadOnly, match="demoted"):
+        pool.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(PrimaryReadOnly, match="still read-only"):
+        pool.execute("INSERT INTO t VALUES (2)")
+    assert server.count("INSERT") == 1  # the second was not sent
+    server.global_read_only = False
+    pool.execute("INSERT INTO t VALUES (3)")
+    pool.execute("INSERT INTO t VALUES (4)")
+    assert server.count("@@read_only") == 2
+
+
+def test_write_on_read_only_session_is_a_misrouted_write() -> None:
+    server = FakeServer("r")
+    pool = server.pool(read_only=True)
+    with pytest.raises(MisroutedWrite, match="never query"):
+        pool.execute("INSERT INTO t VALUES (1)")
+    assert server.count("INSERT") == 1
+
+
+def test_session_settings_survive_reconnects() -> None:
+    server = FakeServer("p")
+    pool = server.pool(session=["SET time_zone = '+00:00'"])
+    pool.query("SELECT 1")
+    server.hook = lambda sql: lost() if sql == "SELECT 2" else None
+    with pytest.raises(ConnectionLost), pool.connection() as conn:
+        conn.query("SELECT 2")
+    pool.query("SELECT 3")
+    assert server.count("SET time_zone") == 2
+    with pool.connection() as conn:
+        assert conn.dbapi_connection.kwargs["autocommit"] is True
+
+
+def test_connect_failure_raises_connection_lost_and_frees_the_slot() -> None:
+    server = FakeServer("p")
+    pool = server.pool(max_connections=1)
+    server.down = True
+    with pytest.raises(ConnectionLost, match="cannot connect"):
+        pool.query("SELECT 1")
+    server.down = False
+    assert pool.query("SELECT 1")[0]["server"] == "p"
+    assert pool.stats().errors == 2
+
+
+def test_ten_thousand_operations_with_injected_errors_leave_nothing_checked_out() -> None:
+    server = FakeServer("p")
+    pool = server.pool(max_connections=4, acquire_timeout=10.0)
+    rng = random.Random(7)
+    errors = [lost(2013), lost(2006), OperationalError(1213, "deadlock"), None, None, None]
+    lock = threading.Lock()
+
+    def hook(sql: str) -> Exception | None:
+        with lock:
+            return rng.choice(errors)
+
+    server.hook = hook
+
+    def worker(n: int) -> None:
+        for i in range(n):
+            try:
+                if i % 2:
+                    pool.execute("INSERT INTO t VALUES (1)")
+                else:
+                    pool.query("SELECT 1")
+            except (ConnectionLost, RetryableTransactionError):
+                pass
+
+    threads = [threading.Thread(target=worker, args=(2500,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = pool.stats()
+    assert stats.in_use == 0
+    assert stats.waiting == 0
+    assert stats.open == server.open_connections
+    assert stats.open <= 4
+
+
+def test_pool_stats_events_and_query_events() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append, events.DbQuery, events.DbPoolStats)
+    try:
+        pool.query("SELECT 1")
+    finally:
+        unsubscribe()
+    queries = [e for e in seen if isinstance(e, events.DbQuery)]
+    assert [(q.pool, q.role, q.outcome, q.rows) for q in queries] == [("p", "primary", "ok", 1)]
+    assert [e for e in seen if isinstance(e, events.DbPoolStats)][-1] == events.DbPoolStats(
+        "p", 0, 1, 0
+    )
+
+
+def test_transaction_block_rolls_back_on_error() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+
+    def fail_midway() -> None:
+        with pool.connection() as conn:
+            conn.begin()
+            conn.cursor().execute("INSERT INTO t VALUES (1)")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_midway()
+    assert server.count("ROLLBACK") == 1
+    assert server.count("COMMIT") == 0

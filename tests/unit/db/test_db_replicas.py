@@ -1,0 +1,272 @@
+"""ReplicaSet routing on fake servers: counts per server, time moved by ManualClock."""
+
+from __future__ import annotations
+
+import contextvars
+
+import anyio
+import pytest
+from db_fakedb import FakeServer, OperationalError, lost
+
+from scalekit import events
+from scalekit._clock import ManualClock
+from scalekit.db import (
+    ConfigError,
+    MarkStoreUnavailable,
+    MemoryMarks,
+    MisroutedWrite,
+    NoHealthyServer,
+    ReplicaSet,
+    RetryableTransactionError,
+    WriteOutcomeUnknown,
+)
+from scalekit.db.marks import Mark
+
+
+def make(
+    replicas: int = 1, **options: object
+) -> tuple[ReplicaSet, FakeServer, list[FakeServer], ManualClock]:
+    clock = ManualClock()
+    primary = FakeServer("primary")
+    servers = [FakeServer(f"replica{i}") for i in range(replicas)]
+    options.setdefault("clock", clock)
+    rs = ReplicaSet(
+        primary.pool(clock=clock),
+        [s.pool(clock=clock) for s in servers],
+        **options,  # type: ignore[arg-type]
+    )
+    return rs, primary, servers, clock
+
+
+def served_by(rows: list[dict[str, object]]) -> object:
+    return rows[0]["server"]
+
+
+def test_pin_after_write_must_exceed_max_lag() -> None:
+    primary = FakeServer("p")
+    with pytest.raises(ConfigError, match="must exceed max_lag"):
+        ReplicaSet(primary.pool(), [], max_lag=5.0, pin_after_write=5.0)
+
+
+def test_reads_go_to_replicas_round_robin_and_writes_to_primary() -> None:
+    rs, primary, (r0, r1), _ = make(2)
+    for _ in range(10):
+        rs.query("SELECT /* read */ 1")
+    rs.execute("INSERT INTO t VALUES (1)")
+    assert (r0.count("/* read */"), r1.count("/* read */"), primary.count("/* read */")) == (
+        5,
+        5,
+        0,
+    )
+    assert primary.count("INSERT") == 1
+    assert served_by(rs.query("SELECT 1", primary=True)) == "primary"
+
+
+def test_replica_sessions_are_read_only() -> None:
+    rs, _, (replica,), _ = make()
+    rs.query("SELECT 1")
+    assert replica.count("SET SESSION TRANSACTION READ ONLY") == 1
+    with pytest.raises(MisroutedWrite):
+        rs.query("DELETE FROM t")
+    assert replica.count("DELETE") == 1
+
+
+def test_down_replica_backs_off_exponentially_and_only_a_probe_brings_it_back() -> None:
+    rs, _primary, (replica,), clock = make(backoff=1.0, max_backoff=4.0, lag_check_interval=3600)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    replica.down = True
+    for _ in range(500):
+        assert served_by(rs.query("SELECT 1")) == "primary"
+    assert replica.count("SELECT 1") == 1  # the failed one never reached it; then backed off
+    replica.down = False
+    clock.advance(0.99)
+    assert served_by(rs.query("SELECT 1")) == "primary"
+    clock.advance(0.01)
+    status_before = replica.count("SHOW REPLICA STATUS")
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    assert replica.count("SHOW REPLICA STATUS") == status_before + 1  # the probe
+
+    # Failing probes double the back-off up to max_backoff: 1, 2, 4, 4 s.
+    replica.down = True
+    rs.query("SELECT 1")  # fails: out for 1 s
+    for delay in (1.0, 2.0, 4.0, 4.0):
+        attempts = replica.connect_attempts
+        clock.advance(delay - 0.01)
+        rs.query("SELECT 1")
+        assert replica.connect_attempts == attempts  # backing off: not even a connect
+        clock.advance(0.01)
+        rs.query("SELECT 1")
+        assert replica.connect_attempts == attempts + 1  # the probe, which fails
+
+
+def test_lag_and_stopped_replication_route_to_primary_until_recovered() -> None:
+    rs, _, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    seen: list[events.DbRouting] = []
+    unsubscribe = events.subscribe(seen.append, events.DbRouting)
+    try:
+        assert served_by(rs.query("SELECT 1")) == "replica0"
+        assert replica.status is not None
+        replica.status["Seconds_Behind_Master"] = 3
+        assert served_by(rs.query("SELECT 1")) == "replica0"  # not re-checked yet
+        clock.advance(1.0)
+        assert served_by(rs.query("SELECT 1")) == "primary"
+        replica.status["Seconds_Behind_Master"] = None
+        clock.advance(1.0)
+        assert served_by(rs.query("SELECT 1")) == "primary"
+        replica.status.update(Seconds_Behind_Master=0, Slave_SQL_Running="No")
+        clock.advance(1.0)
+        assert served_by(rs.query("SELECT 1")) == "primary"
+        replica.status["Slave_SQL_Running"] = "Yes"
+        clock.advance(1.0)
+        assert served_by(rs.query("SELECT 1")) == "replica0"
+    finally:
+        unsubscribe()
+    reasons = [(e.decision, e.reason) for e in seen]
+    assert ("replica_skipped", "lagging") in reasons
+    assert ("replica_skipped", "stopped") in reasons
+    assert ("fallback_primary", "no_replica") in reasons
+
+
+def test_status_probed_at_most_once_per_interval() -> None:
+    rs, _, (replica,), clock = make(lag_check_interval=3600)
+    for _ in range(1000):
+        rs.query("SELECT 1")
+    assert replica.count("SHOW REPLICA STATUS") == 1
+    clock.advance(3600)
+    rs.query("SELECT 1")
+    assert replica.count("SHOW REPLICA STATUS") == 2
+
+
+def test_context_pin_after_write_expires_on_the_clock() -> None:
+    rs, _, _, clock = make(pin_after_write=5.0)
+
+    def request() -> list[object]:
+        rs.execute("INSERT INTO t VALUES (1)")
+        first = served_by(rs.query("SELECT 1"))
+        clock.advance(4.9)
+        second = served_by(rs.query("SELECT 1"))
+        clock.advance(0.1)
+        return [first, second, served_by(rs.query("SELECT 1"))]
+
+    assert contextvars.copy_context().run(request) == ["primary", "primary", "replica0"]
+    # Another context (request) was never pinned.
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+
+
+def test_key_marks_pin_reads_for_that_key_only() -> None:
+    marks = MemoryMarks()
+    rs, _, _, clock = make(pin_after_write=5.0, marks=marks)
+    marks._clock = clock
+    contextvars.copy_context().run(rs.execute, "INSERT INTO t VALUES (1)", key=42)
+    assert served_by(rs.query("SELECT 1", key=42)) == "primary"
+    assert served_by(rs.query("SELECT 1", key=7)) == "replica0"
+    with rs.bound(42):
+        assert served_by(rs.query("SELECT 1")) == "primary"
+    clock.advance(5.0)
+    assert served_by(rs.query("SELECT 1", key=42)) == "replica0"
+
+
+class BrokenMarks:
+    def mark(self, key: str, ttl: float, gtid: str | None = None) -> None:
+        raise MarkStoreUnavailable("down")
+
+    def lookup(self, key: str) -> Mark | None:
+        raise MarkStoreUnavailable("down")
+
+
+def test_unreachable_mark_store_sends_keyed_reads_to_primary_and_counts() -> None:
+    rs, _, _, _ = make(marks=BrokenMarks())
+    assert served_by(rs.query("SELECT 1", key=1)) == "primary"
+    contextvars.copy_context().run(rs.execute, "INSERT INTO t VALUES (1)", key=1)
+    assert rs.marks_unavailable == 2
+    assert served_by(rs.query("SELECT 1")) == "replica0"  # no key: unaffected
+
+
+def test_causal_mode_waits_for_gtid_on_replica() -> None:
+    marks = MemoryMarks()
+    rs, primary, (replica,), clock = make(marks=marks, causal=True, causal_timeout=0.05)
+    marks._clock = clock
+    primary.last_gtid = "0-1-42"
+    result = contextvars.copy_context().run(rs.execute, "INSERT INTO t VALUES (1)", key=9)
+    assert result.token == "0-1-42"
+    assert marks.lookup("9") == Mark("0-1-42")
+    assert served_by(rs.query("SELECT 1", key=9)) == "replica0"
+    assert replica.count("MASTER_GTID_WAIT") == 1
+    replica.gtid_wait = -1
+    assert served_by(rs.query("SELECT 1", key=9)) == "primary"
+    assert served_by(rs.query("SELECT 1", after="0-1-43")) == "primary"
+    # A lagging replica is skipped without waiting.
+    assert replica.status is not None
+    replica.status["Seconds_Behind_Master"] = 100
+    clock.advance(1.0)
+    waits = replica.count("MASTER_GTID_WAIT")
+    assert served_by(rs.query("SELECT 1", key=9)) == "primary"
+    assert replica.count("MASTER_GTID_WAIT") == waits
+
+
+def test_marks_keep_the_highest_gtid_per_domain() -> None:
+    marks = MemoryMarks()
+    marks.mark("k", 5.0, "0-1-10,1-2-5")
+    marks.mark("k", 5.0, "0-1-7,1-2-9")
+    assert marks.lookup("k") == Mark("0-1-10,1-2-9")
+
+
+def test_write_outcome_unknown_is_not_retried_on_replica_set() -> None:
+    rs, primary, _, _ = make()
+    primary.hook = lambda sql: lost() if sql.startswith("INSERT") else None
+    with pytest.raises(WriteOutcomeUnknown):
+        rs.execute("INSERT INTO t VALUES (1)")
+    assert primary.count("INSERT") == 1
+
+
+def test_all_servers_down_raises_no_healthy_server() -> None:
+    rs, primary, (replica,), _ = make()
+    primary.down = replica.down = True
+    with pytest.raises(NoHealthyServer):
+        rs.query("SELECT 1")
+
+
+def test_transaction_runs_on_one_connection_and_retries_whole_function() -> None:
+    rs, primary, _, _ = make()
+    attempts: list[int] = []
+    deadlocks = iter([OperationalError(1213, "Deadlock found")])
+
+    def hook(sql: str) -> Exception | None:
+        return next(deadlocks, None) if sql.startswith("UPDATE") else None
+
+    primary.hook = hook
+
+    def work(cur: object) -> int:
+        attempts.append(1)
+        connection_ids = {
+            cur.query("SELECT CONNECTION_ID()")[0]["connection"],  # type: ignore[attr-defined]
+        }
+        cur.execute("UPDATE t SET v = 1")  # type: ignore[attr-defined]
+        connection_ids.add(cur.query("SELECT CONNECTION_ID()")[0]["connection"])  # type: ignore[attr-defined]
+        return len(connection_ids)
+
+    assert rs.transaction(work, retries=2) == 1
+    assert len(attempts) == 2
+    assert (primary.count("BEGIN"), primary.count("ROLLBACK"), primary.count("COMMIT")) == (2, 1, 1)
+    deadlocks = iter([OperationalError(1213, "Deadlock")] * 5)
+    with pytest.raises(RetryableTransactionError):
+        rs.transaction(work, retries=1)
+
+
+@pytest.mark.anyio
+async def test_async_wrappers_carry_context_and_pin_the_caller() -> None:
+    rs, _, _, _ = make()
+    with rs.bound(5):
+        rows = await rs.aquery("SELECT 1")
+    assert served_by(rows) == "replica0"
+    await rs.aexecute("INSERT INTO t VALUES (1)")
+    assert served_by(await rs.aquery("SELECT 1")) == "primary"  # pinned in this task
+    assert served_by(await rs.atransaction(lambda cur: cur.query("SELECT 1"))) == "primary"
+
+    async def other_task(results: list[object]) -> None:
+        results.append(served_by(await rs.aquery("SELECT 1")))
+
+    results: list[object] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_task, results)
+    assert results == ["primary"]  # child tasks inherit the pinned context
