@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from harness import MariaDBReplication
 from harness.mariadb_servers import MariaDBServer
 
@@ -64,11 +63,6 @@ def ensure_table(setup: MariaDBReplication) -> None:
     setup.wait_caught_up()
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 class Pools:
     """Pools a test opens; all closed at the end."""
 
@@ -97,8 +91,8 @@ class Pools:
             pool.close()
 
 
-@pytest.fixture
-def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
+def open_pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
+    """Body of a ``pools`` fixture: the test table exists; pools closed afterwards."""
     ensure_table(mariadb_replication)
     opened = Pools(mariadb_replication, clock)
     try:

@@ -11,12 +11,11 @@ from db_helpers import (
     TABLE,
     Pools,
     app_connections,
-    clock,  # noqa: F401 - fixture
     count_statements,
     disable_general_log,
     enable_general_log,
     marker,
-    pools,  # noqa: F401 - fixture
+    open_pools,
 )
 from harness import MariaDBReplication
 from harness.ports import wait_until
@@ -29,6 +28,16 @@ from scalekit.db import (
     RetryableTransactionError,
     WriteOutcomeUnknown,
 )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
+    yield from open_pools(mariadb_replication, clock)
 
 
 @pytest.fixture(scope="module")
