@@ -119,9 +119,9 @@ class MemoryMarks:
 
 # KEYS[1] mark; ARGV: until (wall seconds), ttl ms, then domain, server, seq triples.
 _MARK_SCRIPT = """
-local until = tonumber(ARGV[1])
+local deadline = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
-if until > current then redis.call('HSET', KEYS[1], 'u', ARGV[1]) end
+if deadline > current then redis.call('HSET', KEYS[1], 'u', ARGV[1]) end
 for i = 3, #ARGV, 3 do
   local field = 'd' .. ARGV[i]
   local old = redis.call('HGET', KEYS[1], field)

@@ -1,0 +1,170 @@
+"""Read-your-writes on real servers: across processes (Redis marks, GTID causal), expiry."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from db_helpers import (
+    TABLE,
+    Pools,
+    count_statements,
+    disable_general_log,
+    enable_general_log,
+    marker,
+    open_pools,
+)
+from harness import MariaDBReplication, RedisServer
+
+from scalekit._clock import ManualClock
+from scalekit.db import Mark, RedisMarks, ReplicaSet
+
+# The other instance: its own pools, its own ReplicaSet, the same Redis.
+READER = textwrap.dedent(
+    """
+    import json, sys
+    from scalekit.db import Pool, ReplicaSet
+
+    primary_url, replica_url, redis_url, causal, user, note = sys.argv[1:]
+    rs = ReplicaSet(
+        Pool.from_url(primary_url, name="primary"),
+        [Pool.from_url(replica_url, name="replica")],
+        max_lag=100.0, pin_after_write=120.0, lag_check_interval=3600.0,
+        marks=redis_url, causal=causal == "causal", causal_timeout=0.05,
+    )
+    sql = "SELECT COUNT(*) AS n FROM db_items WHERE note = %s"
+    keyed = rs.query(sql, [note], key=user)[0]["n"]
+    unkeyed = rs.query(sql, [note])[0]["n"]
+    rs.close()
+    print(json.dumps({"keyed": keyed, "unkeyed": unkeyed}))
+    """
+)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
+    yield from open_pools(mariadb_replication, clock)
+
+
+@pytest.fixture(scope="module")
+def general_log(mariadb_replication: MariaDBReplication) -> Iterator[MariaDBReplication]:
+    enable_general_log(mariadb_replication)
+    try:
+        yield mariadb_replication
+    finally:
+        disable_general_log(mariadb_replication)
+
+
+def read_in_other_process(
+    setup: MariaDBReplication, redis_url: str, mode: str, user: int, note: str
+) -> dict[str, int]:
+    argv = [sys.executable, "-c", READER, setup.primary.url, setup.replica.url, redis_url]
+    done = subprocess.run(
+        [*argv, mode, str(user), note], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, int] = json.loads(done.stdout)
+    return result
+
+
+def writer(pools: Pools, redis_url: str, *, causal: bool, clock: ManualClock | None) -> ReplicaSet:
+    """A ReplicaSet with Redis marks; ``clock=None``: real wall clock, as other processes use."""
+    return pools.replica_set(
+        max_lag=100.0,
+        pin_after_write=120.0,
+        lag_check_interval=3600.0,
+        marks=RedisMarks(redis_url, clock=clock),
+        causal=causal,
+    )
+
+
+@pytest.mark.parametrize("mode", ["marks", "causal"])
+def test_write_in_one_process_is_read_in_another(
+    mariadb_replication: MariaDBReplication,
+    redis_server: RedisServer,
+    pools: Pools,
+    mode: str,
+) -> None:
+    rs = writer(pools, redis_server.url, causal=mode == "causal", clock=None)
+    rs.query("SELECT 1")  # replica checked once while caught up
+    mariadb_replication.set_delay(60)
+    note, user = marker(), 4242
+    result = contextvars.copy_context().run(
+        rs.execute, f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)", [user, note], key=user
+    )
+    if mode == "causal":
+        assert result.token is not None
+    seen = read_in_other_process(mariadb_replication, redis_server.url, mode, user, note)
+    # Keyed: sees its write. Unkeyed: served by the delayed replica, which has not.
+    assert seen == {"keyed": 1, "unkeyed": 0}
+    assert rs.marks_unavailable == 0
+
+
+def test_mark_expiry_sends_reads_back_to_the_replica(
+    mariadb_replication: MariaDBReplication,
+    redis_server: RedisServer,
+    pools: Pools,
+    clock: ManualClock,
+) -> None:
+    rs = writer(pools, redis_server.url, causal=False, clock=clock)
+    rs.query("SELECT 1")
+    mariadb_replication.set_delay(60)
+    note, user = marker(), 77
+    sql = f"SELECT COUNT(*) AS n FROM {TABLE} WHERE note = %s"
+    contextvars.copy_context().run(
+        rs.execute, f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)", [user, note], key=user
+    )
+    assert rs.query(sql, [note], key=user) == [{"n": 1}]  # the primary
+    clock.advance(119.0)
+    assert rs.query(sql, [note], key=user) == [{"n": 1}]
+    clock.advance(1.0)
+    assert rs.query(sql, [note], key=user) == [{"n": 0}]  # the delayed replica again
+    assert rs.marks_unavailable == 0
+
+
+def test_causal_reads_are_served_by_a_running_replica(
+    general_log: MariaDBReplication,
+    redis_server: RedisServer,
+    pools: Pools,
+    clock: ManualClock,
+) -> None:
+    rs = writer(pools, redis_server.url, causal=True, clock=clock)
+    tag = marker()
+    for user in range(10):
+        contextvars.copy_context().run(
+            rs.execute,
+            f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)",
+            [user, tag],
+            key=user,
+        )
+        (row,) = rs.query(
+            f"SELECT /* {tag} */ COUNT(*) AS n FROM {TABLE} WHERE note = %s AND user_id = %s",
+            [tag, user],
+            key=user,
+        )
+        assert row["n"] == 1
+    assert count_statements(general_log.replica, f"/* {tag} */") == 10
+    assert count_statements(general_log.primary, f"/* {tag} */") == 0
+
+
+def test_redis_marks_keep_the_highest_gtid_per_domain(redis_server: RedisServer) -> None:
+    clock = ManualClock()
+    marks = RedisMarks(redis_server.url, clock=clock, prefix=f"{marker()}:")
+    try:
+        marks.mark("k", 5.0, "0-1-10,1-2-5")
+        marks.mark("k", 5.0, "0-1-7,1-2-9")  # a slower writer never lowers domain 0
+        assert marks.lookup("k") == Mark("0-1-10,1-2-9")
+        clock.advance(5.0)
+        assert marks.lookup("k") is None
+    finally:
+        marks.close()
