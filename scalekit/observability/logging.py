@@ -1,0 +1,120 @@
+"""structlog set up for an application: JSON in production, readable on a terminal.
+
+scalekit itself never configures logging: importing it changes nothing, and
+its modules only log through :func:`structlog.get_logger`. An application
+that wants scalekit's setup calls :func:`configure_logging` once at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any, TextIO, cast
+
+import structlog
+from structlog.types import Processor
+
+__all__ = ["configure_logging"]
+
+_HANDLER_NAME = "scalekit"
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def _level_number(level: int | str) -> int:
+    if isinstance(level, int):
+        return level
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(
+            f"level={level!r} is not a logging level: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    return number
+
+
+def configure_logging(
+    json: bool | None = None,
+    level: int | str = "INFO",
+    *,
+    stream: IO[str] | None = None,
+    uvicorn_access: bool = False,
+) -> None:
+    """Configure structlog and the standard library's logging for an application.
+
+    Every line, whether logged through structlog or through :mod:`logging`
+    (uvicorn's loggers included), goes through the same processors:
+    contextvars first (so ``request_id`` is on every line of a request), the
+    level, the logger name, an ISO 8601 UTC timestamp, then JSON or a
+    readable console rendering. Calling it again replaces the previous setup.
+
+    Args:
+        json: render JSON lines; None (the default) means JSON unless the
+            stream is a terminal.
+        level: the lowest level written (name or number).
+        stream: where lines go (default ``sys.stdout``).
+        uvicorn_access: keep uvicorn's own access log; off by default because
+            :class:`~scalekit.observability.RequestContextMiddleware` writes
+            a richer one.
+
+    Raises:
+        ValueError: ``level`` is not a logging level.
+    """
+    number = _level_number(level)
+    out = stream if stream is not None else sys.stdout
+    as_json = json if json is not None else not _is_terminal(out)
+
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    renderer: Processor
+    tail: list[Processor]
+    if as_json:
+        renderer = structlog.processors.JSONRenderer()
+        tail = [structlog.processors.dict_tracebacks, renderer]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_terminal(out))
+        tail = [renderer]
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            structlog.processors.StackInfoRenderer(),
+            *tail,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),
+        cache_logger_on_first_use=True,
+    )
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            timestamper,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    )
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME:
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(number)
+
+    for name in _UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:  # a closed stream
+        return False

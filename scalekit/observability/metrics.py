@@ -1,0 +1,315 @@
+"""Prometheus request metrics by route template, and the ``/metrics`` endpoint.
+
+Series::
+
+    http_requests_total{method,route,status}          counter
+    http_request_duration_seconds{method,route}       histogram
+    http_requests_in_progress{method}                 gauge (live-sum across workers)
+
+``route`` is the template of the matched route (``/items/{item_id}``), so
+the number of series is bounded by the app's routes, whatever paths clients
+send. Requests no route matched share :data:`UNMATCHED_ROUTE`; unknown
+methods share :data:`OTHER_METHOD`.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (several ``uvicorn --workers`` or
+gunicorn workers), values live in per-process files that one scrape sums;
+files of workers that died are cleaned at scrape time, because uvicorn has no
+child-exit hook.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scalekit.observability._routes import (
+    OTHER_METHOD,
+    OVERFLOW_ROUTE,
+    UNMATCHED_ROUTE,
+    RouteNames,
+    normalise_method,
+)
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_EXCLUDED_PATHS",
+    "OTHER_METHOD",
+    "OVERFLOW_ROUTE",
+    "UNMATCHED_ROUTE",
+    "HttpMetrics",
+    "MetricsMiddleware",
+    "cleanup_dead_workers",
+    "metrics_endpoint",
+    "metrics_endpoint_for",
+    "multiprocess_dir",
+    "render_metrics",
+]
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""Histogram buckets in seconds, from 5 ms to 10 s (Prometheus' defaults)."""
+
+DEFAULT_EXCLUDED_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
+"""Paths the middleware does not count: scrapes and probes."""
+
+
+def multiprocess_dir() -> str | None:
+    """The ``PROMETHEUS_MULTIPROC_DIR`` in force, or None in single-process mode."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class HttpMetrics:
+    """The three HTTP metrics of one registry.
+
+    Get them with :meth:`for_registry`: every middleware on the same registry
+    shares one set, so two apps never register a name twice.
+    """
+
+    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = (
+        weakref.WeakKeyDictionary()
+    )
+    _lock = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests handled, by method, route template and status.",
+            ("method", "route", "status"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from receiving a request to sending its last byte, by route template.",
+            ("method", "route"),
+            buckets=self.buckets,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "http_requests_in_progress",
+            "HTTP requests being handled now, by method.",
+            ("method",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        # Label children by label values: one dict lookup per request instead
+        # of prometheus_client's locked lookup in labels().
+        self.request_children: dict[tuple[str, str, int], Any] = {}
+        self.duration_children: dict[tuple[str, str], Any] = {}
+        self.in_progress_children: dict[str, Any] = {}
+
+    @classmethod
+    def for_registry(
+        cls, registry: CollectorRegistry, buckets: Sequence[float] = DEFAULT_BUCKETS
+    ) -> HttpMetrics:
+        """The metrics registered in ``registry``, created on first use.
+
+        Raises:
+            ValueError: the registry already has them with other buckets.
+        """
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls(registry, buckets)
+                cls._by_registry[registry] = metrics
+            elif metrics.buckets != tuple(float(b) for b in buckets):
+                raise ValueError(
+                    "http_request_duration_seconds is already registered in this registry with "
+                    f"buckets {metrics.buckets}; pass the same buckets or another registry"
+                )
+            return metrics
+
+    def observe(self, method: str, route: str, status: int, duration: float) -> None:
+        """Count one finished request."""
+        child = self.request_children.get((method, route, status))
+        if child is None:
+            child = self.requests.labels(method, route, str(status))
+            self.request_children[(method, route, status)] = child
+        child.inc()
+        timer = self.duration_children.get((method, route))
+        if timer is None:
+            timer = self.duration.labels(method, route)
+            self.duration_children[(method, route)] = timer
+        timer.observe(duration)
+
+    def gauge(self, method: str) -> Any:
+        """The in-progress gauge child of ``method``."""
+        child = self.in_progress_children.get(method)
+        if child is None:
+            child = self.in_progress.labels(method)
+            self.in_progress_children[method] = child
+        return child
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status.
+
+    Args:
+        app: the ASGI app to wrap.
+        registry: where the metrics are registered (default: prometheus_client's
+            global ``REGISTRY``). Apps sharing a registry share the series.
+        buckets: histogram buckets in seconds.
+        exclude_paths: paths not counted (default :data:`DEFAULT_EXCLUDED_PATHS`).
+        max_routes: a hard cap on distinct ``route`` values; later new
+            templates are counted as :data:`OVERFLOW_ROUTE`. None: no cap.
+
+    Raises:
+        ValueError: ``max_routes`` below 1, or ``buckets`` that differ from the
+            ones already registered in ``registry``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        exclude_paths: Iterable[str] = DEFAULT_EXCLUDED_PATHS,
+        max_routes: int | None = None,
+    ) -> None:
+        self.app = app
+        self.registry = registry if registry is not None else REGISTRY
+        self.metrics = HttpMetrics.for_registry(self.registry, buckets)
+        self.exclude_paths = frozenset(exclude_paths)
+        self.route_names = RouteNames(max_routes=max_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._excluded(scope):
+            await self.app(scope, receive, send)
+            return
+
+        method = normalise_method(scope["method"])
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        gauge = self.metrics.gauge(method)
+        gauge.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            gauge.dec()
+            self.metrics.observe(
+                method, self.route_names(scope), status, time.perf_counter() - start
+            )
+
+    def _excluded(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        if path in self.exclude_paths:
+            return True
+        root_path: str = scope.get("root_path", "")
+        return (
+            bool(root_path)
+            and path.startswith(root_path)
+            and (path[len(root_path) :] in self.exclude_paths)
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed worker its supervisor has not reaped yet is a zombie
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def cleanup_dead_workers(path: str | None = None) -> list[int]:
+    """Remove the live-gauge files of worker processes that no longer exist.
+
+    Counters and histograms of dead workers are kept, so totals never go
+    down; their live gauges (``http_requests_in_progress``) are removed so a
+    killed worker's in-flight requests stop counting. Called at every scrape
+    in multiprocess mode.
+
+    Returns:
+        The PIDs whose files were removed.
+    """
+    directory = path or multiprocess_dir()
+    if directory is None:
+        return []
+    pids: set[int] = set()
+    for file in Path(directory).glob("gauge_live*_*.db"):
+        pid_text = file.stem.rpartition("_")[2]
+        if pid_text.isdigit():
+            pids.add(int(pid_text))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
+    for pid in dead:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    return dead
+
+
+def render_metrics(
+    registry: CollectorRegistry | None = None, accept: str | None = None
+) -> tuple[bytes, str]:
+    """The exposition text of ``registry`` (or of all workers in multiprocess mode).
+
+    Blocking (reads files in multiprocess mode): the endpoint runs it in a thread.
+
+    Returns:
+        ``(body, content_type)``.
+    """
+    directory = multiprocess_dir()
+    if directory is not None and (registry is None or registry is REGISTRY):
+        cleanup_dead_workers(directory)
+        source = CollectorRegistry()
+        MultiProcessCollector(source, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        source = registry if registry is not None else REGISTRY
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(source), content_type
+
+
+def metrics_endpoint_for(
+    registry: CollectorRegistry | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint serving ``registry`` (see :func:`metrics_endpoint`)."""
+
+    async def endpoint(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(
+            render_metrics, registry, request.headers.get("accept")
+        )
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
+    endpoint.__name__ = "metrics_endpoint"
+    endpoint.__qualname__ = "metrics_endpoint"
+    return endpoint
+
+
+_default_endpoint = metrics_endpoint_for(None)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """The Starlette endpoint for ``/metrics``: ``Route("/metrics", metrics_endpoint)``.
+
+    Serves prometheus_client's global registry, or, with
+    ``PROMETHEUS_MULTIPROC_DIR`` set, the sum of every worker's files (after
+    removing dead workers' live gauges). Rendering runs in a thread so a scrape
+    never blocks the event loop. For another registry use
+    :func:`metrics_endpoint_for`.
+    """
+    return await _default_endpoint(request)
