@@ -495,13 +495,13 @@ class Health:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
         if cache_ttl < 0:
             raise ValueError(f"cache_ttl must not be negative, got {cache_ttl!r}")
+        for check in checks:
+            if not isinstance(check, Check):
+                raise TypeError(f"Health takes Check objects, got {type(check).__name__}")
         keys = [check.key for check in checks]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
             raise ValueError(f"two checks share the key {duplicates[0]!r}: give them other names")
-        for check in checks:
-            if not isinstance(check, Check):
-                raise TypeError(f"Health takes Check objects, got {type(check).__name__}")
         self.checks = tuple(checks)
         self.timeout = timeout
         self.cache_ttl = cache_ttl

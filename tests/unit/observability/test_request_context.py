@@ -61,7 +61,9 @@ def make_app(*, inside: bool = True, **options: Any) -> Any:
         Mount("/api", routes=[Route("/items/{item_id}", item)]),
     ]
     if inside:  # added the usual way, inside Starlette's ServerErrorMiddleware
-        return Starlette(routes=routes, middleware=[Middleware(RequestContextMiddleware, **options)])
+        return Starlette(
+            routes=routes, middleware=[Middleware(RequestContextMiddleware, **options)]
+        )
     return RequestContextMiddleware(Starlette(routes=routes), **options)
 
 
@@ -90,10 +92,12 @@ async def test_every_line_of_a_request_carries_its_id_and_only_its_own(
         first = await http.get("/async", headers={"X-Request-ID": "first-id"})
         second = await http.get("/sync", headers={"X-Request-ID": "second-id"})
         third = await http.get("/async")
-    assert first.text == "first-id" and first.headers["x-request-id"] == "first-id"
+    assert first.text == "first-id"
+    assert first.headers["x-request-id"] == "first-id"
     assert second.text == "second-id"
     generated = third.headers["x-request-id"]
-    assert third.text == generated and len(generated) == 32
+    assert third.text == generated
+    assert len(generated) == 32
 
     by_event: dict[str, list[str]] = {}
     for line in logs:
@@ -185,7 +189,8 @@ async def test_hostile_ids_are_replaced_and_never_logged(
     status, headers = await call_raw(make_app(), [(b"x-request-id", hostile)])
     assert status == 200
     replaced = headers[b"x-request-id"].decode()
-    assert replaced != hostile.decode("latin-1") and len(replaced) == 32
+    assert replaced != hostile.decode("latin-1")
+    assert len(replaced) == 32
     assert logs, "nothing was logged"
     for line in logs:
         assert line["request_id"] == replaced
@@ -193,13 +198,14 @@ async def test_hostile_ids_are_replaced_and_never_logged(
         if hostile:
             assert hostile.decode("latin-1") not in text
     rejected = [line for line in logs if line["event"] == "request id rejected"]
-    assert len(rejected) == 1 and rejected[0]["log_level"] == "warning"
+    assert len(rejected) == 1
+    assert rejected[0]["log_level"] == "warning"
 
 
 @pytest.mark.anyio
 async def test_nginx_request_id_is_kept(logs: list[dict[str, Any]]) -> None:
     nginx_id = "0f3c2a9e8b7d6c5b4a3f2e1d0c9b8a7f"
-    status, headers = await call_raw(make_app(), [(b"x-request-id", nginx_id.encode())])
+    _status, headers = await call_raw(make_app(), [(b"x-request-id", nginx_id.encode())])
     assert headers[b"x-request-id"] == nginx_id.encode()
     assert not [line for line in logs if line["event"] == "request id rejected"]
 
@@ -212,7 +218,7 @@ def test_an_id_is_kept_exactly_when_it_matches_the_pattern(raw: bytes) -> None:
     import anyio
 
     app = make_app(access_log=False)
-    status, headers = anyio.run(call_raw, app, [(b"x-request-id", raw)])
+    _status, headers = anyio.run(call_raw, app, [(b"x-request-id", raw)])
     kept = headers[b"x-request-id"] == raw
     assert kept == bool(re.fullmatch(REQUEST_ID_PATTERN.encode(), raw))
     assert re.fullmatch(REQUEST_ID_PATTERN.encode(), headers[b"x-request-id"])
@@ -234,7 +240,8 @@ async def test_the_access_line_is_canonical(logs: list[dict[str, Any]]) -> None:
     assert access["client_ip"] == "203.0.113.9"
     assert access["user"] is None
     assert access["request_id"] == "r1"
-    assert isinstance(access["duration_ms"], float) and access["duration_ms"] >= 0
+    assert isinstance(access["duration_ms"], float)
+    assert access["duration_ms"] >= 0
     assert access["log_level"] == "info"
 
 
