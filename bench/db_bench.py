@@ -6,7 +6,7 @@ each variant, interleaving the variants in rounds, and prints queries/s and
 ratios. Targets: ReplicaSet routing within 5% of the raw pool, and at least
 5x connect-per-query.
 
-    .venv/bin/python bench/db_bench.py            # 5 rounds x 2 s per variant
+    .venv/bin/python bench/db_bench.py            # 10 rounds x 1 s per variant
     .venv/bin/python bench/db_bench.py --quick    # 2 rounds x 0.5 s
     .venv/bin/python bench/db_bench.py --threads 8
 """
@@ -139,8 +139,8 @@ def run(call: Callable[[int], Any], seconds: float, threads: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 0.5 s")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     rounds, seconds = (2, 0.5) if args.quick else (args.rounds, args.seconds)
@@ -157,9 +157,12 @@ def main() -> int:
         for call in calls.values():  # warm up: connections, caches
             run(call, 0.2, args.threads)
         results: dict[str, list[float]] = {name: [] for name in calls}
+        names = list(calls)
         for round_number in range(rounds):
-            for name, call in calls.items():
-                results[name].append(run(call, seconds, args.threads))
+            # Rotate the order each round so no variant always follows another.
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                results[name].append(run(calls[name], seconds, args.threads))
             print(f"round {round_number + 1}/{rounds} done", flush=True)
         medians = {name: statistics.median(values) for name, values in results.items()}
         raw = medians["PooledDB lean"]

@@ -256,7 +256,9 @@ class Connection:
         try:
             if params is not None and pool._translate_placeholders:
                 sql = to_qmark(sql)
-            cursor = self._slot.steady.cursor()
+            # The driver's own cursor: SteadyDB's cursor wrapper would only add
+            # its (disabled) failover bookkeeping to every call.
+            cursor = self._slot.steady._con.cursor()
             try:
                 if params is None:
                     cursor.execute(sql)

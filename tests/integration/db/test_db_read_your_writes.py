@@ -57,12 +57,18 @@ def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def general_log(mariadb_replication: MariaDBReplication) -> Iterator[MariaDBReplication]:
+def general_log_off_afterwards(mariadb_replication: MariaDBReplication) -> Iterator[None]:
+    yield
+    disable_general_log(mariadb_replication)
+
+
+@pytest.fixture
+def general_log(
+    mariadb_replication: MariaDBReplication, general_log_off_afterwards: None
+) -> MariaDBReplication:
+    # Per test: a restarted server (another test) comes back with it off.
     enable_general_log(mariadb_replication)
-    try:
-        yield mariadb_replication
-    finally:
-        disable_general_log(mariadb_replication)
+    return mariadb_replication
 
 
 def read_in_other_process(
@@ -168,3 +174,20 @@ def test_redis_marks_keep_the_highest_gtid_per_domain(redis_server: RedisServer)
         assert marks.lookup("k") is None
     finally:
         marks.close()
+
+
+def test_unreachable_redis_sends_keyed_reads_to_primary_and_counts(
+    general_log: MariaDBReplication,
+    redis_server: RedisServer,
+    pools: Pools,
+    clock: ManualClock,
+) -> None:
+    rs = writer(pools, redis_server.url, causal=False, clock=clock)
+    tag = marker()
+    redis_server.stop()
+    for user in range(5):
+        rs.query(f"SELECT /* {tag} */ 1", key=user)
+    rs.query(f"SELECT /* {tag} */ 2")  # no key: the replica as usual
+    assert count_statements(general_log.primary, f"/* {tag} */ 1") == 5
+    assert count_statements(general_log.replica, f"/* {tag} */ 2") == 1
+    assert rs.marks_unavailable == 5

@@ -25,6 +25,7 @@ from scalekit.db import (
     ConnectionLost,
     MisroutedWrite,
     PoolTimeout,
+    PrimaryReadOnly,
     RetryableTransactionError,
     WriteOutcomeUnknown,
 )
@@ -41,12 +42,18 @@ def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def general_log(mariadb_replication: MariaDBReplication) -> Iterator[MariaDBReplication]:
+def general_log_off_afterwards(mariadb_replication: MariaDBReplication) -> Iterator[None]:
+    yield
+    disable_general_log(mariadb_replication)
+
+
+@pytest.fixture
+def general_log(
+    mariadb_replication: MariaDBReplication, general_log_off_afterwards: None
+) -> MariaDBReplication:
+    # Per test: a restarted server (another test) comes back with it off.
     enable_general_log(mariadb_replication)
-    try:
-        yield mariadb_replication
-    finally:
-        disable_general_log(mariadb_replication)
+    return mariadb_replication
 
 
 def test_reads_land_on_replica_and_writes_on_primary(
@@ -350,3 +357,22 @@ def test_fifty_threads_mixed_queries_then_server_connections_match_pool(
         timeout=10,
         what="replica processlist == pool open count",
     )
+
+
+def test_demoted_primary_raises_and_is_rechecked_before_the_next_write(
+    general_log: MariaDBReplication, pools: Pools
+) -> None:
+    primary = general_log.primary
+    pool = pools.pool(primary.url)
+    tag = marker()
+    insert = f"INSERT /* {tag} */ INTO {TABLE} (user_id, note) VALUES (5, 'ro')"
+    primary.query("SET GLOBAL read_only = 1")
+    try:
+        with pytest.raises(PrimaryReadOnly, match="demoted"):
+            pool.execute(insert)
+        with pytest.raises(PrimaryReadOnly, match="still read-only"):
+            pool.execute(insert)
+        assert count_statements(primary, tag) == 1  # the second was never sent
+    finally:
+        primary.query("SET GLOBAL read_only = 0")
+    assert pool.execute(insert).rowcount == 1
