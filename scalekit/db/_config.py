@@ -100,6 +100,9 @@ def parse_url(url: str) -> ParsedURL:
         if not path:
             raise ConfigError(f"SQLite URL {safe} names no file: sqlite:///path/to/app.db")
         options.pop("charset", None)
+        if path == ":memory:":
+            # Each connection would be a separate empty database.
+            options.setdefault("max_connections", 1)
         return ParsedURL(
             driver="sqlite3",
             connect_args={"database": path},

@@ -337,7 +337,10 @@ class Pool:
     """A bounded pool of connections to one server.
 
     Args:
-        creator: a DB-API 2 module (``pymysql``, ``sqlite3``) or its ``connect``.
+        creator: a DB-API 2 module (``pymysql``, ``sqlite3``) or a callable
+            returning a new connection; with a callable the driver (and so
+            the placeholder style) is learnt from the first connection, and
+            the connection is put in autocommit mode.
         connect_args: keyword arguments for ``creator.connect`` on every (re)connect.
         name: how events, stats and errors name this pool.
         role: ``"primary"`` or ``"replica"`` (``ReplicaSet`` sets it).
@@ -401,15 +404,9 @@ class Pool:
             raise ConfigError(f"creator={creator!r} is neither a DB-API module nor a callable")
         self._steady_db = require("dbutils.steady_db", "mysql", feature="scalekit.db.Pool")
         self._creator = creator
-        self._driver = _module_of(creator)
-        driver_name = self._driver.__name__ if self._driver is not None else ""
-        self.dialect = dialect or (
-            "mysql"
-            if driver_name.startswith(("pymysql", "MySQLdb", "mariadb"))
-            else ("sqlite" if driver_name.startswith("sqlite3") else "other")
-        )
-        style = paramstyle or getattr(self._driver, "paramstyle", "format")
-        self._translate_placeholders = style in ("qmark", "named", "numeric")
+        self._creator_is_callable = not isinstance(creator, ModuleType)
+        self._given = (dialect, paramstyle)
+        self._use_driver(_module_of(creator))
         self._connect_args = dict(connect_args or {})
         if self.dialect == "mysql":
             self._connect_args.setdefault("autocommit", True)
@@ -582,6 +579,27 @@ class Pool:
             or (now - slot.last_used >= self.idle_timeout and idle_count >= self.min_idle)
         )
 
+    def _use_driver(self, driver: ModuleType | None) -> None:
+        dialect, paramstyle = self._given
+        self._driver = driver
+        driver_name = driver.__name__ if driver is not None else ""
+        self.dialect = dialect or (
+            "mysql"
+            if driver_name.startswith(("pymysql", "MySQLdb", "mariadb"))
+            else ("sqlite" if driver_name.startswith("sqlite3") else "other")
+        )
+        style = paramstyle or getattr(driver, "paramstyle", "format")
+        self._translate_placeholders = style in ("qmark", "named", "numeric")
+
+    def _adopt(self, raw: Any) -> None:
+        """A plain ``connect`` callable: learn the driver from its connection, force autocommit."""
+        if self._driver is None:
+            self._use_driver(_module_of(type(raw)))
+        if self.dialect == "sqlite":
+            raw.isolation_level = None
+        elif self.dialect == "mysql":
+            raw.autocommit(True)
+
     def _new_slot(self) -> _Slot:
         try:
             steady = self._steady_db.connect(
@@ -599,6 +617,8 @@ class Pool:
             if code in CONNECTION_LOST_CODES or isinstance(exc, OSError):
                 raise ConnectionLost(f"cannot connect to pool {self.name!r}: {exc}") from exc
             raise
+        if self._creator_is_callable:
+            self._adopt(steady._con)
         return _Slot(steady, self._clock.monotonic(), self._error_generation,
                      self._session_generation)  # fmt: skip
 

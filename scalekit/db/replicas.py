@@ -272,9 +272,11 @@ class ReplicaSet:
                     else:
                         conn.query("SELECT 1")
                         rows = None
-            except (ConnectionLost, PoolTimeout):
+            except ConnectionLost:
                 self._mark_down(replica)
                 return
+            except PoolTimeout:
+                return  # busy, not down: keep what we knew; check again next interval
             replica.down = False
             replica.failures = 0
             replica.reason = "" if rows is None else self._lag_reason(rows)

@@ -284,3 +284,31 @@ def test_transaction_block_rolls_back_on_error() -> None:
         fail_midway()
     assert server.count("ROLLBACK") == 1
     assert server.count("COMMIT") == 0
+
+
+def test_any_connect_callable_works_and_learns_the_placeholder_style(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "callable.db"
+    pool = Pool(lambda: sqlite3.connect(path, check_same_thread=False))
+    pool.execute("CREATE TABLE t (v INTEGER)")
+    pool.execute("INSERT INTO t (v) VALUES (%s)", [5])
+    assert pool.dialect == "sqlite"
+    # Autocommit: another connection sees the row.
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("SELECT v FROM t").fetchall() == [(5,)]
+    finally:
+        other.close()
+    with pool.connection() as conn:
+        conn.begin()
+        conn.cursor().execute("INSERT INTO t (v) VALUES (%s)", [6])
+        conn.rollback()
+    assert pool.query("SELECT COUNT(*) AS n FROM t") == [{"n": 1}]
+
+
+def test_sqlite_memory_url_is_one_connection() -> None:
+    pool = Pool.from_url("sqlite:///:memory:")
+    assert pool.max_connections == 1
+    pool.execute("CREATE TABLE t (v INTEGER)")
+    assert pool.query("SELECT COUNT(*) AS n FROM t") == [{"n": 0}]
