@@ -76,7 +76,9 @@ def merge_gtids(*positions: str | None) -> str | None:
     merged: dict[str, tuple[str, int]] = {}
     for position in positions:
         for domain, (server, sequence) in _parse_gtids(position).items():
-            if domain not in merged or merged[domain][1] < sequence:
+            # Same sequence from two servers cannot happen in GTID strict mode;
+            # break the tie by server id so the result does not depend on order.
+            if domain not in merged or (merged[domain][1], merged[domain][0]) < (sequence, server):
                 merged[domain] = (server, sequence)
     return _format_gtids(merged)
 
