@@ -576,7 +576,7 @@ class Pool:
         return (
             slot.session_generation != self._session_generation
             or now - slot.created >= self.max_lifetime
-            or (now - slot.last_used >= self.idle_timeout and idle_count >= self.min_idle)
+            or (now - slot.last_used >= self.idle_timeout and idle_count > self.min_idle)
         )
 
     def _use_driver(self, driver: ModuleType | None) -> None:

@@ -312,3 +312,14 @@ def test_sqlite_memory_url_is_one_connection() -> None:
     assert pool.max_connections == 1
     pool.execute("CREATE TABLE t (v INTEGER)")
     assert pool.query("SELECT COUNT(*) AS n FROM t") == [{"n": 0}]
+
+
+def test_idle_expiry_keeps_min_idle_connections() -> None:
+    clock = ManualClock()
+    server = FakeServer("p")
+    pool = server.pool(min_idle=2, idle_timeout=10.0, ping_after_idle=None, clock=clock)
+    pool.warm()
+    assert (pool.stats().idle, server.connects) == (2, 2)
+    clock.advance(60.0)
+    pool.query("SELECT 1")
+    assert server.connects == 2  # neither idle connection was expired below min_idle
