@@ -389,8 +389,8 @@ class ReplicaSet:
     @contextlib.contextmanager
     def _transaction_block(self, key: object, *, pin: bool) -> Iterator[Cursor]:
         mark_key = str(key) if key is not None else _bound_key.get()
-        with self.primary.connection() as conn:
-            conn.begin()
+        with contextlib.ExitStack() as stack:
+            conn = self._begin(stack)
             cursor = conn.cursor()
             try:
                 yield cursor
@@ -403,6 +403,24 @@ class ReplicaSet:
         self._mark(mark_key, token)
         if pin:
             self._pin_context(token)
+
+    def _begin(self, stack: contextlib.ExitStack[bool | None]) -> Connection:
+        """A primary connection with a transaction begun; a stale one is replaced once.
+
+        A connection lost at ``BEGIN`` had nothing of this transaction on it,
+        so starting again on a fresh connection is safe.
+        """
+        try:
+            with contextlib.ExitStack() as attempt:
+                conn = attempt.enter_context(self.primary.connection())
+                conn.begin()
+                stack.push(attempt.pop_all())
+                return conn
+        except ConnectionLost:
+            self._event("retry", "connect")
+        conn = stack.enter_context(self.primary.connection())
+        conn.begin()
+        return conn
 
     # -- read-your-writes --------------------------------------------------
     @contextlib.contextmanager

@@ -270,3 +270,14 @@ async def test_async_wrappers_carry_context_and_pin_the_caller() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(other_task, results)
     assert results == ["primary"]  # child tasks inherit the pinned context
+
+
+def test_transaction_begin_on_a_dead_connection_starts_again_on_a_fresh_one() -> None:
+    rs, primary, _, _ = make()
+    rs.execute("INSERT INTO t VALUES (0)")  # leaves one idle connection
+    failures = iter([lost(2013)])
+    primary.hook = lambda sql: next(failures, None) if sql == "BEGIN" else None
+    with rs.transaction() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    assert (primary.count("BEGIN"), primary.count("COMMIT")) == (2, 1)
+    assert rs.primary.stats().in_use == 0
