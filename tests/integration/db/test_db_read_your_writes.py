@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from db_helpers import (
     TABLE,
@@ -191,3 +192,27 @@ def test_unreachable_redis_sends_keyed_reads_to_primary_and_counts(
     assert count_statements(general_log.primary, f"/* {tag} */ 1") == 5
     assert count_statements(general_log.replica, f"/* {tag} */ 2") == 1
     assert rs.marks_unavailable == 5
+
+
+@pytest.mark.anyio
+async def test_async_reads_run_concurrently_and_a_write_pins_the_task(
+    general_log: MariaDBReplication, pools: Pools
+) -> None:
+    rs = pools.replica_set()
+    tag = marker()
+    seen: list[int] = []
+
+    async def read(i: int) -> None:
+        rows = await rs.aquery(f"SELECT /* {tag}-r */ SLEEP(0.05) AS s, %s AS i", [i])
+        seen.append(rows[0]["i"])
+
+    async with anyio.create_task_group() as group:
+        for i in range(8):
+            group.start_soon(read, i)
+    assert sorted(seen) == list(range(8))
+    assert count_statements(general_log.replica, f"{tag}-r") == 8
+    assert rs.replicas[0].stats().opened > 1  # they overlapped: more than one connection
+
+    await rs.aexecute(f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)", [9, tag])
+    await rs.aquery(f"SELECT /* {tag}-w */ 1")  # pinned in this task: the primary
+    assert count_statements(general_log.primary, f"{tag}-w") == 1
