@@ -28,6 +28,7 @@ Event types::
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -45,11 +46,22 @@ __all__ = [
     "EventBus",
     "RateLimitDecision",
     "bus",
+    "current_shard",
     "emit",
     "subscribe",
 ]
 
 _logger = structlog.get_logger("scalekit.events")
+
+
+current_shard: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "scalekit_current_shard", default=None
+)
+"""The shard index ``ShardSet`` is working on in this context (None outside one).
+
+``DbQuery.shard`` and ``DbRouting.shard`` default to it, so the pools and
+replica sets below a ``ShardSet`` report their shard without knowing about it.
+"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,7 +82,7 @@ class DbQuery(Event):
     duration: float
     outcome: str = "ok"
     rows: int = 0
-    shard: int | None = None
+    shard: int | None = dataclasses.field(default_factory=current_shard.get)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,7 +96,7 @@ class DbRouting(Event):
     pool: str
     decision: str
     reason: str = ""
-    shard: int | None = None
+    shard: int | None = dataclasses.field(default_factory=current_shard.get)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,21 +40,50 @@ from .errors import (
     WriteOutcomeUnknown,
 )
 from .marks import Mark, MarkStore, MarkStoreUnavailable, MemoryMarks, RedisMarks
+from .migrate import (
+    MoveError,
+    MovePlan,
+    MoveProgress,
+    MoveResult,
+    ShardedTable,
+    move_bucket,
+    plan_move,
+)
 from .pool import Connection, Cursor, Pool, PoolStats, Result
 from .replicas import ReplicaSet
+from .shards import (
+    BucketMap,
+    BucketMoved,
+    JumpHash,
+    Modulo,
+    Plan,
+    ShardRow,
+    ShardSet,
+    ShardStrategy,
+    plan,
+)
 
 __all__ = [
+    "BucketMap",
+    "BucketMoved",
     "ConfigError",
     "Connection",
     "ConnectionLost",
     "Cursor",
     "DatabaseError",
+    "JumpHash",
     "Mark",
     "MarkStore",
     "MarkStoreUnavailable",
     "MemoryMarks",
     "MisroutedWrite",
+    "Modulo",
+    "MoveError",
+    "MovePlan",
+    "MoveProgress",
+    "MoveResult",
     "NoHealthyServer",
+    "Plan",
     "Pool",
     "PoolStats",
     "PoolTimeout",
@@ -63,5 +92,12 @@ __all__ = [
     "ReplicaSet",
     "Result",
     "RetryableTransactionError",
+    "ShardRow",
+    "ShardSet",
+    "ShardStrategy",
+    "ShardedTable",
     "WriteOutcomeUnknown",
+    "move_bucket",
+    "plan",
+    "plan_move",
 ]
