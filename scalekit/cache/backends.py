@@ -1,0 +1,546 @@
+"""Where cache entries live: Redis (standalone, Sentinel, Cluster) or memory.
+
+The middleware decides *what* to cache; a backend only knows *how* entries,
+tag versions and fill locks are stored. Every backend answers a lookup (the
+entry, the current versions of its tags, and optionally the fill lock) in one
+round trip, and invalidates a tag by bumping its version counter: never KEYS,
+never SCAN, whatever the number of entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from scalekit import _redis, events
+from scalekit._breaker import CircuitBreaker
+from scalekit._clock import Clock, get_clock
+from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnavailable
+from scalekit.cache.keys import EntryKeys
+
+__all__ = ["CacheBackend", "Lookup", "MemoryCache", "RedisCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a backend found for a key.
+
+    Attributes:
+        data: the encoded entry, or ``None``.
+        fresh_until: wall-clock seconds until which ``data`` is fresh.
+        entry_versions: the tag versions ``data`` was computed under.
+        versions: the current versions of the request's tags (comma-joined).
+        marker: the Vary names stored at the base key, if any.
+        final: ``False`` when ``marker`` names other Vary headers than the
+            lookup assumed: look up again with them.
+        lock_token: set when this lookup took the fill lock.
+    """
+
+    data: bytes | None
+    fresh_until: float
+    entry_versions: str | None
+    versions: str
+    marker: str | None
+    final: bool
+    lock_token: str | None
+
+    @property
+    def usable(self) -> bool:
+        """An entry exists and no tag of it was invalidated since it was computed."""
+        return self.data is not None and self.entry_versions == self.versions
+
+
+@runtime_checkable
+class CacheBackend(Protocol):
+    """The storage seam of :class:`~scalekit.cache.CacheMiddleware`."""
+
+    async def lookup(
+        self,
+        keys: EntryKeys,
+        tags: Sequence[str],
+        *,
+        now: float,
+        lock_ttl: float | None,
+    ) -> Lookup:
+        """Read an entry and its tags' versions; take the fill lock if asked and not fresh."""
+        ...
+
+    async def store(
+        self,
+        keys: EntryKeys,
+        tags: Sequence[str],
+        *,
+        data: bytes,
+        versions: str,
+        fresh_until: float,
+        expire: float,
+        lock_token: str | None,
+    ) -> bool:
+        """Store unless a tag was invalidated since ``versions`` were read; release the lock."""
+        ...
+
+    async def release(self, keys: EntryKeys, lock_token: str) -> None:
+        """Release a fill lock this process holds."""
+        ...
+
+    async def invalidate(self, *tags: str) -> None:
+        """Make every entry depending on one of ``tags`` a miss (one counter bump per tag).
+
+        Raises:
+            CacheBackendError: the invalidation may not have happened.
+        """
+        ...
+
+    def invalidate_sync(self, *tags: str) -> None:
+        """The thread-safe blocking twin of :meth:`invalidate`, for worker threads."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def _joined(versions: Sequence[int | bytes | str | None]) -> str:
+    return ",".join(
+        "0" if version is None else version.decode() if isinstance(version, bytes) else str(version)
+        for version in versions
+    )
+
+
+class MemoryCache:
+    """An in-process, bounded LRU backend: the embedded default and the tests' backend.
+
+    Tag versions are never evicted (an evicted counter would make old entries
+    current again); they are one integer per tag ever invalidated.
+
+    Args:
+        max_entries: entries kept before the least recently used is dropped.
+        clock: the clock expiry reads (default: the process clock).
+
+    Raises:
+        CacheConfigError: ``max_entries`` < 1.
+    """
+
+    def __init__(self, *, max_entries: int = 10_000, clock: Clock | None = None) -> None:
+        if max_entries < 1:
+            raise CacheConfigError(f"MemoryCache max_entries must be >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (expires_at, fields)
+        self._entries: collections.OrderedDict[str, tuple[float, dict[str, Any]]] = (
+            collections.OrderedDict()
+        )
+        self._versions: dict[str, int] = {}
+        self._locks: dict[str, tuple[float, str]] = {}
+
+    def _now(self) -> float:
+        return (self._clock or get_clock()).time()
+
+    def _get(self, key: str, now: float) -> dict[str, Any]:
+        found = self._entries.get(key)
+        if found is None:
+            return {}
+        if found[0] <= now:
+            del self._entries[key]
+            return {}
+        self._entries.move_to_end(key)
+        return found[1]
+
+    def _put(self, key: str, fields: dict[str, Any], expires_at: float) -> None:
+        self._entries[key] = (expires_at, fields)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def _current(self, tags: Sequence[str]) -> str:
+        return _joined([self._versions.get(tag, 0) for tag in tags])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def lookup(
+        self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
+    ) -> Lookup:
+        with self._lock:
+            clock_now = self._now()
+            base = self._get(keys.base, clock_now)
+            entry, final = base, True
+            marker = base.get("m")
+            if marker is not None:
+                if marker == ",".join(keys.vary):
+                    entry = self._get(keys.variant, clock_now)
+                else:
+                    entry, final = {}, False
+            versions = self._current(tags)
+            data = entry.get("d")
+            fresh = data is not None and entry["v"] == versions and entry["t"] >= now
+            token = None
+            if lock_ttl is not None and final and not fresh:
+                held = self._locks.get(keys.lock)
+                if held is None or held[0] <= clock_now:
+                    token = uuid.uuid4().hex
+                    self._locks[keys.lock] = (clock_now + lock_ttl, token)
+            return Lookup(data, entry.get("t", 0.0), entry.get("v"), versions, marker, final, token)
+
+    async def store(
+        self,
+        keys: EntryKeys,
+        tags: Sequence[str],
+        *,
+        data: bytes,
+        versions: str,
+        fresh_until: float,
+        expire: float,
+        lock_token: str | None,
+    ) -> bool:
+        with self._lock:
+            self._release(keys, lock_token)
+            if self._current(tags) != versions:
+                return False
+            expires_at = self._now() + expire
+            if keys.variant != keys.base:
+                self._put(keys.base, {"m": ",".join(keys.vary)}, expires_at)
+            self._put(keys.variant, {"d": data, "t": fresh_until, "v": versions}, expires_at)
+            return True
+
+    def _release(self, keys: EntryKeys, lock_token: str | None) -> None:
+        held = self._locks.get(keys.lock)
+        if lock_token is not None and held is not None and held[1] == lock_token:
+            del self._locks[keys.lock]
+
+    async def release(self, keys: EntryKeys, lock_token: str) -> None:
+        with self._lock:
+            self._release(keys, lock_token)
+
+    async def invalidate(self, *tags: str) -> None:
+        self.invalidate_sync(*tags)
+
+    def invalidate_sync(self, *tags: str) -> None:
+        with self._lock:
+            for tag in tags:
+                self._versions[tag] = self._versions.get(tag, 0) + 1
+
+    def clear(self) -> None:
+        """Drop every entry (tag versions are kept, see the class docstring)."""
+        with self._lock:
+            self._entries.clear()
+            self._locks.clear()
+
+    async def aclose(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"MemoryCache(entries={len(self._entries)}, max_entries={self.max_entries})"
+
+
+_LOOKUP = """
+local base = redis.call('HMGET', KEYS[1], 'd', 't', 'v', 'm')
+local entry = base
+local final = 1
+if base[4] then
+  if base[4] == ARGV[4] then
+    entry = redis.call('HMGET', KEYS[2], 'd', 't', 'v', 'm')
+  else
+    entry = {false, false, false, false}
+    final = 0
+  end
+end
+local versions = {}
+for i = 4, #KEYS do
+  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
+end
+local current = table.concat(versions, ',')
+local token = false
+if ARGV[2] ~= '' and final == 1 then
+  local same = entry[3] and (entry[3] == current or
+    (current ~= '' and string.sub(entry[3], 1, #current + 1) == current .. ','))
+  local fresh = entry[1] and same and tonumber(entry[2]) >= tonumber(ARGV[1])
+  if not fresh and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    token = ARGV[2]
+  end
+end
+return {entry[1], entry[2], entry[3], base[4], current, final, token}
+"""
+
+_STORE = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then
+  redis.call('DEL', KEYS[3])
+end
+local versions = {}
+for i = 4, #KEYS do
+  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
+end
+local current = table.concat(versions, ',')
+if not (ARGV[4] == current or
+    (current ~= '' and string.sub(ARGV[4], 1, #current + 1) == current .. ',')) then
+  return 0
+end
+if ARGV[6] ~= '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'm', ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+elseif KEYS[2] == KEYS[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[2], 'd', ARGV[1], 't', ARGV[2], 'v', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisCache:
+    """A Redis backend: a hit is one Lua call (one round trip), on Cluster too.
+
+    An entry, its fill lock and its first tag's version counter share a hash
+    tag (derived from the rule's first tag), so they live in one Cluster
+    slot. Versions of further tags in other slots are read with one extra
+    round trip per slot, in parallel.
+
+    Errors and timeouts raise :class:`CacheBackendError` (the middleware
+    bypasses the cache); after ``failure_threshold`` consecutive errors the
+    circuit breaker skips Redis for ``cooldown`` seconds
+    (:class:`CacheUnavailable`). Invalidations always try Redis and raise
+    when they fail.
+
+    Args:
+        client: an asyncio redis-py client (standalone, Sentinel or Cluster).
+        sync_client: the blocking twin for :meth:`invalidate_sync` (optional).
+        prefix: prepended to every key.
+        breaker: the circuit breaker (default: 5 failures, 5 s cool-down).
+        clock: the clock the breaker reads, when no breaker is given.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        sync_client: Any = None,
+        prefix: str = "scalekit:cache:",
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.client = client
+        self.sync_client = sync_client
+        self.prefix = prefix
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.calls = 0
+        """Calls that reached (or tried to reach) Redis."""
+        self.errors = 0
+        """Calls that failed."""
+        self._errors: tuple[type[BaseException], ...] = _redis.redis_errors()
+        self._cluster = type(client).__name__ == "RedisCluster"
+        self._lookup = client.register_script(_LOOKUP)
+        self._store = client.register_script(_STORE)
+        self._release = client.register_script(_RELEASE)
+        self._sync_lock = threading.Lock()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "scalekit:cache:",
+        failure_threshold: int = 5,
+        cooldown: float = 5.0,
+        clock: Clock | None = None,
+        socket_timeout: float | None = _redis.DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout: float | None = _redis.DEFAULT_CONNECT_TIMEOUT,
+        **client_options: Any,
+    ) -> RedisCache:
+        """A backend for ``redis://``, ``redis+sentinel://`` or ``redis+cluster://`` URLs.
+
+        Raises:
+            ValueError: the URL is malformed.
+            MissingExtraError: redis-py is missing (``pip install "scalekit[redis]"``).
+        """
+        options = dict(
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            **client_options,
+        )
+        client = _redis.from_url(url, **options)
+        backend = cls(
+            client,
+            prefix=prefix,
+            breaker=CircuitBreaker(
+                failure_threshold=failure_threshold, cooldown=cooldown, clock=clock
+            ),
+        )
+        backend._sync_url = (url, options)
+        return backend
+
+    _sync_url: tuple[str, dict[str, Any]] | None = None
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _tag_key(self, tag: str) -> str:
+        return f"{self.prefix}{_redis.hash_tag(tag)}:v:{tag}"
+
+    def _split_tags(self, keys: EntryKeys, tags: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Tag version keys in the entry's slot (read inside Lua) and in other slots."""
+        version_keys = [self._tag_key(tag) for tag in tags]
+        if not self._cluster:
+            return version_keys, []
+        slot = _key_slot(self._key(keys.base))
+        same = [key for key in version_keys if _key_slot(key) == slot]
+        return same, [key for key in version_keys if _key_slot(key) != slot]
+
+    async def _call(self, operation: str, coroutine: Any, *, gate: bool = True) -> Any:
+        if gate and not self.breaker.allow():
+            coroutine.close()
+            raise CacheUnavailable(f"Redis cache skipped for a cool-down ({operation})")
+        self.calls += 1
+        try:
+            result = await coroutine
+        except self._errors as exc:
+            self.errors += 1
+            self.breaker.record_failure()
+            events.emit(events.BackendError("cache", operation, f"{type(exc).__name__}: {exc}"))
+            raise CacheBackendError(f"Redis cache {operation} failed: {exc}") from exc
+        self.breaker.record_success()
+        return result
+
+    async def lookup(
+        self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
+    ) -> Lookup:
+        same, other = self._split_tags(keys, tags)
+        token = uuid.uuid4().hex if lock_ttl is not None else ""
+        args = [
+            int(now * 1000),
+            token,
+            int((lock_ttl or 0) * 1000) or 1,
+            ",".join(keys.vary),
+        ]
+        script_keys = [self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same]
+        if other:
+            result, extra = await self._call(
+                "lookup",
+                asyncio.gather(
+                    self._lookup(keys=script_keys, args=args),
+                    self.client.mget_nonatomic(other),
+                ),
+            )
+            ordered = dict(zip(same, (result[4] or b"").split(b","), strict=False))
+            ordered.update(zip(other, extra, strict=True))
+            current = _joined([ordered.get(key) for key in (*same, *other)])
+        else:
+            result = await self._call("lookup", self._lookup(keys=script_keys, args=args))
+            current = (result[4] or b"").decode()
+        data, fresh_until, entry_versions, marker = result[:4]
+        return Lookup(
+            data=data,
+            fresh_until=int(fresh_until or 0) / 1000,
+            entry_versions=entry_versions.decode() if entry_versions is not None else None,
+            versions=current,
+            marker=marker.decode() if marker is not None else None,
+            final=bool(result[5]),
+            lock_token=token if len(result) > 6 and result[6] else None,
+        )
+
+    async def store(
+        self,
+        keys: EntryKeys,
+        tags: Sequence[str],
+        *,
+        data: bytes,
+        versions: str,
+        fresh_until: float,
+        expire: float,
+        lock_token: str | None,
+    ) -> bool:
+        same, _ = self._split_tags(keys, tags)
+        marker = ",".join(keys.vary) if keys.variant != keys.base else ""
+        stored = await self._call(
+            "store",
+            self._store(
+                keys=[self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same],
+                args=[
+                    data,
+                    int(fresh_until * 1000),
+                    max(1, int(expire * 1000)),
+                    versions,
+                    lock_token or "",
+                    marker,
+                ],
+            ),
+        )
+        return bool(stored)
+
+    async def release(self, keys: EntryKeys, lock_token: str) -> None:
+        await self._call("release", self._release(keys=[self._key(keys.lock)], args=[lock_token]))
+
+    async def invalidate(self, *tags: str) -> None:
+        if not tags:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.incr(self._tag_key(tag))
+        await self._call("invalidate", pipe.execute(), gate=False)
+        events.emit(events.CacheEvent(",".join(tags), "invalidate"))
+
+    def invalidate_sync(self, *tags: str) -> None:
+        """Blocking, thread-safe :meth:`invalidate` for code in worker threads.
+
+        Uses ``sync_client``, or a blocking client made from the URL given
+        to :meth:`from_url`.
+
+        Raises:
+            CacheBackendError: Redis failed; the invalidation may not have happened.
+            CacheConfigError: no sync client and no URL to make one.
+        """
+        if not tags:
+            return
+        client = self._sync()
+        self.calls += 1
+        try:
+            pipe = client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.incr(self._tag_key(tag))
+            pipe.execute()
+        except self._errors as exc:
+            self.errors += 1
+            self.breaker.record_failure()
+            events.emit(events.BackendError("cache", "invalidate", f"{type(exc).__name__}: {exc}"))
+            raise CacheBackendError(f"Redis cache invalidate failed: {exc}") from exc
+        events.emit(events.CacheEvent(",".join(tags), "invalidate"))
+
+    def _sync(self) -> Any:
+        with self._sync_lock:
+            if self.sync_client is None:
+                if self._sync_url is None:
+                    raise CacheConfigError(
+                        "RedisCache.invalidate_sync needs a blocking client: pass sync_client= "
+                        "or build the backend with RedisCache.from_url(url)"
+                    )
+                url, options = self._sync_url
+                self.sync_client = _redis.sync_from_url(url, **options)
+            return self.sync_client
+
+    async def aclose(self) -> None:
+        """Close the Redis clients."""
+        await self.client.aclose()
+        if self.sync_client is not None:
+            self.sync_client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisCache(prefix={self.prefix!r}, breaker={self.breaker!r})"
+
+
+def _key_slot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode()))

@@ -1,0 +1,29 @@
+"""Errors of :mod:`scalekit.cache`.
+
+::
+
+    CacheError
+    ├── CacheConfigError    a rule or backend argument is invalid (also a ValueError)
+    └── CacheBackendError   the backend failed (Redis down, timeout)
+        └── CacheUnavailable  the circuit breaker is open: the backend was not called
+"""
+
+from __future__ import annotations
+
+__all__ = ["CacheBackendError", "CacheConfigError", "CacheError", "CacheUnavailable"]
+
+
+class CacheError(Exception):
+    """Base class of every scalekit.cache error."""
+
+
+class CacheConfigError(CacheError, ValueError):
+    """A rule, middleware or backend argument is invalid."""
+
+
+class CacheBackendError(CacheError):
+    """The cache backend failed; requests bypass it, invalidations raise it."""
+
+
+class CacheUnavailable(CacheBackendError):
+    """The backend's circuit breaker is open, so the call was not attempted."""

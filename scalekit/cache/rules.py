@@ -1,0 +1,141 @@
+"""Cache rules: which responses are cached, for how long, keyed on what."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scalekit.cache.errors import CacheConfigError
+
+__all__ = ["CacheRule", "TagSource"]
+
+TagSource = Callable[[Any], Iterable[str]] | Iterable[str] | None
+"""A rule's tags: strings (``{name}`` is filled from the path parameters and
+``{user}`` from the identity), or a callable taking a Starlette ``Request``."""
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(str|path|int))?\}")
+_CONVERTERS = {"str": "[^/]+", "path": ".*", "int": "[0-9]+"}
+
+
+def compile_template(template: str) -> re.Pattern[str]:
+    """Turn a route template such as ``/api/v1/tasks/{id}`` into an anchored regex.
+
+    Raises:
+        CacheConfigError: the template does not start with ``/``.
+    """
+    if not template.startswith("/"):
+        raise CacheConfigError(f"CacheRule path must start with '/', got {template!r}")
+    pattern = ""
+    position = 0
+    for match in _PARAM.finditer(template):
+        pattern += re.escape(template[position : match.start()])
+        pattern += f"(?P<{match.group(1)}>{_CONVERTERS[match.group(2) or 'str']})"
+        position = match.end()
+    pattern += re.escape(template[position:])
+    return re.compile(f"^{pattern}$")
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    """One cacheable route.
+
+    Args:
+        path: a route template, e.g. ``/api/v1/tasks/{id}`` (``{name:path}``
+            matches across slashes).
+        ttl: seconds a stored response is fresh.
+        stale_ttl: seconds after ``ttl`` during which the stale response is
+            still served while one request refreshes it (stale-while-revalidate).
+        statuses: response statuses that may be stored.
+        vary_user: key on the request's identity; requests with no identity
+            bypass the rule. Required for responses to credentialed requests.
+        vary_headers: request headers added to the key (an absent header and
+            an empty one give different keys).
+        tags: invalidation tags of an entry: strings with ``{param}`` /
+            ``{user}`` placeholders, or ``callable(request) -> iterable of str``.
+            The first tag chooses the Redis Cluster slot of the entry.
+        max_body: responses larger than this many bytes stream through uncached.
+        invalidate_on: unsafe methods (``"POST"``, ``"PUT"``, ``"PATCH"``,
+            ``"DELETE"``) whose 2xx response on this path invalidates the tags.
+        name: the rule's name in keys, events and metrics (default: ``path``).
+
+    Raises:
+        CacheConfigError: a value is out of range (the message names it).
+    """
+
+    path: str
+    ttl: float
+    stale_ttl: float = 0
+    statuses: frozenset[int] | Iterable[int] = frozenset({200})
+    vary_user: bool = False
+    vary_headers: tuple[str, ...] | Iterable[str] = ()
+    tags: TagSource = None
+    max_body: int = 1024 * 1024
+    invalidate_on: tuple[str, ...] | Iterable[str] = ()
+    name: str = ""
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not self.ttl > 0:
+            raise CacheConfigError(f"CacheRule({self.path!r}): ttl must be > 0 seconds")
+        if self.stale_ttl < 0:
+            raise CacheConfigError(f"CacheRule({self.path!r}): stale_ttl must be >= 0 seconds")
+        if self.max_body < 0:
+            raise CacheConfigError(f"CacheRule({self.path!r}): max_body must be >= 0 bytes")
+        statuses = frozenset(int(status) for status in self.statuses)
+        if not statuses or any(not 200 <= status <= 599 for status in statuses):
+            raise CacheConfigError(
+                f"CacheRule({self.path!r}): statuses must be HTTP statuses 200-599, "
+                f"got {sorted(statuses)}"
+            )
+        set_(self, "statuses", statuses)
+        headers = self.vary_headers
+        if isinstance(headers, str):
+            headers = (headers,)
+        set_(self, "vary_headers", tuple(sorted({header.lower() for header in headers})))
+        methods = self.invalidate_on
+        if isinstance(methods, str):
+            methods = (methods,)
+        methods = tuple(method.upper() for method in methods)
+        unknown = set(methods) - UNSAFE_METHODS
+        if unknown:
+            raise CacheConfigError(
+                f"CacheRule({self.path!r}): invalidate_on takes POST, PUT, PATCH or DELETE, "
+                f"got {sorted(unknown)}"
+            )
+        if methods and self.tags is None:
+            raise CacheConfigError(
+                f"CacheRule({self.path!r}): invalidate_on needs tags to invalidate; "
+                "add tags=(...) to the rule"
+            )
+        set_(self, "invalidate_on", methods)
+        if self.tags is not None and not callable(self.tags):
+            tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
+            if not tags:
+                raise CacheConfigError(f"CacheRule({self.path!r}): tags must not be empty")
+            if "{user}" in "".join(tags) and not self.vary_user:
+                raise CacheConfigError(
+                    f"CacheRule({self.path!r}): a tag uses {{user}}; set vary_user=True"
+                )
+            set_(self, "tags", tags)
+        set_(self, "pattern", compile_template(self.path))
+        set_(self, "name", self.name or self.path)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters if ``path`` matches this rule, else ``None``."""
+        found = self.pattern.match(path)
+        return None if found is None else found.groupdict()
+
+    def tags_for(
+        self, params: Mapping[str, str], user: str | None, request: Callable[[], Any]
+    ) -> tuple[str, ...]:
+        """The tags of a request; ``request()`` builds a Starlette Request when needed."""
+        if self.tags is None:
+            return ()
+        if callable(self.tags):
+            return tuple(str(tag) for tag in self.tags(request()))
+        values = dict(params, user=user or "")
+        return tuple(tag.format_map(values) for tag in self.tags)
