@@ -7,8 +7,10 @@ that wants scalekit's setup calls :func:`configure_logging` once at start.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from types import ModuleType
 from typing import IO, Any, TextIO, cast
 
 import structlog
@@ -46,6 +48,9 @@ def configure_logging(
     level, the logger name, an ISO 8601 UTC timestamp, then JSON or a
     readable console rendering. Calling it again replaces the previous setup.
 
+    JSON is rendered with orjson when it is installed (``pip install orjson``
+    roughly halves the cost of a log line), else with the standard library.
+
     Args:
         json: render JSON lines; None (the default) means JSON unless the
             stream is a terminal.
@@ -63,14 +68,21 @@ def configure_logging(
     as_json = json if json is not None else not _is_terminal(out)
 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    renderer: Processor
     tail: list[Processor]
+    stdlib_tail: list[Processor]
+    factory: Any = structlog.WriteLoggerFactory(file=cast(TextIO, out))
     if as_json:
-        renderer = structlog.processors.JSONRenderer()
-        tail = [structlog.processors.dict_tracebacks, renderer]
+        orjson = _orjson()
+        binary = getattr(out, "buffer", None)
+        if orjson is not None and binary is not None:
+            # orjson renders bytes; writing them to the binary layer skips a decode.
+            tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=False)]
+            factory = structlog.BytesLoggerFactory(file=binary)
+        else:
+            tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=True)]
+        stdlib_tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=True)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_is_terminal(out))
-        tail = [renderer]
+        tail = stdlib_tail = [structlog.dev.ConsoleRenderer(colors=_is_terminal(out))]
 
     structlog.configure(
         processors=[
@@ -81,7 +93,7 @@ def configure_logging(
             *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 
@@ -93,7 +105,7 @@ def configure_logging(
             structlog.stdlib.ExtraAdder(),
             timestamper,
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *stdlib_tail],
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)
@@ -110,6 +122,27 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+def _orjson() -> ModuleType | None:
+    try:
+        return importlib.import_module("orjson")
+    except ImportError:
+        return None
+
+
+def _json_renderer(orjson: ModuleType | None, *, as_text: bool) -> Processor:
+    """JSON lines: orjson when installed (about twice as fast), else the standard library."""
+    if orjson is None:
+        return structlog.processors.JSONRenderer()
+    dumps = orjson.dumps
+    if not as_text:
+        return structlog.processors.JSONRenderer(serializer=dumps)
+
+    def dumps_text(value: Any, **options: Any) -> str:
+        return str(dumps(value, **options).decode("utf-8"))
+
+    return structlog.processors.JSONRenderer(serializer=dumps_text)
 
 
 def _is_terminal(stream: Any) -> bool:

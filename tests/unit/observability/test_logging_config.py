@@ -104,3 +104,16 @@ def test_calling_twice_keeps_one_handler_and_uvicorn_access_can_stay() -> None:
 def test_bad_level_names_the_fix() -> None:
     with pytest.raises(ValueError, match="DEBUG, INFO"):
         configure_logging(level="LOUD")
+
+
+def test_a_real_file_gets_whole_json_lines_from_both_paths(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "app.log"
+    with path.open("w") as stream:  # has a binary layer: the fast path when orjson is there
+        configure_logging(json=True, stream=stream)
+        structlog.get_logger().info("one", n=1)
+        logging.getLogger("lib").warning("two")
+        structlog.get_logger().info("three", text="caf\u00e9")
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    assert events == ["one", "two", "three"]
