@@ -55,11 +55,11 @@ async def run_isolation(
     outcomes = {"hit": 0, "miss": 0, "write": 0}
     for _ in range(requests):
         user = f"u{chooser.randrange(USERS)}"
-        item = chooser.randrange(URLS)
+        item = min(int(chooser.expovariate(1 / 6)), URLS - 1)  # skewed, like real traffic
         instance = chooser.choice(instances)
-        query = chooser.choice(["", "page=1", "page=2"])
+        query = chooser.choice(["", "", "", "page=2", "b=2&a=1"])
         headers = [("authorization", f"Bearer {user}")]
-        if chooser.random() < 0.1:
+        if chooser.random() < 0.05:
             response = await call(
                 instance, "POST", f"/items/{item}", headers=headers, user=User(user)
             )
