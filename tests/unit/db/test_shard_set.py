@@ -1,0 +1,154 @@
+"""ShardSet on SQLite shards: construction checks, routing, fan-out, events, fences."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from shard_sqlite import sqlite_shards
+
+from scalekit import events
+from scalekit.db import (
+    BucketMap,
+    BucketMoved,
+    ConfigError,
+    JumpHash,
+    Modulo,
+    ReplicaSet,
+    ShardRow,
+    ShardSet,
+)
+from scalekit.db.shards import ensure_fence_table
+
+
+def test_strategy_shard_count_must_equal_the_number_of_shards(tmp_path: Path) -> None:
+    shards = sqlite_shards(tmp_path, 3)
+    with pytest.raises(ConfigError, match="JumpHash\\(4\\) spreads keys over 4 shards"):
+        ShardSet(shards, strategy=JumpHash(4))
+    with pytest.raises(ConfigError, match="at least one shard"):
+        ShardSet([], strategy=JumpHash(1))
+    assert ShardSet(shards).strategy == JumpHash(3)  # JumpHash is the default
+
+
+def test_for_key_routes_by_the_strategy(tmp_path: Path) -> None:
+    shards = sqlite_shards(tmp_path, 4)
+    shard_set = ShardSet(shards, strategy=Modulo(4))
+    for user_id in range(20):
+        replica_set = shard_set.for_key(user_id)
+        assert isinstance(replica_set, ReplicaSet)
+        assert replica_set is shards[user_id % 4]
+
+
+def _fill(shard_set: ShardSet, users: range) -> None:
+    for user_id in users:
+        shard_set.execute(user_id, "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, %s)",
+                          (user_id, user_id, f"t{user_id}"))  # fmt: skip
+
+
+def test_query_all_runs_on_every_shard_and_tags_rows(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 3), strategy=JumpHash(3))
+    _fill(shard_set, range(30))
+    rows = shard_set.query_all("SELECT id, user_id FROM tasks WHERE id < %s ORDER BY id", (100,))
+    assert sorted(row["id"] for row in rows) == list(range(30))
+    assert all(isinstance(row, ShardRow) for row in rows)
+    for row in rows:
+        assert row.shard == JumpHash(3).shard_for(row["user_id"])
+    assert [row.shard for row in rows] == sorted(row.shard for row in rows)  # shard order
+    shard_set.close()
+
+
+def test_query_all_runs_the_shards_concurrently(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 3), strategy=JumpHash(3))
+    arrived = threading.Barrier(3, timeout=10)
+    seen: list[str] = []
+
+    def listener(event: events.DbQuery) -> None:
+        seen.append(threading.current_thread().name)
+        arrived.wait()  # passes only if all three shards run at the same time
+
+    unsubscribe = events.subscribe(listener, events.DbQuery)
+    try:
+        shard_set.query_all("SELECT 1 AS one")
+    finally:
+        unsubscribe()
+        shard_set.close()
+    assert len(set(seen)) == 3
+
+
+def test_shard_index_reaches_db_events(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 4), strategy=Modulo(4))
+    got: list[events.DbQuery] = []
+    unsubscribe = events.subscribe(got.append, events.DbQuery)
+    try:
+        shard_set.execute(6, "INSERT INTO tasks (id, user_id, title) VALUES (6, 6, 'x')")
+        shard_set.query(6, "SELECT * FROM tasks WHERE user_id = %s", (6,))
+        shard_set.query_all("SELECT COUNT(*) AS n FROM tasks")
+        shard_set.for_key(6).query("SELECT 1")  # outside the set: no shard
+    finally:
+        unsubscribe()
+        shard_set.close()
+    assert [event.shard for event in got[:2]] == [2, 2]
+    assert sorted(event.shard for event in got[2:6]) == [0, 1, 2, 3]  # type: ignore[type-var]
+    assert got[6].shard is None
+    assert events.current_shard.get() is None
+
+
+def test_guarded_write_on_a_frozen_bucket_waits_then_raises(tmp_path: Path) -> None:
+    bucket_map = BucketMap(16, shards=2)
+    shards = sqlite_shards(tmp_path, 2)
+    shard_set = ShardSet(shards, strategy=bucket_map, freeze_timeout=0.0)
+    key = 7
+    index, bucket = bucket_map.shard_for(key), bucket_map.bucket_for(key)
+    ensure_fence_table(shards[index].primary)
+    shards[index].execute("INSERT INTO scalekit_bucket_fence VALUES (%s, 'frozen')", (bucket,))
+    with pytest.raises(BucketMoved, match="frozen") as caught:
+        shard_set.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+    assert caught.value.state == "frozen"
+    assert shards[index].query("SELECT COUNT(*) AS n FROM tasks")[0]["n"] == 0
+    # Other buckets on the same shard are not affected.
+    other = next(k for k in range(100) if bucket_map.shard_for(k) == index
+                 and bucket_map.bucket_for(k) != bucket)  # fmt: skip
+    shard_set.execute(other, "INSERT INTO tasks (id, user_id, title) VALUES (2, %s, 'y')", (other,))
+
+
+def test_guarded_write_on_a_moved_bucket_reloads_the_map(tmp_path: Path) -> None:
+    old = BucketMap(16, shards=2)
+    key = 7
+    bucket = old.bucket_for(key)
+    source = old.shard_for(key)
+    new = old.reassign({bucket: 1 - source})
+    shards = sqlite_shards(tmp_path, 2)
+    ensure_fence_table(shards[source].primary)
+    shards[source].execute("INSERT INTO scalekit_bucket_fence VALUES (%s, 'moved')", (bucket,))
+
+    stale = ShardSet(shards, strategy=old)
+    with pytest.raises(BucketMoved, match="reload="):
+        stale.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+
+    following = ShardSet(shards, strategy=old, reload=lambda: new)
+    following.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+    assert following.strategy is new
+    assert shards[1 - source].query("SELECT user_id FROM tasks") == [{"user_id": 7}]
+    assert shards[source].query("SELECT user_id FROM tasks") == []
+
+
+def test_reload_checks_the_shard_count(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=BucketMap(8, shards=2),
+                         reload=lambda: BucketMap(8, shards=3))  # fmt: skip
+    with pytest.raises(ConfigError, match="3 shards"):
+        shard_set.reload()
+    with pytest.raises(ConfigError, match="no reload="):
+        ShardSet(sqlite_shards(tmp_path, 2), strategy=JumpHash(2)).reload()
+
+
+def test_transaction_returns_the_function_result(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=BucketMap(8, shards=2))
+
+    def write(cursor: object) -> int:
+        return cursor.execute(  # type: ignore[attr-defined, no-any-return]
+            "INSERT INTO tasks (id, user_id, title) VALUES (3, 3, 'z')"
+        )
+
+    assert shard_set.transaction(3, write) == 1
+    assert shard_set.query(3, "SELECT title FROM tasks WHERE id = 3") == [{"title": "z"}]
