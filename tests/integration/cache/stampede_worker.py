@@ -32,7 +32,7 @@ async def main(url: str, prefix: str, workers: int, requests: int) -> None:
 
     middleware = CacheMiddleware(app, backend, [CacheRule("/hot", ttl=60)], lock_wait=20)
     await counter.incr(f"{prefix}ready")
-    while int(await counter.get(f"{prefix}ready")) < workers:
+    while int(await counter.get(f"{prefix}ready")) < workers:  # noqa: ASYNC110 - another process
         await asyncio.sleep(0.01)
     responses = await asyncio.gather(*(call(middleware, path="/hot") for _ in range(requests)))
     print(json.dumps([[r.status, r.header("cache-status"), r.body.decode()] for r in responses]))
