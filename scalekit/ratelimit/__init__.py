@@ -1,0 +1,52 @@
+"""Rate limiting for Starlette/FastAPI: exact, one Redis round trip, safe behind proxies.
+
+::
+
+    from scalekit.ratelimit import RateLimitMiddleware, Rule, user
+
+    app = RateLimitMiddleware(app, storage="redis://localhost:6379/0", rules=[
+        Rule("100/15 minutes"),
+        Rule("5/15 minutes", path="/api/v1/auth/login", methods=["POST"], count="failures"),
+    ], trusted_proxies=["10.0.0.0/8"])
+
+Errors::
+
+    RateLimitError
+    ├── RateLimitConfigError (also a ValueError)
+    └── BackendUnavailable
+"""
+
+from scalekit.ratelimit.backends import (
+    Backend,
+    Check,
+    CheckResult,
+    MemoryBackend,
+    RedisBackend,
+    Verdict,
+    backend_from_url,
+)
+from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, RateLimitError
+from scalekit.ratelimit.keys import KeyFunction, client_ip, header, user
+from scalekit.ratelimit.middleware import RateLimitMiddleware
+from scalekit.ratelimit.rules import Rate, Rule, parse_rates
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "Check",
+    "CheckResult",
+    "KeyFunction",
+    "MemoryBackend",
+    "Rate",
+    "RateLimitConfigError",
+    "RateLimitError",
+    "RateLimitMiddleware",
+    "RedisBackend",
+    "Rule",
+    "Verdict",
+    "backend_from_url",
+    "client_ip",
+    "header",
+    "parse_rates",
+    "user",
+]

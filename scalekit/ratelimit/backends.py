@@ -1,0 +1,292 @@
+"""Where rate-limit counters live: in this process (``memory://``) or in Redis.
+
+The middleware decides *what* to check; a backend knows *how* the counters
+are stored. Both backends run the same algorithm: every check of one call is
+evaluated first, and counters change only when all of them pass, so a
+rejected request consumes nothing. The Redis backend does this in one Lua
+script (``lua/check.lua``) per call, reading Redis' clock (``TIME``); the
+memory backend does it under a lock, reading the injected clock.
+
+Strategies, with the meanings of the ``limits`` package:
+
+- ``fixed-window``: a counter that starts with the first hit and expires one
+  window later.
+- ``sliding-window-counter``: windows aligned to the epoch; the previous
+  window's count is weighted by how much of it still overlaps the sliding
+  window. O(1) memory per key.
+- ``moving-window``: a log of hit timestamps (exact, O(limit) per key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import threading
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Protocol
+
+from scalekit._clock import Clock, get_clock
+from scalekit._extras import require
+from scalekit._redis import from_url, redis_errors
+from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
+
+__all__ = [
+    "STRATEGIES",
+    "Backend",
+    "Check",
+    "CheckResult",
+    "MemoryBackend",
+    "RedisBackend",
+    "Verdict",
+    "backend_from_url",
+]
+
+STRATEGIES = {
+    "fixed-window": "fixed",
+    "sliding-window-counter": "sliding",
+    "moving-window": "moving",
+}
+MODES = ("hit", "peek", "add", "refund")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Check:
+    """One limit to check for one request: ``limit`` per ``window`` seconds on ``key``.
+
+    ``mode``: ``"hit"`` checks and consumes, ``"peek"`` only checks, ``"add"``
+    consumes without checking, ``"refund"`` gives back a hit.
+    """
+
+    key: str
+    strategy: str
+    limit: int
+    window: int
+    cost: int = 1
+    mode: str = "hit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What one check found: passed or not, what is left, seconds until it resets.
+
+    For a failed check ``reset`` is how long until the request could pass.
+    """
+
+    ok: bool
+    remaining: int
+    reset: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one backend call: ``allowed`` if every check passed.
+
+    ``at`` is the backend's timestamp of the call (pass it back to refund).
+    """
+
+    allowed: bool
+    at: float
+    results: tuple[CheckResult, ...]
+
+
+class Backend(Protocol):
+    """A counter store."""
+
+    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+        """Run ``checks`` atomically; write only if every check passes."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class MemoryBackend:
+    """Counters in this process; for one-process apps and tests.
+
+    Args:
+        clock: read for the time (``clock.time()``); defaults to the process clock.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fixed: dict[str, tuple[int, float]] = {}  # key -> (used, expires_at)
+        self._sliding: dict[str, tuple[int, int, int]] = {}  # key -> (index, current, previous)
+        self._moving: dict[str, list[float]] = {}  # key -> timestamps, newest first
+
+    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+        """Run ``checks`` atomically against the in-process counters."""
+        with self._lock:
+            now = at if at is not None else (self._clock or get_clock()).time()
+            results = [self._evaluate(check, now) for check in checks]
+            allowed = all(result.ok for result in results)
+            if allowed:
+                for check in checks:
+                    self._apply(check, now)
+            return Verdict(allowed, now, tuple(results))
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def _evaluate(self, check: Check, now: float) -> CheckResult:
+        limit, window, cost = check.limit, check.window, check.cost
+        checking = check.mode in ("hit", "peek")
+        consuming = check.cost if check.mode in ("hit", "add") else 0
+        if check.strategy == "fixed":
+            used, expires = self._fixed.get(check.key, (0, 0.0))
+            if expires <= now:
+                used, expires = 0, now + window
+            if checking and used + cost > limit:
+                return CheckResult(False, limit - used, expires - now)
+            return CheckResult(True, max(0, limit - used - consuming), expires - now)
+        if check.strategy == "sliding":
+            _, current, previous = self._sliding_state(check.key, window, now)
+            # the same expression as limits' MemoryStorage, so both agree to the bit
+            left = (1 - (((now - window) / window) % 1)) * window
+            weighted = math.floor(previous * left / window + current)
+            if checking and weighted + cost > limit:
+                into = window - left
+                if current + cost > limit:
+                    wait = left + max(0.0, window - (limit - cost + 1) * window / current)
+                else:
+                    wait = max(window - (limit - current - cost + 1) * window / previous - into, 0)
+                return CheckResult(False, max(0, limit - weighted), wait + 0.001)
+            return CheckResult(True, max(0, limit - weighted - consuming), left)
+        entries = self._moving.get(check.key, [])
+        if checking and len(entries) > limit - cost and entries[limit - cost] >= now - window:
+            return CheckResult(False, 0, entries[limit - cost] + window - now + 0.001)
+        inside = [stamp for stamp in entries[:limit] if stamp >= now - window]
+        oldest = inside[-1] if inside else now
+        return CheckResult(True, max(0, limit - len(inside) - consuming), oldest + window - now)
+
+    def _sliding_state(self, key: str, window: int, now: float) -> tuple[int, int, int]:
+        index = int(now // window)
+        stored_index, current, previous = self._sliding.get(key, (index, 0, 0))
+        if stored_index == index:
+            return index, current, previous
+        if stored_index == index - 1:
+            return index, 0, current
+        return index, 0, 0
+
+    def _apply(self, check: Check, now: float) -> None:
+        if check.mode == "peek":
+            return
+        cost = check.cost
+        if check.strategy == "fixed":
+            used, expires = self._fixed.get(check.key, (0, 0.0))
+            if expires <= now:
+                used, expires = 0, now + check.window
+            if check.mode == "refund":
+                self._fixed[check.key] = (max(0, used - cost), expires)
+            else:
+                self._fixed[check.key] = (used + cost, expires)
+        elif check.strategy == "sliding":
+            index, current, previous = self._sliding_state(check.key, check.window, now)
+            if check.mode == "refund":
+                self._sliding[check.key] = (index, max(0, current - cost), previous)
+            else:
+                self._sliding[check.key] = (index, current + cost, previous)
+        else:
+            entries = self._moving.setdefault(check.key, [])
+            if check.mode == "refund":
+                for _ in range(cost):
+                    if now in entries:
+                        entries.remove(now)
+            else:
+                entries[:0] = [now] * cost
+                del entries[check.limit :]
+
+
+def _load_script() -> str:
+    return resources.files("scalekit.ratelimit").joinpath("lua/check.lua").read_text("utf-8")
+
+
+class RedisBackend:
+    """Counters in Redis (standalone, Sentinel or Cluster): one script call per check.
+
+    Args:
+        url: a Redis URL (see :mod:`scalekit._redis`), or an existing asyncio
+            client passed as ``client=``.
+        client: use this redis-py asyncio client instead of building one.
+        socket_timeout: seconds a call may take before it counts as a failure.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        socket_timeout: float = 0.05,
+    ) -> None:
+        if client is None:
+            if url is None:
+                raise RateLimitConfigError("RedisBackend needs a url or a client")
+            client = from_url(url, socket_timeout=socket_timeout)
+        self._client = client
+        self._owns_client = url is not None
+        self._script = _load_script()
+        self._sha = hashlib.sha1(self._script.encode("utf-8")).hexdigest()
+        self._errors = redis_errors()
+        self._no_script: type[BaseException] = require("redis.exceptions", "redis").NoScriptError
+
+    @property
+    def client(self) -> Any:
+        """The redis-py asyncio client."""
+        return self._client
+
+    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+        """Run ``checks`` in one ``EVALSHA`` (``EVAL`` once after a restart or failover).
+
+        Raises:
+            BackendUnavailable: Redis failed or timed out.
+        """
+        keys = [check.key for check in checks]
+        args: list[Any] = [len(checks), round(at * 1000) if at is not None else 0]
+        for check in checks:
+            args += [
+                STRATEGIES.get(check.strategy, check.strategy),
+                check.limit,
+                check.window * 1000,
+                check.cost,
+                check.mode,
+            ]
+        try:
+            try:
+                raw = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except self._no_script:
+                # Redis restarted or failed over and lost its script cache:
+                # EVAL runs the script and caches it again, still one call.
+                raw = await self._client.eval(self._script, len(keys), *keys, *args)
+        except self._errors as exc:
+            raise BackendUnavailable(f"Redis rate-limit check failed: {exc!r}") from exc
+        values = [int(value) for value in raw]
+        results = tuple(
+            CheckResult(values[i] == 1, values[i + 1], values[i + 2] / 1000)
+            for i in range(2, len(values), 3)
+        )
+        return Verdict(values[0] == 1, values[1] / 1000, results)
+
+    async def aclose(self) -> None:
+        """Close the client if this backend built it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def backend_from_url(storage: str, *, clock: Clock | None = None) -> MemoryBackend | RedisBackend:
+    """``memory://`` -> :class:`MemoryBackend`; a Redis URL -> :class:`RedisBackend`.
+
+    Raises:
+        RateLimitConfigError: the URL is neither.
+    """
+    if storage.startswith("memory://"):
+        return MemoryBackend(clock=clock)
+    try:
+        return RedisBackend(storage)
+    except ValueError as exc:
+        raise RateLimitConfigError(
+            f"storage must be 'memory://' or a Redis URL (redis://, redis+sentinel://, "
+            f"redis+cluster://): {exc}"
+        ) from exc

@@ -1,0 +1,168 @@
+"""Rate-limit rules: which requests a limit covers and whom it counts against."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from scalekit._extras import require
+from scalekit.ratelimit.errors import RateLimitConfigError
+from scalekit.ratelimit.keys import KeyFunction, client_ip
+
+__all__ = ["Rate", "Rule", "parse_rates"]
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rate:
+    """One parsed rate: ``amount`` requests per ``window`` seconds."""
+
+    amount: int
+    window: int
+    text: str
+
+
+def parse_rates(limit: str) -> tuple[Rate, ...]:
+    """Parse ``"100/15 minutes"`` or ``"10/second;100/15 minutes"`` with ``limits``.
+
+    Raises:
+        RateLimitConfigError: the text is not a rate ``limits`` understands.
+    """
+    limits = require("limits", "redis", feature="scalekit.ratelimit")
+    try:
+        items = limits.parse_many(limit)
+    except ValueError as exc:
+        raise RateLimitConfigError(
+            f"Rule limit {limit!r} does not parse; write e.g. '100/15 minutes' or "
+            "'10/second;100/hour'"
+        ) from exc
+    return tuple(
+        Rate(int(item.amount), int(item.get_expiry()), str(item).replace(" per ", "/"))
+        for item in items
+    )
+
+
+def _compile_template(path: str) -> re.Pattern[str]:
+    pattern = ""
+    position = 0
+    for match in _PARAM.finditer(path):
+        pattern += re.escape(path[position : match.start()])
+        pattern += ".*" if match.group(2) == "path" else "[^/]+"
+        position = match.end()
+    pattern += re.escape(path[position:])
+    return re.compile(pattern + r"\Z")
+
+
+class Rule:
+    """A limit and the requests it covers.
+
+    Args:
+        limit: the rate(s), as ``limits`` writes them: ``"100/15 minutes"``,
+            ``"10/second;100/15 minutes"`` (every rate must hold).
+        path: a route template (``"/api/v1/auth/login"``, ``"/users/{id}"``,
+            ``"/files/{rest:path}"``); ``None`` covers every path.
+        methods: HTTP methods covered (``["POST"]``); ``None`` covers all.
+        key: whom the request counts against: :func:`~scalekit.ratelimit.client_ip`
+            (default), :func:`~scalekit.ratelimit.user`,
+            :func:`~scalekit.ratelimit.header` or any callable taking the ASGI
+            scope and returning a string (``None`` falls back to the client IP).
+        count: ``"all"`` counts every request; ``"failures"`` admits requests
+            while the window has room and counts only responses with status >= 400.
+        cost: how much one request uses up.
+        exempt: a callable taking the ASGI scope; ``True`` skips this rule.
+        on_backend_error: ``"allow"`` or ``"deny"`` when the backend fails;
+            ``None`` takes the middleware's setting.
+        name: the policy name in the ``RateLimit`` headers and events; defaults
+            to ``"default"`` for a rule without a path, else the path.
+
+    Raises:
+        RateLimitConfigError: any argument is invalid; the message says which.
+    """
+
+    __slots__ = (
+        "_path_pattern",
+        "cost",
+        "count",
+        "exempt",
+        "key",
+        "limit",
+        "methods",
+        "name",
+        "on_backend_error",
+        "path",
+        "rates",
+    )
+
+    def __init__(
+        self,
+        limit: str,
+        *,
+        path: str | None = None,
+        methods: Iterable[str] | None = None,
+        key: KeyFunction = client_ip,
+        count: str = "all",
+        cost: int = 1,
+        exempt: Callable[[Any], bool] | None = None,
+        on_backend_error: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(limit, str):
+            raise RateLimitConfigError(
+                f"Rule limit must be a string like '100/minute', got {limit!r}"
+            )
+        if path is not None and not path.startswith("/"):
+            raise RateLimitConfigError(f"Rule path must start with '/', got {path!r}")
+        if count not in ("all", "failures"):
+            raise RateLimitConfigError(f"Rule count must be 'all' or 'failures', got {count!r}")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise RateLimitConfigError(f"Rule cost must be a whole number >= 1, got {cost!r}")
+        if on_backend_error not in (None, "allow", "deny"):
+            raise RateLimitConfigError(
+                f"Rule on_backend_error must be 'allow', 'deny' or None, got {on_backend_error!r}"
+            )
+        if not callable(key):
+            raise RateLimitConfigError(
+                f"Rule key must be client_ip, user, header(...) or a callable, got {key!r}"
+            )
+        if exempt is not None and not callable(exempt):
+            raise RateLimitConfigError(f"Rule exempt must be a callable or None, got {exempt!r}")
+        if isinstance(methods, str):
+            raise RateLimitConfigError(
+                f"Rule methods must be a list such as ['POST'], got the string {methods!r}"
+            )
+        self.limit = limit
+        self.rates = parse_rates(limit)
+        for rate in self.rates:
+            if cost > rate.amount:
+                raise RateLimitConfigError(
+                    f"Rule cost {cost} is more than the limit {rate.text}: no request could pass"
+                )
+        self.path = path
+        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+        self.key = key
+        self.count = count
+        self.cost = cost
+        self.exempt = exempt
+        self.on_backend_error = on_backend_error
+        self.name = name or (path if path else "default")
+        if (
+            not (self.name.isascii() and self.name.isprintable())
+            or '"' in self.name
+            or "\\" in self.name
+        ):
+            raise RateLimitConfigError(
+                f"Rule name {self.name!r} must be printable ASCII without quotes or backslashes"
+            )
+        self._path_pattern = _compile_template(path) if path is not None else None
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this rule covers a request (exemptions aside)."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self._path_pattern is None or self._path_pattern.match(path) is not None
+
+    def __repr__(self) -> str:
+        return f"Rule({self.limit!r}, name={self.name!r}, path={self.path!r}, count={self.count!r})"
