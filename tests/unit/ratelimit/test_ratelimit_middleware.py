@@ -1,0 +1,365 @@
+"""RateLimitMiddleware on the memory backend with an injected clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import http_sfv
+import pytest
+from fastapi import FastAPI
+from rl_helpers import client, make_app
+
+from scalekit import events
+from scalekit._breaker import CircuitBreaker
+from scalekit._clock import ManualClock
+from scalekit.ratelimit import (
+    BackendUnavailable,
+    Check,
+    MemoryBackend,
+    RateLimitConfigError,
+    RateLimitMiddleware,
+    Rule,
+    Verdict,
+    header,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def field(value: str) -> tuple[str, dict[str, Any]]:
+    parsed = http_sfv.List()
+    parsed.parse(value.encode())
+    assert len(parsed) == 1
+    return parsed[0].value, dict(parsed[0].params)
+
+
+def limiter(
+    rules: list[Rule], clock: ManualClock | None = None, **kwargs: Any
+) -> RateLimitMiddleware:
+    return RateLimitMiddleware(
+        make_app(), "memory://", rules, clock=clock or ManualClock(), **kwargs
+    )
+
+
+async def test_headers_parse_as_structured_fields_through_a_window() -> None:
+    clock = ManualClock(wall=1_700_000_040.0)  # 40 s into a minute
+    app = limiter([Rule("3/minute", name="api")], clock, strategy="fixed-window")
+    async with client(app) as http:
+        seen = []
+        for _ in range(3):
+            response = await http.get("/")
+            assert response.status_code == 200
+            assert "retry-after" not in response.headers
+            assert field(response.headers["ratelimit-policy"]) == ("api", {"q": 3, "w": 60})
+            name, params = field(response.headers["ratelimit"])
+            seen.append((name, params["r"], params["t"]))
+            clock.advance(10)
+        assert seen == [("api", 2, 60), ("api", 1, 50), ("api", 0, 40)]
+        limited = await http.get("/")
+        assert limited.status_code == 429
+        _, params = field(limited.headers["ratelimit"])
+        assert params == {"r": 0, "t": 30}
+        assert int(limited.headers["retry-after"]) >= params["t"]
+        body = limited.json()
+        assert body["error"] == "rate_limited"
+        assert body["retry_after"] == int(limited.headers["retry-after"])
+        assert "api" in body["detail"]
+        clock.advance(30)
+        assert (await http.get("/")).status_code == 200
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter", "moving-window"])
+async def test_retry_after_is_never_earlier_than_t_and_is_honest(strategy: str) -> None:
+    clock = ManualClock(wall=1_700_000_007.0)
+    app = limiter([Rule("5/10 seconds")], clock, strategy=strategy)
+    async with client(app) as http:
+        for _ in range(5):
+            assert (await http.get("/")).status_code == 200
+            clock.advance(0.5)
+        limited = await http.get("/")
+        assert limited.status_code == 429
+        _, params = field(limited.headers["ratelimit"])
+        retry_after = int(limited.headers["retry-after"])
+        assert retry_after >= params["t"] >= 1
+        clock.advance(retry_after)
+        assert (await http.get("/")).status_code == 200
+
+
+async def test_two_rules_one_rejecting_consume_nothing() -> None:
+    clock = ManualClock()
+    backend = MemoryBackend(clock=clock)
+    app = RateLimitMiddleware(
+        make_app(),
+        backend,
+        [Rule("100/minute", name="wide"), Rule("2/minute", path="/items/{id}", name="narrow")],
+        clock=clock,
+        strategy="fixed-window",
+    )
+    async with client(app) as http:
+        assert (await http.get("/items/1")).status_code == 200
+        assert (await http.get("/items/2")).status_code == 200
+        for _ in range(10):
+            assert (await http.get("/items/3")).status_code == 429
+        # the wide rule saw 2 hits, not 12: the rejected requests consumed nothing
+        response = await http.get("/other")
+        assert field(response.headers["ratelimit"]) == ("wide", {"r": 97, "t": 60})
+
+
+async def test_headers_describe_the_most_restrictive_rule() -> None:
+    app = limiter([Rule("100/minute", name="wide"), Rule("10/minute", name="narrow", path="/")])
+    async with client(app) as http:
+        response = await http.get("/")
+        assert field(response.headers["ratelimit-policy"]) == ("narrow", {"q": 10, "w": 60})
+        assert field(response.headers["ratelimit"])[1]["r"] == 9
+
+
+async def test_legacy_headers_are_opt_in_and_unmatched_requests_untouched() -> None:
+    app = limiter([Rule("5/minute", path="/")], legacy_headers=True, strategy="fixed-window")
+    async with client(app) as http:
+        response = await http.get("/")
+        assert response.headers["x-ratelimit-limit"] == "5"
+        assert response.headers["x-ratelimit-remaining"] == "4"
+        assert response.headers["x-ratelimit-reset"] == "60"
+        other = await http.get("/other")
+        assert "ratelimit" not in other.headers
+    plain = limiter([Rule("5/minute")])
+    async with client(plain) as http:
+        assert "x-ratelimit-limit" not in (await http.get("/")).headers
+    quiet = limiter([Rule("5/minute")], headers=False)
+    async with client(quiet) as http:
+        assert "ratelimit" not in (await http.get("/")).headers
+
+
+async def test_failures_only_login_rule() -> None:
+    clock = ManualClock()
+    login = Rule("5/15 minutes", path="/login", methods=["POST"], count="failures", name="login")
+    app = limiter([login], clock)
+    async with client(app) as http:
+        for _ in range(20):
+            assert (await http.post("/login?ok=1")).status_code == 200
+        for _ in range(5):
+            assert (await http.post("/login?ok=0")).status_code == 401
+        assert (await http.post("/login?ok=0")).status_code == 429
+        assert (await http.post("/login?ok=1")).status_code == 429
+        clock.advance(15 * 60 * 2)
+        assert (await http.post("/login?ok=1")).status_code == 200
+
+
+async def test_failures_burst_bound_is_limit_plus_in_flight() -> None:
+    # All in-flight requests are admitted while the window has room; each counts
+    # when it fails, so a burst of N concurrent failures passes at most
+    # limit + N - 1 before the 429s start.
+    import anyio
+
+    clock = ManualClock()
+    app = limiter([Rule("5/minute", path="/login", count="failures")], clock)
+    statuses: list[int] = []
+    async with client(app) as http:
+
+        async def attempt() -> None:
+            statuses.append((await http.post("/login?ok=0")).status_code)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(8):
+                group.start_soon(attempt)
+        assert statuses.count(401) <= 5 + 8
+        assert (await http.post("/login?ok=0")).status_code == 429
+
+
+async def test_an_exception_in_the_app_counts_as_a_failure() -> None:
+    app = limiter([Rule("2/minute", path="/boom", count="failures")])
+    async with client(app) as http:
+        assert (await http.get("/boom")).status_code == 500
+        assert (await http.get("/boom")).status_code == 500
+        assert (await http.get("/boom")).status_code == 429
+
+
+async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_one_client() -> None:
+    app = limiter([Rule("10/minute")])
+    async with client(app, peer="198.51.100.9") as http:
+        statuses = [
+            (
+                await http.get("/", headers={"X-Forwarded-For": f"10.0.{i // 250}.{i % 250}"})
+            ).status_code
+            for i in range(1000)
+        ]
+    assert statuses.count(200) == 10
+
+
+async def test_behind_a_trusted_proxy_clients_are_separate() -> None:
+    app = limiter([Rule("2/minute")], trusted_proxies=["127.0.0.1"])
+    async with client(app, peer="127.0.0.1") as http:
+        for forwarded in ("203.0.113.1", "203.0.113.2"):
+            for _ in range(2):
+                response = await http.get("/", headers={"X-Forwarded-For": forwarded})
+                assert response.status_code == 200
+        assert (await http.get("/", headers={"X-Forwarded-For": "203.0.113.1"})).status_code == 429
+
+
+async def test_ipv6_clients_are_keyed_by_their_64() -> None:
+    app = limiter([Rule("2/minute")])
+    async with client(app, peer="2001:db8::1") as http:
+        assert (await http.get("/")).status_code == 200
+    async with client(app, peer="2001:db8::2") as http:
+        assert (await http.get("/")).status_code == 200
+    async with client(app, peer="2001:db8:0:0:ffff::3") as http:
+        assert (await http.get("/")).status_code == 429
+    full = limiter([Rule("1/minute")], ipv6_prefix=None)
+    for peer in ("2001:db8::1", "2001:db8::2"):
+        async with client(full, peer=peer) as http:
+            assert (await http.get("/")).status_code == 200
+
+
+async def test_rules_on_different_identities_refund_when_a_later_one_rejects() -> None:
+    clock = ManualClock()
+    app = limiter(
+        [
+            Rule("3/minute", name="per-ip"),
+            Rule("1/minute", name="per-key", key=header("X-API-Key")),
+        ],
+        clock,
+        strategy="fixed-window",
+    )
+    async with client(app) as http:
+        assert (await http.get("/", headers={"X-API-Key": "k"})).status_code == 200
+        for _ in range(3):
+            assert (await http.get("/", headers={"X-API-Key": "k"})).status_code == 429
+        # the per-ip counter was refunded each time: two requests without the key pass
+        response = await http.get("/other", headers={"X-API-Key": "other"})
+        assert field(response.headers["ratelimit"])[1]["r"] == 0
+        assert (await http.get("/", headers={"X-API-Key": "third"})).status_code == 200
+
+
+async def test_exempt_and_methods() -> None:
+    app = limiter(
+        [Rule("1/minute", methods=["POST"], exempt=lambda scope: scope["path"] == "/login")]
+    )
+    async with client(app) as http:
+        for _ in range(3):
+            assert (await http.get("/")).status_code == 200
+            assert (await http.post("/login?ok=1")).status_code == 200
+
+
+class _BrokenBackend:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+        self.calls += 1
+        raise BackendUnavailable("Redis is down")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_backend_down_fail_open_and_fail_closed_per_rule() -> None:
+    clock = ManualClock()
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append, events.RateLimitDecision, events.BackendError)
+    try:
+        app = RateLimitMiddleware(
+            make_app(),
+            _BrokenBackend(),
+            [
+                Rule("5/minute", path="/", name="root"),
+                Rule("5/minute", path="/other", on_backend_error="deny"),
+            ],
+            clock=clock,
+        )
+        async with client(app) as http:
+            open_response = await http.get("/")
+            assert open_response.status_code == 200
+            assert "ratelimit" not in open_response.headers
+            closed = await http.get("/other")
+            assert closed.status_code == 503
+            assert closed.json()["error"] == "rate_limit_unavailable"
+    finally:
+        unsubscribe()
+    assert events.RateLimitDecision("root", "error") in seen
+    assert any(isinstance(e, events.BackendError) and e.component == "ratelimit" for e in seen)
+
+
+async def test_breaker_lets_one_call_per_cooldown_through() -> None:
+    clock = ManualClock()
+    backend = _BrokenBackend()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
+    app = RateLimitMiddleware(make_app(), backend, [Rule("5/minute")], clock=clock, breaker=breaker)
+    async with client(app) as http:
+        for _ in range(20):
+            assert (await http.get("/")).status_code == 200
+        assert backend.calls == 3
+        for _ in range(4):
+            clock.advance(5.0)
+            for _ in range(10):
+                assert (await http.get("/")).status_code == 200
+        assert backend.calls == 3 + 4
+
+
+async def test_decisions_are_events() -> None:
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append, events.RateLimitDecision)
+    try:
+        app = limiter([Rule("1/minute", name="api")])
+        async with client(app) as http:
+            await http.get("/")
+            await http.get("/")
+    finally:
+        unsubscribe()
+    assert seen == [
+        events.RateLimitDecision("api", "allowed"),
+        events.RateLimitDecision("api", "limited"),
+    ]
+
+
+async def test_fastapi_app_works_the_same() -> None:
+    api = FastAPI()
+
+    @api.get("/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    api.add_middleware(
+        RateLimitMiddleware, storage="memory://", rules=[Rule("2/minute", name="api")]
+    )
+    async with client(api) as http:
+        first = await http.get("/hello")
+        assert first.json() == {"hello": "world"}
+        assert field(first.headers["ratelimit"])[1]["r"] == 1
+        assert (await http.get("/hello")).status_code == 200
+        limited = await http.get("/hello")
+        assert limited.status_code == 429
+        assert limited.json()["error"] == "rate_limited"
+
+
+def test_invalid_middleware_settings() -> None:
+    with pytest.raises(RateLimitConfigError, match="strategy"):
+        RateLimitMiddleware(make_app(), "memory://", [], strategy="token-bucket")
+    with pytest.raises(RateLimitConfigError, match="on_backend_error"):
+        RateLimitMiddleware(make_app(), "memory://", [], on_backend_error="ignore")
+    with pytest.raises(RateLimitConfigError, match="unique"):
+        RateLimitMiddleware(make_app(), "memory://", [Rule("1/minute"), Rule("2/minute")])
+    with pytest.raises(RateLimitConfigError, match="storage"):
+        RateLimitMiddleware(make_app(), "mongodb://x", [Rule("1/minute")])
+
+
+async def test_lifespan_shutdown_closes_the_backend() -> None:
+    closed: list[bool] = []
+
+    class _Backend(MemoryBackend):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    app = RateLimitMiddleware(make_app(), _Backend(), [Rule("1/minute")])
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert closed == [True]
+    assert sent[-1]["type"] == "lifespan.shutdown.complete"

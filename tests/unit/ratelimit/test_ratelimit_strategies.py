@@ -1,0 +1,125 @@
+"""The memory backend against ``limits``' own strategies on the same timeline."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+
+import limits
+import limits.storage.memory
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scalekit.ratelimit import Check, MemoryBackend
+
+REFERENCE = {
+    "fixed": limits.strategies.FixedWindowRateLimiter,
+    "sliding": limits.strategies.SlidingWindowCounterRateLimiter,
+    "moving": limits.strategies.MovingWindowRateLimiter,
+}
+
+
+class _FakeTime:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_time() -> Iterator[_FakeTime]:
+    fake = _FakeTime()
+    original = limits.storage.memory.time
+    limits.storage.memory.time = types.SimpleNamespace(time=fake.time)  # type: ignore[assignment]
+    try:
+        yield fake
+    finally:
+        limits.storage.memory.time = original
+
+
+def _reference(strategy: str, rate: str, steps: list[float], fake: _FakeTime) -> list[bool]:
+    fake.now = 1_700_000_000.0
+    storage = limits.storage.MemoryStorage()
+    try:
+        limiter = REFERENCE[strategy](storage)
+        item = limits.parse(rate)
+        decisions = []
+        for step in steps:
+            fake.now += step
+            decisions.append(limiter.hit(item, "client"))
+        return decisions
+    finally:
+        storage.timer.cancel()
+
+
+async def _ours(strategy: str, rate: str, steps: list[float]) -> list[bool]:
+    item = limits.parse(rate)
+    backend = MemoryBackend()
+    now = 1_700_000_000.0
+    check = Check("k", strategy, item.amount, item.get_expiry())
+    decisions = []
+    for step in steps:
+        now += step
+        decisions.append((await backend.check([check], at=now)).allowed)
+    return decisions
+
+
+steps_strategy = st.lists(
+    st.sampled_from([0.0, 0.05, 0.25, 0.5, 1.0, 1.5, 2.75, 4.0, 7.5]), min_size=1, max_size=60
+)
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+@pytest.mark.parametrize("rate", ["5/10 seconds", "3/second", "10/minute"])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=steps_strategy)
+def test_allow_deny_sequence_equals_limits(
+    strategy: str, rate: str, steps: list[float], fake_time: _FakeTime
+) -> None:
+    import anyio
+
+    expected = _reference(strategy, rate, steps, fake_time)
+    assert anyio.run(_ours, strategy, rate, steps) == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_a_rejected_check_consumes_nothing(strategy: str) -> None:
+    backend = MemoryBackend()
+    tight = Check("tight", strategy, 1, 60)
+    loose = Check("loose", strategy, 100, 60)
+    assert (await backend.check([tight, loose], at=1000.0)).allowed
+    for _ in range(5):
+        verdict = await backend.check([loose, tight], at=1001.0)
+        assert not verdict.allowed
+        assert verdict.results[0].ok
+        assert not verdict.results[1].ok
+    assert (await backend.check([loose], at=1001.0)).results[0].remaining == 98
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_refund_gives_a_hit_back(strategy: str) -> None:
+    backend = MemoryBackend()
+    check = Check("k", strategy, 2, 60)
+    first = await backend.check([check], at=1000.0)
+    await backend.check([Check("k", strategy, 2, 60, mode="refund")], at=first.at)
+    assert (await backend.check([check], at=1000.5)).results[0].remaining == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_retry_after_is_when_the_request_would_pass(strategy: str) -> None:
+    backend = MemoryBackend()
+    check = Check("k", strategy, 3, 10)
+    now = 1_700_000_003.0
+    while (await backend.check([check], at=now)).allowed:
+        now += 0.5
+    wait = (await backend.check([check], at=now)).results[0].reset
+    assert wait > 0
+    assert not (await backend.check([check], at=now + wait - 0.01)).allowed or strategy == "sliding"
+    assert (await backend.check([check], at=now + wait)).allowed
