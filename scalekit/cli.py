@@ -136,7 +136,8 @@ def _move(args: argparse.Namespace, out: TextIO) -> int:
             resumed = f" (resumed at {done.resumed_from})" if done.resumed_from else ""
             print(
                 f"bucket {done.bucket} moved: shard {done.source} -> shard {done.target}, "
-                f"map version {done.version}{resumed}; rows {rows}",
+                f"map version {done.version}{resumed}; rows {rows}; {done.synced} rows "
+                "written during the copy synced",
                 file=out,
             )
         return 0

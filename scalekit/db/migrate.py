@@ -160,7 +160,11 @@ class MovePlan:
 
 @dataclasses.dataclass(frozen=True)
 class MoveResult:
-    """A finished move: where the bucket went, the map version, rows per table."""
+    """A finished move: where the bucket went, the map version, rows per table.
+
+    ``synced`` counts the rows the sync step fixed on the target in this run:
+    writes that landed on the source during the copy.
+    """
 
     bucket: int
     source: int
@@ -169,6 +173,7 @@ class MoveResult:
     rows: Mapping[str, int]
     resumed_from: str | None = None
     already: bool = False
+    synced: int = 0
 
 
 # -- SQL per shard -----------------------------------------------------------------
@@ -629,7 +634,7 @@ def move_bucket(
             _logger.info("bucket move resumed", bucket=bucket, step=move.step)
         rows: dict[str, int] = {}
         version = move.map.version
-        syncs = 0
+        syncs = synced = 0
         while move.step != "done":
             if move.step == "copy":
                 move.copy()
@@ -641,7 +646,7 @@ def move_bucket(
                         "syncs; are writes bypassing ShardSet.execute/transaction? The bucket "
                         "stays frozen on the source; rerun the move when writes are guarded"
                     )
-                move.sync()
+                synced += move.sync()
             elif move.step == "verify":
                 with contextlib.suppress(_Mismatch):
                     rows = move.verify()
@@ -659,7 +664,8 @@ def move_bucket(
             version = BucketMap.load_db(control_pool, map_table).version
         _logger.info("bucket move done", bucket=bucket, source=move.source, target=to,
                      version=version)  # fmt: skip
-        return MoveResult(bucket, move.source, to, version, rows, resumed_from=move.resumed_from)
+        return MoveResult(bucket, move.source, to, version, rows, resumed_from=move.resumed_from,
+                          synced=synced)  # fmt: skip
 
 
 def plan_move(
