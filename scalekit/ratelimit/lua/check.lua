@@ -35,16 +35,20 @@ for i = 1, n do
                   window = window, limit = limit}
 
     if strategy == 'fixed' then
-        local used = tonumber(redis.call('GET', key)) or 0
-        local ttl = tonumber(redis.call('PTTL', key))
-        plan.fresh = ttl < 0
-        if plan.fresh then ttl = window; used = 0 end
+        -- the window's end is stored, not read from PTTL, so the script is a
+        -- function of `now` alone (TIME in production)
+        local stored = redis.call('HMGET', key, 'c', 'e')
+        local used = tonumber(stored[1]) or 0
+        local expires = tonumber(stored[2]) or 0
+        plan.fresh = expires <= now
+        if plan.fresh then used = 0; expires = now + window end
+        plan.used, plan.expires = used, expires
         if mode ~= 'add' and mode ~= 'refund' and used + cost > limit then
-            ok, remaining, reset = 0, limit - used, ttl
+            ok, remaining, reset = 0, limit - used, expires - now
         else
             local after = used
             if mode == 'hit' or mode == 'add' then after = used + cost end
-            ok, remaining, reset = 1, limit - after, ttl
+            ok, remaining, reset = 1, limit - after, expires - now
         end
     elseif strategy == 'sliding' then
         local index = math.floor(now / window)
@@ -128,8 +132,12 @@ for i = 1, n do
     local p = plans[i]
     if p.mode == 'hit' or p.mode == 'add' then
         if p.strategy == 'fixed' then
-            redis.call('INCRBY', p.key, p.cost)
-            if p.fresh then redis.call('PEXPIRE', p.key, p.window) end
+            if p.fresh then
+                redis.call('HSET', p.key, 'c', p.cost, 'e', p.expires)
+                redis.call('PEXPIRE', p.key, p.window)
+            else
+                redis.call('HINCRBY', p.key, 'c', p.cost)
+            end
         elseif p.strategy == 'sliding' then
             redis.call('HSET', p.key, 'w', p.index, 'c', p.current + p.cost, 'p', p.previous)
             redis.call('PEXPIRE', p.key, p.window * 2)
@@ -140,8 +148,9 @@ for i = 1, n do
         end
     elseif p.mode == 'refund' then
         if p.strategy == 'fixed' then
-            local used = tonumber(redis.call('GET', p.key)) or 0
-            if used >= p.cost then redis.call('DECRBY', p.key, p.cost) end
+            if not p.fresh and p.used >= p.cost then
+                redis.call('HINCRBY', p.key, 'c', -p.cost)
+            end
         elseif p.strategy == 'sliding' then
             if p.current >= p.cost then
                 redis.call('HSET', p.key, 'c', p.current - p.cost)

@@ -1,0 +1,234 @@
+"""RateLimitMiddleware on a real redis-server: round trips, atomicity, outages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import limits
+import pytest
+from harness import CountingProxy, RedisServer
+from rl_integration_helpers import client, command_calls, make_app
+
+from scalekit._breaker import CircuitBreaker
+from scalekit._clock import ManualClock
+from scalekit.ratelimit import Check, MemoryBackend, RateLimitMiddleware, RedisBackend, Rule
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _command_stats(redis_server: RedisServer) -> Iterator[None]:
+    redis_server.client().config_resetstat()
+    yield
+    calls = command_calls(redis_server)
+    assert "keys" not in calls
+    assert "scan" not in calls
+
+
+@pytest.fixture
+async def proxied(
+    redis_server: RedisServer, counting_proxy: Any
+) -> AsyncIterator[tuple[CountingProxy, str]]:
+    redis_server.flushall()
+    proxy = counting_proxy(redis_server.host, redis_server.port)
+    yield proxy, proxy.url_for(redis_server.url)
+
+
+def middleware(storage: str, rules: list[Rule], **kwargs: Any) -> RateLimitMiddleware:
+    return RateLimitMiddleware(make_app(), storage, rules, **kwargs)
+
+
+async def test_one_round_trip_per_request_with_headers(
+    proxied: tuple[CountingProxy, str],
+) -> None:
+    proxy, url = proxied
+    app = middleware(url, [Rule("1000/minute")])
+    try:
+        async with client(app) as http:
+            await http.get("/")  # loads the script (EVALSHA -> NOSCRIPT -> EVAL)
+            proxy.reset()
+            for _ in range(20):
+                response = await http.get("/")
+                assert response.status_code == 200
+                assert "ratelimit" in response.headers
+            assert proxy.round_trips == 20
+    finally:
+        await app.aclose()
+
+
+async def test_two_rules_on_one_identity_cost_one_round_trip(
+    proxied: tuple[CountingProxy, str],
+) -> None:
+    proxy, url = proxied
+    rules = [
+        Rule("10/second;1000/hour", name="api"),
+        Rule("50/minute", path="/items/{id}", name="items"),
+        Rule("5/minute", path="/login", count="failures", name="login"),
+    ]
+    app = middleware(url, rules)
+    try:
+        async with client(app) as http:
+            await http.get("/items/1")
+            proxy.reset()
+            for i in range(5):
+                assert (await http.get(f"/items/{i}")).status_code == 200
+            assert proxy.round_trips == 5
+            proxy.reset()
+            assert (await http.post("/login?ok=1")).status_code == 200
+            assert proxy.round_trips == 1  # a success is never counted: no second call
+            assert (await http.post("/login?ok=0")).status_code == 401
+            assert proxy.round_trips == 3  # a failure adds one call after the response
+    finally:
+        await app.aclose()
+
+
+async def test_a_rejected_request_changes_no_counter(redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    rules = [Rule("100/minute", name="wide"), Rule("2/minute", path="/items/{id}", name="narrow")]
+    for strategy in ("fixed-window", "sliding-window-counter", "moving-window"):
+        app = middleware(redis_server.url, rules, strategy=strategy, key_prefix=f"rl-{strategy}")
+        try:
+            async with client(app) as http:
+                assert (await http.get("/items/1")).status_code == 200
+                assert (await http.get("/items/2")).status_code == 200
+                redis = redis_server.client()
+                short = strategy.split("-")[0]
+                keys = [
+                    f"rl-{strategy}:{{ip:203.0.113.7}}:wide:100/60:{short}",
+                    f"rl-{strategy}:{{ip:203.0.113.7}}:narrow:2/60:{short}",
+                ]
+                before = {key: redis.dump(key) for key in keys}
+                assert all(before.values())
+                for _ in range(5):
+                    assert (await http.get("/items/3")).status_code == 429
+                assert {key: redis.dump(key) for key in keys} == before
+                redis.close()
+        finally:
+            await app.aclose()
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_redis_script_agrees_with_limits_and_memory(
+    redis_server: RedisServer, strategy: str
+) -> None:
+    redis_server.flushall()
+    backend = RedisBackend(redis_server.url)
+    memory = MemoryBackend()
+    item = limits.parse("5/10 seconds")
+    # odd milliseconds: limits' float arithmetic and the script's integer
+    # milliseconds agree except exactly on boundaries, which real time never hits
+    steps = [0, 0.251, 0.497, 1.003, 0, 0, 0.263, 2.011, 4.493, 0.257, 0.509, 7.519, 0, 0]
+    steps = (steps + [0.003, 1.517, 1.021, 0.249]) * 3
+    now = 1_700_000_003.013
+    try:
+        for step in steps:
+            now += step
+            check = Check("{t}:k", strategy, item.amount, item.get_expiry())
+            ours = await backend.check([check], at=now)
+            reference = await memory.check([check], at=now)
+            assert ours.allowed == reference.allowed
+            assert [r.remaining for r in ours.results] == [r.remaining for r in reference.results]
+    finally:
+        await backend.aclose()
+
+
+async def test_the_window_follows_redis_clock_not_the_app_host(redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    backend = RedisBackend(redis_server.url)
+    try:
+        verdict = await backend.check([Check("{t}:clock", "sliding", 5, 60)])
+        seconds, micros = redis_server.client().time()
+        assert abs(verdict.at - (seconds + micros / 1e6)) < 5
+        stored = redis_server.client().hget("{t}:clock", "w")
+        assert int(stored) == int(verdict.at * 1000) // 60_000
+    finally:
+        await backend.aclose()
+
+
+async def test_script_cache_flushed_is_reloaded_in_one_call(
+    proxied: tuple[CountingProxy, str], redis_server: RedisServer
+) -> None:
+    proxy, url = proxied
+    app = middleware(url, [Rule("3/minute")])
+    try:
+        async with client(app) as http:
+            assert (await http.get("/")).status_code == 200
+            redis_server.client().script_flush()
+            proxy.reset()
+            assert (await http.get("/")).status_code == 200
+            assert proxy.round_trips == 2  # EVALSHA -> NOSCRIPT, then EVAL
+            assert (await http.get("/")).status_code == 200
+            assert (await http.get("/")).status_code == 429
+    finally:
+        await app.aclose()
+
+
+async def test_redis_killed_fail_open_fail_closed_then_restarted(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.flushall()
+    rules = [
+        Rule("2/minute", path="/", name="open"),
+        Rule("2/minute", path="/other", on_backend_error="deny", name="closed"),
+    ]
+    clock = ManualClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
+    app = middleware(redis_server.url, rules, breaker=breaker, clock=clock)
+    try:
+        async with client(app) as http:
+            assert (await http.get("/")).status_code == 200
+            redis_server.kill()
+            statuses = [(await http.get("/")).status_code for _ in range(30)]
+            assert statuses == [200] * 30
+            for _ in range(5):
+                closed = await http.get("/other")
+                assert closed.status_code == 503
+                assert closed.json()["error"] == "rate_limit_unavailable"
+            redis_server.start()  # an empty Redis: no scripts, no counters
+            clock.advance(5.0)
+            assert (await http.get("/")).status_code == 200  # the breaker's trial closes it
+            assert (await http.get("/")).status_code == 200
+            assert (await http.get("/")).status_code == 429
+            assert (await http.get("/other")).status_code == 200
+    finally:
+        await app.aclose()
+
+
+async def test_frozen_redis_breaker_lets_one_call_per_cooldown(
+    redis_server: RedisServer, counting_proxy: Any
+) -> None:
+    redis_server.flushall()
+    proxy = counting_proxy(redis_server.host, redis_server.port)
+    clock = ManualClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
+    app = middleware(proxy.url_for(redis_server.url), [Rule("100/minute")], breaker=breaker)
+    try:
+        async with client(app) as http:
+            assert (await http.get("/")).status_code == 200
+            redis_server.freeze()
+            proxy.reset()
+            started = time.monotonic()
+            for _ in range(20):
+                assert (await http.get("/")).status_code == 200
+            assert proxy.round_trips == 3  # until the breaker opened
+            for _ in range(3):
+                clock.advance(5.0)
+                proxy.reset()
+                for _ in range(10):
+                    assert (await http.get("/")).status_code == 200
+                assert proxy.round_trips <= 1
+            # each call that reached Redis cost one socket timeout, no more
+            assert time.monotonic() - started < 10
+    finally:
+        redis_server.thaw()
+        await app.aclose()
+
+
+def test_no_keys_or_scan_commands(redis_server: RedisServer) -> None:
+    """What the module ran so far (the fixture checks again after the last test)."""
+    calls = command_calls(redis_server)
+    assert calls.get("evalsha", 0) > 0  # counted since the restart above
+    assert "keys" not in calls
+    assert "scan" not in calls
