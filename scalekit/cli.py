@@ -68,6 +68,7 @@ def _progress_reporter(out: TextIO) -> Iterator[Callable[[Any], None]]:
     """Rich progress bars on a terminal, else one log line per table step."""
     if out.isatty():
         try:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
         except ImportError:
             pass
@@ -77,7 +78,7 @@ def _progress_reporter(out: TextIO) -> Iterator[Callable[[Any], None]]:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                console=None,
+                console=Console(file=out),
                 transient=False,
             ) as bar:
 

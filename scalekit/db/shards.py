@@ -9,8 +9,9 @@ Keys:
 * ``JumpHash`` uses a non-negative integer key directly as the 64-bit key of
   Lamping & Veach's algorithm, so its results equal every other faithful
   implementation (Guava's ``Hashing.consistentHash``, Go's ``jump.Hash``).
-* A ``str`` (UTF-8) or ``bytes`` key is first turned into 64 bits by
-  :func:`hash_key`: the first 8 bytes of its SHA-256 digest, big-endian.
+* A ``str`` (UTF-8) or ``bytes`` key, or an integer outside 0..2**64-1, is
+  first turned into 64 bits by :func:`hash_key`: the first 8 bytes of its
+  SHA-256 digest, big-endian (integers as their decimal text).
 * ``BucketMap`` hashes every key, integers as their decimal text, so ``42``
   and ``"42"`` share a bucket and SQL can compute a row's bucket
   (``SHA2(CAST(col AS CHAR), 256)``; see ``scalekit.db.migrate``).
@@ -186,8 +187,8 @@ class JumpHash:
     """Jump consistent hash (Lamping & Veach 2014): N → N+1 moves only 1/(N+1) of keys.
 
     A non-negative integer key below 2**64 is the algorithm's 64-bit key
-    itself, so results match other implementations; str and bytes keys are
-    hashed with :func:`hash_key` first.
+    itself, so results match other implementations; str and bytes keys, and
+    integers outside that range, are hashed with :func:`hash_key` first.
 
     Raises:
         ConfigError: ``n`` is not an integer of at least 1.
@@ -204,18 +205,12 @@ class JumpHash:
         return self.n
 
     def shard_for(self, key: Any) -> int:
-        """The jump hash of ``key`` (an int used directly, str/bytes hashed).
+        """The jump hash of ``key`` (an int in 0..2**64-1 used directly, others hashed).
 
         Raises:
-            ValueError: an integer key is negative or does not fit in 64 bits.
             TypeError: the key is not an int, str or bytes.
         """
-        if isinstance(key, int) and not isinstance(key, bool):
-            if not 0 <= key <= _MASK64:
-                raise ValueError(
-                    f"JumpHash integer key {key!r} must be in 0..2**64-1: pass str(key) "
-                    "to hash it instead"
-                )
+        if type(key) is int and 0 <= key <= _MASK64:
             return jump_hash(key, self.n)
         return jump_hash(hash_key(key), self.n)
 
@@ -258,9 +253,9 @@ class BucketMap:
         assignment: the shard of each bucket, as a sequence indexed by bucket
             or a mapping bucket → shard covering every bucket. None spreads
             the buckets round-robin over ``shards`` (bucket ``b`` → ``b % shards``).
+        version: the table's version; a ``reassign`` makes ``version + 1``.
         shards: the shard count; default ``max(assignment) + 1``. Give it when
             a new shard holds no bucket yet.
-        version: the table's version; a ``reassign`` makes ``version + 1``.
 
     Raises:
         ConfigError: the assignment does not cover every bucket exactly, names
@@ -273,9 +268,9 @@ class BucketMap:
         self,
         buckets: int = 1024,
         assignment: Sequence[int] | Mapping[int, int] | None = None,
+        version: int = 1,
         *,
         shards: int | None = None,
-        version: int = 1,
     ) -> None:
         if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
             raise ConfigError(f"buckets={buckets!r} must be an integer of at least 1")

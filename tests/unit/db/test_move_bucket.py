@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,25 @@ def test_cli_move_and_dry_run(setup: Setup, capsys: pytest.CaptureFixture[str]) 
     assert "copy tasks: 300/300 rows" in out  # plain lines when not on a terminal
     assert "bucket 4 moved: shard 0 -> shard 1, map version 2" in out
     _assert_moved(setup, before)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cli_shows_a_rich_progress_bar_on_a_terminal(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    argv = ["shards", "move", "--bucket", str(setup.bucket), "--to", "1",
+            "--control", f"sqlite:///{setup.tmp_path}/control.db",
+            "--shard", f"sqlite:///{setup.tmp_path}/shard0.db",
+            "--shard", f"sqlite:///{setup.tmp_path}/shard1.db",
+            "--table", "tasks:user_id:id"]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = screen.getvalue()
+    assert "\x1b[" in text  # terminal control codes: rich drew the bars
+    assert "copy tasks" in text
+    assert "copy tasks: 300/300 rows" not in text  # not the plain log lines

@@ -17,7 +17,7 @@ from scalekit.db import BucketMap, ConfigError, JumpHash, Modulo, plan
 from scalekit.db.shards import hash_key, jump_hash
 
 UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
-KEYS = st.one_of(UINT64, st.text(max_size=40), st.binary(max_size=40))
+KEYS = st.one_of(UINT64, st.integers(), st.text(max_size=40), st.binary(max_size=40))
 
 # Reference outputs of jump consistent hash from independent implementations:
 # dgryski/go-jump jump_test.go ("generated from the reference C++ code" of the
@@ -162,12 +162,15 @@ def test_bad_shard_counts_are_config_errors(bad: object) -> None:
 
 
 def test_bad_keys_raise_typed_errors_with_advice() -> None:
-    with pytest.raises(ValueError, match="str"):
-        JumpHash(4).shard_for(-1)
     with pytest.raises(TypeError, match="str"):
         JumpHash(4).shard_for(1.5)
     with pytest.raises(TypeError, match="bool"):
         BucketMap(8, shards=2).shard_for(True)
+
+
+def test_integers_outside_64_bits_are_hashed_like_their_text() -> None:
+    for key in (-1, -(2**70), 2**64, 2**100):
+        assert JumpHash(9).shard_for(key) == jump_hash(hash_key(str(key)), 9)
 
 
 def test_modulo_keeps_the_original_rule_for_integers() -> None:
