@@ -19,6 +19,7 @@ Strategies, with the meanings of the ``limits`` package:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import math
@@ -230,6 +231,8 @@ class RedisBackend:
         self._script = _load_script()
         self._sha = hashlib.sha1(self._script.encode("utf-8")).hexdigest()
         self._errors = redis_errors()
+        self._ready = False
+        self._init_lock = asyncio.Lock()
         self._no_script: type[BaseException] = require("redis.exceptions", "redis").NoScriptError
 
     @property
@@ -254,6 +257,8 @@ class RedisBackend:
                 check.mode,
             ]
         try:
+            if not self._ready:
+                await self._initialize()
             try:
                 raw = await self._client.evalsha(self._sha, len(keys), *keys, *args)
             except self._no_script:
@@ -268,6 +273,17 @@ class RedisBackend:
             for i in range(2, len(values), 3)
         )
         return Verdict(values[0] == 1, values[1] / 1000, results)
+
+    async def _initialize(self) -> None:
+        # redis-py's asyncio Cluster client discovers the topology on its first
+        # command; many first commands at once race and drop each other's
+        # connections, so discover once, under a lock, before the first call.
+        async with self._init_lock:
+            if not self._ready:
+                initialize = getattr(self._client, "initialize", None)
+                if initialize is not None:
+                    await initialize()
+                self._ready = True
 
     async def aclose(self) -> None:
         """Close the client if this backend built it."""

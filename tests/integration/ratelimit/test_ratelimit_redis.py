@@ -33,7 +33,7 @@ async def proxied(
 ) -> AsyncIterator[tuple[CountingProxy, str]]:
     redis_server.flushall()
     proxy = counting_proxy(redis_server.host, redis_server.port)
-    yield proxy, proxy.url_for(redis_server.url)
+    return proxy, proxy.url_for(redis_server.url)
 
 
 def middleware(storage: str, rules: list[Rule], **kwargs: Any) -> RateLimitMiddleware:
@@ -120,7 +120,7 @@ async def test_redis_script_agrees_with_limits_and_memory(
     # odd milliseconds: limits' float arithmetic and the script's integer
     # milliseconds agree except exactly on boundaries, which real time never hits
     steps = [0, 0.251, 0.497, 1.003, 0, 0, 0.263, 2.011, 4.493, 0.257, 0.509, 7.519, 0, 0]
-    steps = (steps + [0.003, 1.517, 1.021, 0.249]) * 3
+    steps = ([*steps, 0.003, 1.517, 1.021, 0.249]) * 3
     now = 1_700_000_003.013
     try:
         for step in steps:
