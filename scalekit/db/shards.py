@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -599,8 +600,9 @@ class ShardSet:
     """Shards (each a ``ReplicaSet``) and the strategy that picks one per key.
 
     ``ShardSet([db0, db1, db2, db3], strategy=JumpHash(4))``. Statements run
-    through the set (``query``, ``execute``, ``transaction``, ``query_all``)
-    report their shard index in ``DbQuery.shard`` / ``DbRouting.shard``.
+    through the set (``query``, ``execute``, ``transaction``, ``query_all``
+    and their ``a``-prefixed async twins) report their shard index in
+    ``DbQuery.shard`` / ``DbRouting.shard``.
 
     With a ``BucketMap``, ``execute`` and ``transaction`` are *guarded*: in
     the same transaction they first read the bucket's fence row on the shard
@@ -736,6 +738,9 @@ class ShardSet:
                 guarded = _guard(fn, self._fence_sql(replica_set), bucket)
                 return replica_set.transaction(guarded, retries=retries, key=key)
             except _Fenced as fenced:
+                if events.bus.has_listeners(events.DbRouting):
+                    events.emit(events.DbRouting(replica_set.name, f"bucket_{fenced.state}",
+                                                 f"bucket {bucket}", index))  # fmt: skip
                 if fenced.state == "moved":
                     reloads += 1
                     if self._reload is None or reloads > 3:
@@ -809,6 +814,23 @@ class ShardSet:
             result.extend(future.result())
         return result
 
+    # -- async ---------------------------------------------------------------------
+    async def aquery(self, key: Any, sql: str, params: Params = None, **options: Any) -> list[Row]:
+        """``query`` in a worker thread, so the event loop never blocks."""
+        return await _to_thread(functools.partial(self.query, key, sql, params, **options))
+
+    async def aexecute(self, key: Any, sql: str, params: Params = None) -> Result:
+        """``execute`` in a worker thread."""
+        return await _to_thread(functools.partial(self.execute, key, sql, params))
+
+    async def atransaction(self, key: Any, fn: Callable[[Cursor], T], *, retries: int = 0) -> T:
+        """``transaction`` in a worker thread."""
+        return await _to_thread(functools.partial(self.transaction, key, fn, retries=retries))
+
+    async def aquery_all(self, sql: str, params: Params = None, **options: Any) -> list[ShardRow]:
+        """``query_all`` from async code: the shards still run concurrently, off the loop."""
+        return await _to_thread(functools.partial(self.query_all, sql, params, **options))
+
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
@@ -828,6 +850,13 @@ class ShardSet:
 
     def __repr__(self) -> str:
         return f"<ShardSet shards={len(self.shards)} strategy={self.strategy!r}>"
+
+
+async def _to_thread(call: Callable[[], T]) -> T:
+    import anyio.to_thread
+
+    context = contextvars.copy_context()
+    return await anyio.to_thread.run_sync(context.run, call)
 
 
 def _guard(fn: Callable[[Cursor], T], fence: str, bucket: int) -> Callable[[Cursor], T]:

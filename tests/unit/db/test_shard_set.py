@@ -13,6 +13,7 @@ from scalekit.db import (
     BucketMap,
     BucketMoved,
     ConfigError,
+    Cursor,
     JumpHash,
     Modulo,
     ReplicaSet,
@@ -152,3 +153,43 @@ def test_transaction_returns_the_function_result(tmp_path: Path) -> None:
 
     assert shard_set.transaction(3, write) == 1
     assert shard_set.query(3, "SELECT title FROM tasks WHERE id = 3") == [{"title": "z"}]
+
+
+@pytest.mark.anyio
+async def test_async_twins(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=BucketMap(8, shards=2))
+    seen: list[int | None] = []
+    unsubscribe = events.subscribe(lambda event: seen.append(event.shard), events.DbQuery)
+    try:
+        await shard_set.aexecute(5, "INSERT INTO tasks (id, user_id, title) VALUES (5, 5, 'a')")
+        assert await shard_set.aquery(5, "SELECT title FROM tasks") == [{"title": "a"}]
+        rows = await shard_set.aquery_all("SELECT user_id FROM tasks")
+        assert [(row.shard, row["user_id"]) for row in rows] == [(shard_set.shard_for(5), 5)]
+
+        def count(cursor: Cursor) -> int:
+            return len(cursor.query("SELECT id FROM tasks"))
+
+        assert await shard_set.atransaction(5, count) == 1
+    finally:
+        unsubscribe()
+        shard_set.close()
+    assert None not in seen
+
+
+def test_fenced_writes_are_reported_as_routing_events(tmp_path: Path) -> None:
+    bucket_map = BucketMap(16, shards=2)
+    shards = sqlite_shards(tmp_path, 2)
+    shard_set = ShardSet(shards, strategy=bucket_map, freeze_timeout=0.0)
+    index, bucket = bucket_map.shard_for(7), bucket_map.bucket_for(7)
+    ensure_fence_table(shards[index].primary)
+    shards[index].execute("INSERT INTO scalekit_bucket_fence VALUES (%s, 'frozen')", (bucket,))
+    got: list[events.DbRouting] = []
+    unsubscribe = events.subscribe(got.append, events.DbRouting)
+    try:
+        with pytest.raises(BucketMoved):
+            shard_set.execute(7, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+    finally:
+        unsubscribe()
+    assert [(e.decision, e.reason, e.shard) for e in got] == [
+        ("bucket_frozen", f"bucket {bucket}", index)
+    ]
