@@ -52,7 +52,7 @@ def create_app() -> Any:
     routes = [Route("/items/{item_id}", item)]
     variant = os.environ.get("BENCH_VARIANT", "bare")
     middleware: list[Middleware] = []
-    if variant in ("scalekit", "scalekit-nolog"):
+    if variant in ("scalekit", "scalekit-nolog", "context-only", "metrics-only"):
         from scalekit.observability import (
             MetricsMiddleware,
             RequestContextMiddleware,
@@ -66,6 +66,10 @@ def create_app() -> Any:
             Middleware(RequestContextMiddleware, access_log=variant == "scalekit"),
             Middleware(MetricsMiddleware),
         ]
+        if variant == "context-only":
+            middleware = middleware[:1]
+        elif variant == "metrics-only":
+            middleware = middleware[1:]
     elif variant == "peers":
         from asgi_correlation_id import CorrelationIdMiddleware
         from starlette_exporter import PrometheusMiddleware, handle_metrics
@@ -159,6 +163,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated; also context-only and metrics-only (to attribute the cost)",
+    )
     args = parser.parse_args()
     duration = args.duration or (3.0 if args.quick else 10.0)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -167,13 +176,17 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
 
-    servers = {variant: Server(variant) for variant in VARIANTS}
-    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    for required in ("bare", "peers"):
+        if required not in variants:
+            variants.append(required)
+    servers = {variant: Server(variant) for variant in variants}
+    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     try:
         for server in servers.values():  # warm up: imports, caches, first series
             run_wrk(wrk, server, 1.0, args.connections)
         for round_number in range(rounds):
-            for variant in VARIANTS:
+            for variant in variants:
                 result = run_wrk(wrk, servers[variant], duration, args.connections)
                 results[variant].append(result)
                 print(
@@ -196,7 +209,7 @@ def main() -> int:
         f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'cpu us/req':>11} {'x bare':>7} {'x peers':>8}"
     )
     bare, peers = median("bare", "rps"), median("peers", "rps")
-    for variant in VARIANTS:
+    for variant in variants:
         rps = median(variant, "rps")
         print(
             f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} "

@@ -117,8 +117,8 @@ class RequestContextMiddleware:
         previous = structlog.contextvars.get_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         id_token = _request_id.set(request_id)
-        state = scope.get("state")
-        if isinstance(state, MutableMapping):
+        state = scope.setdefault("state", {})
+        if isinstance(state, MutableMapping):  # request.state.request_id
             state["request_id"] = request_id
         if rejected:
             self.logger.warning(

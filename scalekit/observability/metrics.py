@@ -287,7 +287,11 @@ def render_metrics(
 def metrics_endpoint_for(
     registry: CollectorRegistry | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint serving ``registry`` (see :func:`metrics_endpoint`)."""
+    """A Starlette endpoint serving ``registry`` (see :func:`metrics_endpoint`).
+
+    In multiprocess mode only the global ``REGISTRY`` (or None) is summed
+    across workers; another registry is served as this process sees it.
+    """
 
     async def endpoint(request: Request) -> Response:
         body, content_type = await run_in_threadpool(

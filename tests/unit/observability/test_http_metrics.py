@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
@@ -291,3 +293,74 @@ def test_cleanup_removes_only_dead_workers_live_gauges(tmp_path: Path) -> None:
 def test_cleanup_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert cleanup_dead_workers() == []
+
+
+async def call_asgi(app: Any, method: str, path: str) -> int:
+    """One request straight through the ASGI interface (no HTTP client): fast for 10,000."""
+    status = 0
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+@pytest.mark.anyio
+async def test_ten_thousand_random_unmatched_requests_add_exactly_one_route_value() -> None:
+    registry = CollectorRegistry()
+    app = make_app(registry)
+    await call_asgi(app, "GET", "/items/1")
+    before = routes_counted(registry)
+    rng = random.Random(20261129)
+    alphabet = string.ascii_letters + string.digits + "/._-~%"
+    sent = 0
+    while sent < 10_000:
+        path = "/" + "".join(rng.choices(alphabet, k=rng.randint(1, 60)))
+        if path.startswith(("/items/", "/static", "/api/", "/boom", "/metrics", "/health")):
+            continue
+        method = "OPTIONS" if sent % 4 == 0 else rng.choice(["GET", "POST", "HEAD", "WEIRD"])
+        status = await call_asgi(app, method, path)
+        assert status in (404, 307), (path, status)
+        sent += 1
+    after = routes_counted(registry)
+    assert after - before == {UNMATCHED_ROUTE}
+    unmatched = sum(
+        value
+        for labels, value in samples(registry, "http_requests_total")
+        if labels["route"] == UNMATCHED_ROUTE
+    )
+    assert unmatched == 10_000
+
+
+@given(path=st.text(alphabet=string.printable, min_size=0, max_size=80), method=st.text(max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_route_label_is_always_a_template_or_unmatched(path: str, method: str) -> None:
+    import anyio
+
+    registry = CollectorRegistry()
+    app = make_app(registry)
+    anyio.run(call_asgi, app, method or "GET", "/" + path)
+    allowed = {
+        "/items/{item_id}",
+        "/boom",
+        "/api/{version}/users/{user_id}",
+        "/api/{version}/",
+        "/static/{path}",
+        UNMATCHED_ROUTE,
+    }
+    assert routes_counted(registry) <= allowed
+    methods = {labels["method"] for labels, _ in samples(registry, "http_requests_total")}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                       "CONNECT", "OTHER"}  # fmt: skip
