@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
     "OTHER_METHOD",
     "OVERFLOW_ROUTE",
+    "REGISTRY_SCOPE_KEY",
     "UNMATCHED_ROUTE",
     "HttpMetrics",
     "MetricsMiddleware",
@@ -62,6 +63,9 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
 """Histogram buckets in seconds, from 5 ms to 10 s (Prometheus' defaults)."""
+
+REGISTRY_SCOPE_KEY = "scalekit.metrics_registry"
+"""The ASGI scope key where ``MetricsMiddleware`` leaves its registry for ``metrics_endpoint``."""
 
 DEFAULT_EXCLUDED_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
 """Paths the middleware does not count: scrapes and probes."""
@@ -188,7 +192,12 @@ class MetricsMiddleware:
         self.route_names = RouteNames(max_routes=max_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._excluded(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # metrics_endpoint behind this middleware serves this middleware's registry.
+        scope[REGISTRY_SCOPE_KEY] = self.registry
+        if self._excluded(scope):
             await self.app(scope, receive, send)
             return
 
@@ -304,16 +313,19 @@ def metrics_endpoint_for(
     return endpoint
 
 
-_default_endpoint = metrics_endpoint_for(None)
-
-
 async def metrics_endpoint(request: Request) -> Response:
     """The Starlette endpoint for ``/metrics``: ``Route("/metrics", metrics_endpoint)``.
 
-    Serves prometheus_client's global registry, or, with
-    ``PROMETHEUS_MULTIPROC_DIR`` set, the sum of every worker's files (after
-    removing dead workers' live gauges). Rendering runs in a thread so a scrape
-    never blocks the event loop. For another registry use
+    Serves the registry of the ``MetricsMiddleware`` in front of it (so two
+    apps with their own registries each see their own series), else
+    prometheus_client's global registry. With ``PROMETHEUS_MULTIPROC_DIR``
+    set, the global registry is the sum of every worker's files (after
+    removing dead workers' live gauges). Rendering runs in a thread so a
+    scrape never blocks the event loop. To pin a registry use
     :func:`metrics_endpoint_for`.
     """
-    return await _default_endpoint(request)
+    registry = request.scope.get(REGISTRY_SCOPE_KEY)
+    body, content_type = await run_in_threadpool(
+        render_metrics, registry, request.headers.get("accept")
+    )
+    return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -87,7 +87,7 @@ async def test_random_unmatched_paths_and_methods_add_one_route_value() -> None:
     methods = ["GET", "POST", "OPTIONS", "DELETE", "PROPFIND", "BREW"]
     async with client(make_app(registry)) as http:
         await http.get("/items/1")
-        for _ in range(2000):
+        for _ in range(500):
             path = "/" + "".join(rng.choices(string.ascii_letters + "/._-", k=rng.randint(1, 40)))
             if path.startswith(("/items/", "/static", "/api/", "/boom", "/metrics", "/health")):
                 continue
@@ -364,3 +364,25 @@ def test_route_label_is_always_a_template_or_unmatched(path: str, method: str) -
     methods = {labels["method"] for labels, _ in samples(registry, "http_requests_total")}
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
                        "CONNECT", "OTHER"}  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_metrics_endpoint_serves_the_registry_of_the_middleware_in_front() -> None:
+    from scalekit.observability import metrics_endpoint
+
+    def app_on(registry: CollectorRegistry) -> Starlette:
+        return Starlette(
+            routes=[Route("/items/{item_id}", ok), Route("/metrics", metrics_endpoint)],
+            middleware=[Middleware(MetricsMiddleware, registry=registry)],
+        )
+
+    first, second = CollectorRegistry(), CollectorRegistry()
+    async with client(app_on(first)) as one, client(app_on(second)) as two:
+        await one.get("/items/1")
+        for _ in range(3):
+            await two.get("/items/2")
+        first_text = (await one.get("/metrics")).text
+        second_text = (await two.get("/metrics")).text
+    line = 'http_requests_total{method="GET",route="/items/{item_id}",status="200"}'
+    assert f"{line} 1.0" in first_text
+    assert f"{line} 3.0" in second_text
