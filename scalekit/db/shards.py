@@ -149,6 +149,11 @@ class Modulo:
         """``n``."""
         return self.n
 
+    @property
+    def shards(self) -> int:
+        """The shard count (``n``)."""
+        return self.n
+
     def shard_for(self, key: Any) -> int:
         """``key % n`` for an int, ``hash_key(key) % n`` otherwise."""
         if isinstance(key, int) and not isinstance(key, bool):
@@ -203,6 +208,11 @@ class JumpHash:
     @property
     def shard_count(self) -> int:
         """``n``."""
+        return self.n
+
+    @property
+    def shards(self) -> int:
+        """The shard count (``n``)."""
         return self.n
 
     def shard_for(self, key: Any) -> int:
@@ -316,6 +326,11 @@ class BucketMap:
     def uniform(cls, shards: int, buckets: int = 1024) -> BucketMap:
         """Buckets spread round-robin over ``shards`` shards, version 1."""
         return cls(buckets, shards=shards)
+
+    @property
+    def shards(self) -> int:
+        """The shard count (``shard_count``)."""
+        return self.shard_count
 
     @property
     def assignment(self) -> tuple[int, ...]:
@@ -897,6 +912,11 @@ class Plan:
     buckets: Mapping[int, tuple[int, int]]
     bucket_count: int
     fraction: float
+
+    @property
+    def moved(self) -> Mapping[Any, tuple[int, int]]:
+        """What moves: ``keys`` if keys were examined, else ``buckets``."""
+        return self.keys if self.key_count else self.buckets
 
     def summary(self) -> str:
         """A few lines for people: how much moves, and from where to where."""

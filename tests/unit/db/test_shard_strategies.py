@@ -173,5 +173,14 @@ def test_integers_outside_64_bits_are_hashed_like_their_text() -> None:
         assert JumpHash(9).shard_for(key) == jump_hash(hash_key(str(key)), 9)
 
 
+def test_shard_counts() -> None:
+    for strategy in (JumpHash(5), Modulo(5), BucketMap(64, shards=5)):
+        assert strategy.shard_count == strategy.shards == 5
+    assert (
+        plan(JumpHash(2), JumpHash(3), range(10)).moved
+        == plan(JumpHash(2), JumpHash(3), range(10)).keys
+    )
+
+
 def test_modulo_keeps_the_original_rule_for_integers() -> None:
     assert [Modulo(4).shard_for(user_id) for user_id in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
