@@ -20,6 +20,7 @@ Keys:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -29,7 +30,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -683,6 +684,20 @@ class ShardSet:
     def for_key(self, key: Any) -> ReplicaSet:
         """The ``ReplicaSet`` of the shard that holds ``key``."""
         return self.shards[self.strategy.shard_for(key)]
+
+    @contextlib.contextmanager
+    def using(self, key: Any) -> Iterator[ReplicaSet]:
+        """``with shards.using(user_id) as db:`` — the key's ``ReplicaSet``, events tagged.
+
+        Statements run on ``db`` inside the block report the shard index in
+        their events, as statements run through the set do.
+        """
+        index = self.strategy.shard_for(key)
+        token = events.current_shard.set(index)
+        try:
+            yield self.shards[index]
+        finally:
+            events.current_shard.reset(token)
 
     def reload(self) -> ShardStrategy:
         """Replace the strategy with what ``reload`` returns (e.g. a newer map).

@@ -86,12 +86,15 @@ def test_shard_index_reaches_db_events(tmp_path: Path) -> None:
         shard_set.query(6, "SELECT * FROM tasks WHERE user_id = %s", (6,))
         shard_set.query_all("SELECT COUNT(*) AS n FROM tasks")
         shard_set.for_key(6).query("SELECT 1")  # outside the set: no shard
+        with shard_set.using(7) as db:
+            db.query("SELECT 2")
     finally:
         unsubscribe()
         shard_set.close()
     assert [event.shard for event in got[:2]] == [2, 2]
     assert sorted(event.shard for event in got[2:6]) == [0, 1, 2, 3]  # type: ignore[type-var]
     assert got[6].shard is None
+    assert got[7].shard == 3
     assert events.current_shard.get() is None
 
 
