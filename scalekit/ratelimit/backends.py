@@ -213,6 +213,8 @@ class RedisBackend:
             client passed as ``client=``.
         client: use this redis-py asyncio client instead of building one.
         socket_timeout: seconds a call may take before it counts as a failure.
+        batching: send the checks issued in the same event-loop turn in one
+            pipeline (each still one atomic script); not on Cluster.
     """
 
     def __init__(
@@ -221,6 +223,7 @@ class RedisBackend:
         *,
         client: Any = None,
         socket_timeout: float = 0.05,
+        batching: bool = True,
     ) -> None:
         if client is None:
             if url is None:
@@ -233,6 +236,10 @@ class RedisBackend:
         self._errors = redis_errors()
         self._ready = False
         self._init_lock = asyncio.Lock()
+        # redis-py's Cluster pipelines route differently; batch only elsewhere
+        self._batching = batching and not hasattr(client, "get_nodes")
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
         self._no_script: type[BaseException] = require("redis.exceptions", "redis").NoScriptError
 
     @property
@@ -259,12 +266,10 @@ class RedisBackend:
         try:
             if not self._ready:
                 await self._initialize()
-            try:
-                raw = await self._client.evalsha(self._sha, len(keys), *keys, *args)
-            except self._no_script:
-                # Redis restarted or failed over and lost its script cache:
-                # EVAL runs the script and caches it again, still one call.
-                raw = await self._client.eval(self._script, len(keys), *keys, *args)
+            if self._batching:
+                raw = await self._batched(keys, args)
+            else:
+                raw = await self._run(keys, args)
         except self._errors as exc:
             raise BackendUnavailable(f"Redis rate-limit check failed: {exc!r}") from exc
         values = [int(value) for value in raw]
@@ -273,6 +278,77 @@ class RedisBackend:
             for i in range(2, len(values), 3)
         )
         return Verdict(values[0] == 1, values[1] / 1000, results)
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except self._no_script:
+            # Redis restarted or failed over and lost its script cache:
+            # EVAL runs the script and caches it again, still one call.
+            return await self._client.execute_command("EVAL", self._script, len(keys), *keys, *args)
+
+    async def _batched(self, keys: list[str], args: list[Any]) -> Any:
+        # Checks issued in the same event-loop turn travel in one pipeline:
+        # each is still its own atomic script, but they share one write and
+        # one read, which is most of a call's cost. A lone check is sent as is.
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(pending))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        if len(pending) == 1:
+            keys, args, future = pending[0]
+            try:
+                result = await self._run(keys, args)
+            except BaseException as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if not future.done():
+                    future.set_result(result)
+            return
+        try:
+            results = await self._pipeline(pending)
+            missing = [i for i, result in enumerate(results) if isinstance(result, self._no_script)]
+            if missing:
+                # the script cache was emptied (restart, failover): load it once,
+                # then send again only the checks that did not run
+                await self._client.execute_command("SCRIPT", "LOAD", self._script)
+                again = await self._pipeline([pending[i] for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except BaseException as exc:
+            for _, _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), result in zip(pending, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _pipeline(
+        self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        pipeline = self._client.pipeline(transaction=False)
+        for keys, args, _ in pending:
+            pipeline.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        return list(await pipeline.execute(raise_on_error=False))
 
     async def _initialize(self) -> None:
         # redis-py's asyncio Cluster client discovers the topology on its first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -224,6 +225,25 @@ async def test_frozen_redis_breaker_lets_one_call_per_cooldown(
     finally:
         redis_server.thaw()
         await app.aclose()
+
+
+async def test_concurrent_checks_share_a_pipeline_and_stay_exact(
+    proxied: tuple[CountingProxy, str], redis_server: RedisServer
+) -> None:
+    proxy, url = proxied
+    backend = RedisBackend(url + "?socket_timeout=2")
+    check = Check("{batch}:k", "fixed", 30, 60)
+    try:
+        await backend.check([check])
+        redis_server.client().script_flush()  # the batch meets NOSCRIPT
+        proxy.reset()
+        verdicts = await asyncio.gather(*[backend.check([check]) for _ in range(50)])
+        assert sum(verdict.allowed for verdict in verdicts) == 29
+        assert proxy.round_trips <= 3  # pipeline, SCRIPT LOAD, the same pipeline again
+        remaining = sorted(verdict.results[0].remaining for verdict in verdicts if verdict.allowed)
+        assert remaining == list(range(29))
+    finally:
+        await backend.aclose()
 
 
 def test_no_keys_or_scan_commands(redis_server: RedisServer) -> None:
