@@ -147,7 +147,10 @@ class ComponentMetrics:
         return unsubscribe
 
 
-_subscriptions: dict[tuple[int, int], tuple[ComponentMetrics, Callable[[], None]]] = {}
+# Keyed by identity; the entry keeps the registry and bus alive so an id is never reused.
+_subscriptions: dict[
+    tuple[int, int], tuple[CollectorRegistry, EventBus, ComponentMetrics, Callable[[], None]]
+] = {}
 _subscriptions_lock = threading.Lock()
 
 
@@ -172,17 +175,18 @@ def subscribe_component_metrics(
     with _subscriptions_lock:
         existing = _subscriptions.get(key)
         if existing is not None:
-            return existing[1]
+            return existing[3]
         metrics = _metrics_for(registry)
         remove = metrics.subscribe(target)
 
         def unsubscribe() -> None:
             with _subscriptions_lock:
-                if _subscriptions.get(key, (None, None))[1] is unsubscribe:
+                entry = _subscriptions.get(key)
+                if entry is not None and entry[3] is unsubscribe:
                     del _subscriptions[key]
             remove()
 
-        _subscriptions[key] = (metrics, unsubscribe)
+        _subscriptions[key] = (registry, target, metrics, unsubscribe)
         return unsubscribe
 
 
