@@ -103,6 +103,7 @@ def configure_logging(
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
             timestamper,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *stdlib_tail],
@@ -122,6 +123,12 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+def _drop_color_message(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """uvicorn passes an ANSI-coloured copy of its message as an extra; keep the plain one."""
+    event_dict.pop("color_message", None)
+    return event_dict
 
 
 def _orjson() -> ModuleType | None:

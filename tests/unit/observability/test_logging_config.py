@@ -41,7 +41,9 @@ def test_json_lines_from_structlog_and_stdlib_share_processors() -> None:
     configure_logging(json=True, stream=stream)
     structlog.contextvars.bind_contextvars(request_id="abc")
     structlog.get_logger("app").info("hello", answer=42)
-    logging.getLogger("uvicorn.error").warning("server says %s", "hi")
+    logging.getLogger("uvicorn.error").warning(
+        "server says %s", "hi", extra={"color_message": "\x1b[36mhi\x1b[0m"}
+    )
     logging.getLogger("uvicorn.access").info("GET / 200")  # off by default: ours is richer
     first, second = lines(stream)
     assert first["event"] == "hello"
@@ -54,6 +56,7 @@ def test_json_lines_from_structlog_and_stdlib_share_processors() -> None:
     assert second["logger"] == "uvicorn.error"
     assert second["level"] == "warning"
     assert second["request_id"] == "abc"
+    assert "color_message" not in second
 
 
 def test_level_filters_both_paths() -> None:
