@@ -107,7 +107,7 @@ def _progress_reporter(out: TextIO) -> Iterator[Callable[[Any], None]]:
 
 def _move(args: argparse.Namespace, out: TextIO) -> int:
     from .db import Pool
-    from .db.migrate import ShardedTable, move_bucket, plan_move
+    from .db.migrate import ShardedTable, abort_move, move_bucket, plan_move
 
     if not args.shard:
         print("give every shard's URL, in order: --shard URL --shard URL ...", file=sys.stderr)
@@ -116,6 +116,12 @@ def _move(args: argparse.Namespace, out: TextIO) -> int:
     control = Pool.from_url(args.control, name="control")
     shards = [Pool.from_url(url, name=f"shard{index}") for index, url in enumerate(args.shard)]
     try:
+        if args.abort:
+            deleted = abort_move(shards, args.bucket, tables=tables, control=control,
+                                 batch_size=args.batch_size)  # fmt: skip
+            print(f"move of bucket {args.bucket} rolled back: {deleted} copied rows deleted "
+                  "from the target; the bucket stays on its source", file=out)  # fmt: skip
+            return 0
         if args.dry_run:
             result = plan_move(shards, args.bucket, args.to, tables=tables, control=control)
             print(result.summary(), file=out)
@@ -182,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a table that follows the bucket, e.g. tasks:user_id:id")  # fmt: skip
     move.add_argument("--batch-size", type=int, default=500)
     move.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    move.add_argument("--abort", action="store_true",
+                      help="roll back an unfinished move that has not flipped the map")  # fmt: skip
     return parser
 
 

@@ -46,6 +46,7 @@ from .migrate import (
     MoveProgress,
     MoveResult,
     ShardedTable,
+    abort_move,
     move_bucket,
     plan_move,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "ShardStrategy",
     "ShardedTable",
     "WriteOutcomeUnknown",
+    "abort_move",
     "move_bucket",
     "plan",
     "plan_move",

@@ -26,7 +26,7 @@ bucket, and only writes to that bucket wait.
 Resumable: the step is recorded in ``scalekit_bucket_moves`` on the control
 database before and after each step, and every step can run again, so a
 crash at any point followed by a rerun finishes the move; nothing is lost or
-duplicated. On MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
+duplicated. ``abort_move`` rolls back a move that has not flipped yet. On MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
 
 Requirements: the tables exist on every shard with the same schema; primary
 keys are unique across shards (rows keep them on the target); the shard-key
@@ -68,6 +68,7 @@ __all__ = [
     "MoveProgress",
     "MoveResult",
     "ShardedTable",
+    "abort_move",
     "move_bucket",
     "plan_move",
 ]
@@ -666,6 +667,61 @@ def move_bucket(
                      version=version)  # fmt: skip
         return MoveResult(bucket, move.source, to, version, rows, resumed_from=move.resumed_from,
                           synced=synced)  # fmt: skip
+
+
+def abort_move(
+    shards: ShardSet | Sequence[ReplicaSet | Pool],
+    bucket: int,
+    *,
+    tables: Sequence[ShardedTable],
+    control: ReplicaSet | Pool,
+    batch_size: int = 500,
+    map_table: str = MAP_TABLE,
+    moves_table: str = MOVES_TABLE,
+    fence_table: str = FENCE_TABLE,
+) -> int:
+    """Roll back an unfinished move that has not flipped: the bucket stays on its source.
+
+    Deletes the rows already copied to the target, unfreezes the bucket on the
+    source and forgets the move. Safe to run again after a crash. Returns the
+    number of target rows deleted.
+
+    Raises:
+        MoveError: no unfinished move of this bucket, or it has already
+            flipped the map (then only finishing it is safe: rerun the move).
+    """
+    control_pool = _control_pool(control)
+    pools = _pools(shards)
+    _ensure_moves_table(control_pool, _identifier(moves_table))
+    with _mover_lock(control_pool, bucket):
+        record = _record(control_pool, _identifier(moves_table), bucket)
+        if record is None or record["step"] == "done":
+            raise MoveError(f"bucket {bucket} has no unfinished move to roll back")
+        if record["step"] not in ("copy", "sync", "verify", "flip"):
+            raise MoveError(
+                f"the move of bucket {bucket} has flipped the map (step {record['step']!r}): "
+                "rolling back could lose writes made on the target; rerun the move to finish it"
+            )
+        target = int(record["target"])
+        move = _Move(control_pool, pools, bucket, target, tables, batch_size=batch_size,
+                     map_table=map_table, moves_table=moves_table, fence_table=fence_table,
+                     progress=None)  # fmt: skip
+        if move.map.shard_of_bucket(bucket) != move.source:
+            raise MoveError(
+                f"the map already gives bucket {bucket} to shard "
+                f"{move.map.shard_of_bucket(bucket)}: rerun the move to finish it"
+            )
+        deleted = 0
+        with move.dst.connect() as conn:
+            for table in move.tables:
+                while rows := move.dst.batch(conn, table, None, batch_size):
+                    deleted += move.dst.delete(conn, table, [_key(row, table) for row in rows])
+        with move.src.connect() as conn:
+            conn.execute(f"DELETE FROM {move.fence_table} WHERE bucket = %s", [bucket])
+        control_pool.execute(f"DELETE FROM {move.moves_table} WHERE bucket = %s", [bucket])
+        _logger.info("bucket move rolled back", bucket=bucket, source=move.source,
+                     target=target, deleted=deleted)  # fmt: skip
+        return deleted
 
 
 def plan_move(

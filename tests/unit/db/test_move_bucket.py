@@ -18,6 +18,7 @@ from scalekit.db import (
     Pool,
     ReplicaSet,
     ShardedTable,
+    abort_move,
     migrate,
     move_bucket,
     plan_move,
@@ -224,3 +225,60 @@ def test_cli_shows_a_rich_progress_bar_on_a_terminal(
     assert "\x1b[" in text  # terminal control codes: rich drew the bars
     assert "copy tasks" in text
     assert "copy tasks: 300/300 rows" not in text  # not the plain log lines
+
+
+def test_abort_rolls_back_an_unflipped_move(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = setup.rows(0, setup.users)
+
+    def crash(name: str) -> None:
+        if name == "verify":
+            raise _Crash(name)
+
+    monkeypatch.setattr(migrate, "_kill_point", crash)
+    with pytest.raises(_Crash):
+        setup.move()
+    assert len(setup.rows(1, setup.users)) == 300  # copied, frozen, not flipped
+    deleted = abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
+    assert deleted == 300
+    assert setup.rows(1, setup.users) == []
+    assert setup.rows(0, setup.users) == before
+    assert BucketMap.load_db(setup.control).shard_of_bucket(setup.bucket) == 0
+    fence = setup.primary(0).query("SELECT state FROM scalekit_bucket_fence")
+    assert fence == []  # writes to the bucket flow again
+    with pytest.raises(MoveError, match="no unfinished move"):
+        abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
+    monkeypatch.setattr(migrate, "_kill_point", lambda name: None)
+    assert setup.move().resumed_from is None  # a fresh move works afterwards
+
+
+def test_abort_after_the_flip_is_refused(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(name: str) -> None:
+        if name == "after_flip":
+            raise _Crash(name)
+
+    monkeypatch.setattr(migrate, "_kill_point", crash)
+    with pytest.raises(_Crash):
+        setup.move()
+    with pytest.raises(MoveError, match="flipped the map"):
+        abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
+
+
+def test_cli_abort(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def crash(name: str) -> None:
+        if name == "after_copy":
+            raise _Crash(name)
+
+    monkeypatch.setattr(migrate, "_kill_point", crash)
+    with pytest.raises(_Crash):
+        setup.move()
+    argv = ["shards", "move", "--bucket", str(setup.bucket), "--to", "1", "--abort",
+            "--control", f"sqlite:///{setup.tmp_path}/control.db",
+            "--shard", f"sqlite:///{setup.tmp_path}/shard0.db",
+            "--shard", f"sqlite:///{setup.tmp_path}/shard1.db",
+            "--table", "tasks:user_id:id"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "rolled back: 300 copied rows deleted" in capsys.readouterr().out
+    assert cli.main(argv) == 1
+    assert "no unfinished move" in capsys.readouterr().err
