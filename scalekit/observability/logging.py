@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import time
 from types import ModuleType
 from typing import IO, Any, TextIO, cast
 
@@ -67,7 +68,7 @@ def configure_logging(
     out = stream if stream is not None else sys.stdout
     as_json = json if json is not None else not _is_terminal(out)
 
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    timestamper = _UTCTimestamp()
     tail: list[Processor]
     stdlib_tail: list[Processor]
     factory: Any = structlog.WriteLoggerFactory(file=cast(TextIO, out))
@@ -123,6 +124,29 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+class _UTCTimestamp:
+    """``timestamp``: ISO 8601 UTC with microseconds, as ``TimeStamper(fmt="iso", utc=True)``.
+
+    Formats the date and time once per second and only appends the
+    microseconds per line: a third of the cost of formatting a datetime.
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        now = time.time()
+        second = int(now)
+        cache = self._cache
+        if cache[0] != second:
+            cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._cache = cache
+        event_dict["timestamp"] = f"{cache[1]}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
 
 
 def _drop_color_message(logger: Any, method_name: str, event_dict: Any) -> Any:

@@ -120,3 +120,20 @@ def test_a_real_file_gets_whole_json_lines_from_both_paths(tmp_path: object) -> 
         structlog.get_logger().info("three", text="caf\u00e9")
     events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
     assert events == ["one", "two", "three"]
+
+
+def test_timestamps_match_structlogs_iso_utc_format() -> None:
+    import re
+    from datetime import UTC, datetime
+
+    from scalekit.observability.logging import _UTCTimestamp
+
+    stamp = _UTCTimestamp()
+    before = datetime.now(tz=UTC)
+    first = stamp(None, "info", {})["timestamp"]
+    second = stamp(None, "info", {})["timestamp"]
+    after = datetime.now(tz=UTC)
+    for value in (first, second):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", value)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        assert before.replace(microsecond=0) <= parsed <= after
