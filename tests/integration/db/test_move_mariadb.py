@@ -3,7 +3,8 @@
 The mover runs as a separate process (``python -m scalekit.cli shards move``);
 ``SCALEKIT_MOVE_KILL_AT`` makes it SIGKILL itself at a named point, then it is
 run again and must finish the move with every row, and every acknowledged
-write, on the target exactly once.
+write, on the target exactly once. One case rolls the killed move back
+(``--abort``) and moves again.
 """
 
 from __future__ import annotations
@@ -151,14 +152,16 @@ class Writer:
         assert not self.thread.is_alive()
 
 
-def _mover(databases: Databases, kill_at: str | None) -> subprocess.CompletedProcess[str]:
+def _mover(
+    databases: Databases, kill_at: str | None, *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "SCALEKIT_MOVE_KILL_AT"}
     if kill_at:
         env["SCALEKIT_MOVE_KILL_AT"] = kill_at
     argv = [sys.executable, "-m", "scalekit.cli", "shards", "move", "--bucket", str(BUCKET),
             "--to", "1", "--control", databases.control_url,
             "--shard", databases.shard_urls[0], "--shard", databases.shard_urls[1],
-            "--table", "tasks:user_id:id", "--batch-size", "500"]  # fmt: skip
+            "--table", "tasks:user_id:id", "--batch-size", "500", *extra]  # fmt: skip
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -181,17 +184,31 @@ def writer(databases: Databases) -> Iterator[Writer]:
     control.close()
 
 
-@pytest.mark.parametrize("kill_at", [None, "copy", "after_copy", "verify", "after_flip", "delete"])
+@pytest.mark.parametrize(
+    "kill_at", [None, "copy", "after_copy", "verify", "after_flip", "delete", "verify+abort"]
+)
 def test_move_a_bucket_while_writing_and_killed_at_each_step(
     databases: Databases, writer: Writer, kill_at: str | None
 ) -> None:
+    """``verify+abort``: killed during verification, rolled back, then moved again."""
     writer.start()
     while writer.writes < 5:  # the writer is going before the mover starts
         writer.stop.wait(0.01)
     started = writer.writes
-    first = _mover(databases, kill_at)
+    first = _mover(databases, "verify" if kill_at == "verify+abort" else kill_at)
     if kill_at is None:
         assert first.returncode == 0, first.stderr
+    elif kill_at == "verify+abort":
+        assert first.returncode == -signal.SIGKILL, (first.stdout, first.stderr)
+        aborted = _mover(databases, None, "--abort")
+        assert aborted.returncode == 0, aborted.stderr
+        # Rolled back: nothing of the bucket on the target, and writes flow on the source.
+        assert databases.run(SHARD_DBS[1], "SELECT COUNT(*) AS n FROM tasks")[0]["n"] == 0
+        mark = writer.writes
+        while writer.writes < mark + 20 and not writer.errors:
+            writer.stop.wait(0.01)
+        final = _mover(databases, None)
+        assert final.returncode == 0, final.stderr
     else:
         assert first.returncode == -signal.SIGKILL, (first.stdout, first.stderr)
         second = _mover(databases, None)
