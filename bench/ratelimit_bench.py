@@ -13,8 +13,10 @@ drives them with ``wrk -c50`` in interleaved rounds:
   ``MetricsMiddleware`` in front of ``RateLimitMiddleware``.
 - ``slowapi-stack``: + asgi-correlation-id and starlette-exporter in front of slowapi.
 
-Prints req/s, p99, the ratio to bare Starlette, and Redis commands per
-request (from ``INFO commandstats`` around each run).
+Prints req/s, p99, the ratio to bare Starlette, Redis commands per request
+(from ``INFO commandstats`` around each run; commands inside a Lua script
+count too) and Redis round trips per request (sequential requests through the
+test harness's counting proxy).
 
     .venv/bin/python bench/ratelimit_bench.py [--quick] [--duration S] [--rounds N]
 """
@@ -124,6 +126,8 @@ class Server:
         self.port = free_port()
         env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS=redis_url)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.log = Path(tempfile.mkstemp(prefix=f"ratelimit-bench-{variant}-", suffix=".log")[1])
+        log = self.log.open("w")
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "uvicorn", "ratelimit_bench:create_app", "--factory",
@@ -132,8 +136,9 @@ class Server:
                 "--loop", "uvloop", "--http", "httptools", "--workers", "1",
                 "--no-access-log", "--log-level", "warning",
             ],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, stdout=log, stderr=log,
         )  # fmt: skip
+        log.close()
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -155,6 +160,16 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+    def backend_errors(self) -> int:
+        """Requests our limiter let through because Redis failed (it logs each)."""
+        return self.log.read_text(errors="replace").count("ratelimit_backend_error")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def redis_calls(client: Any) -> int:
@@ -165,10 +180,12 @@ def run_wrk(
     wrk: str, server: Server, duration: float, connections: int, redis: Any
 ) -> dict[str, float]:
     calls_before = redis_calls(redis)
+    cpu_before = cpu_seconds(server.proc.pid)
     output = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", server.url],
         capture_output=True, text=True, check=True, timeout=duration + 60,
     ).stdout  # fmt: skip
+    cpu = cpu_seconds(server.proc.pid) - cpu_before
     calls = redis_calls(redis) - calls_before - 1  # minus the INFO itself
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
@@ -182,7 +199,27 @@ def run_wrk(
         "rps": rps,
         "p99_ms": float(p99_text.group(1)) * scale,
         "redis_per_request": calls / max(requests, 1),
+        "cpu_us": cpu / max(requests, 1) * 1e6,
     }
+
+
+def round_trips_per_request(variant: str, redis_server: Any, requests: int = 100) -> float:
+    """Sequential requests through a counting TCP proxy in front of Redis."""
+    import httpx
+    from harness import CountingProxy
+
+    proxy = CountingProxy(redis_server.host, redis_server.port)
+    server = Server(variant, proxy.url_for(redis_server.url))
+    try:
+        with httpx.Client() as http:
+            http.get(server.url)  # warm up: connection, script load
+            proxy.reset()
+            for _ in range(requests):
+                http.get(server.url).raise_for_status()
+        return proxy.round_trips / requests
+    finally:
+        server.stop()
+        proxy.close()
 
 
 def main() -> int:
@@ -218,12 +255,18 @@ def main() -> int:
                 results[variant].append(result)
                 print(
                     f"round {round_number + 1} {variant:15} {result['rps']:9.0f} req/s "
-                    f"p99 {result['p99_ms']:7.2f} ms  redis {result['redis_per_request']:.2f}/req",
+                    f"p99 {result['p99_ms']:7.2f} ms  cpu {result['cpu_us']:6.1f} us/req  "
+                    f"redis {result['redis_per_request']:.2f} cmds/req",
                     flush=True,
                 )
+        errors = {variant: server.backend_errors() for variant, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
+        trips = {
+            variant: round_trips_per_request(variant, redis_server)
+            for variant in ("scalekit", "slowapi")
+        }
         redis.close()
         redis_server.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -236,17 +279,24 @@ def main() -> int:
         "uvicorn --loop uvloop --http httptools --workers 1, limit never reached (medians)"
     )
     print(
-        f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'x bare':>7} {'x slowapi':>10} "
-        f"{'redis/req':>10}"
+        f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'cpu us/req':>11} {'x bare':>7} "
+        f"{'x slowapi':>10} {'redis cmds/req':>15}"
     )
     bare = median("bare", "rps")
     for variant in VARIANTS:
         rps = median(variant, "rps")
         peer = "slowapi-stack" if variant.endswith("stack") else "slowapi"
         print(
-            f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} {rps / bare:7.2f} "
-            f"{rps / median(peer, 'rps'):10.2f} {median(variant, 'redis_per_request'):10.2f}"
+            f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} "
+            f"{median(variant, 'cpu_us'):11.1f} {rps / bare:7.2f} "
+            f"{rps / median(peer, 'rps'):10.2f} {median(variant, 'redis_per_request'):15.2f}"
         )
+    print(f"failed-open checks (Redis errors or timeouts) over the whole run: {errors}")
+    print(
+        "\nRedis round trips per request (100 sequential requests through a counting "
+        "proxy; a pipeline or a script call is one): "
+        + ", ".join(f"{variant} {value:.2f}" for variant, value in trips.items())
+    )
     return 0
 
 

@@ -239,6 +239,7 @@ class RedisBackend:
         # redis-py's Cluster pipelines route differently; batch only elsewhere
         self._batching = batching and not hasattr(client, "get_nodes")
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sending = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._no_script: type[BaseException] = require("redis.exceptions", "redis").NoScriptError
 
@@ -288,20 +289,27 @@ class RedisBackend:
             return await self._client.execute_command("EVAL", self._script, len(keys), *keys, *args)
 
     async def _batched(self, keys: list[str], args: list[Any]) -> Any:
-        # Checks issued in the same event-loop turn travel in one pipeline:
-        # each is still its own atomic script, but they share one write and
-        # one read, which is most of a call's cost. A lone check is sent as is.
+        # One sender at a time: checks that arrive while a pipeline is in
+        # flight wait for it and then travel together in the next one. Each is
+        # still its own atomic script; they share one write and one read,
+        # which is most of a call's cost. A lone check is sent as it is.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((keys, args, future))
-        if len(self._pending) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if not self._sending:
+            self._sending = True
+            task = asyncio.ensure_future(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(pending))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the checks of this loop turn join
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self._sending = False
 
     async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         if len(pending) == 1:

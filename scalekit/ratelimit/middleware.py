@@ -24,7 +24,7 @@ from scalekit.ratelimit.backends import (
     backend_from_url,
 )
 from scalekit.ratelimit.errors import RateLimitConfigError
-from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, identity_of
+from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of
 from scalekit.ratelimit.rules import Rate, Rule
 
 __all__ = ["RateLimitMiddleware"]
@@ -46,6 +46,8 @@ class _Limit:
     rate: Rate
     policy: str
     suffix: str
+    mode: str  # "hit" for count="all", "peek" for count="failures"
+    policy_field: bytes  # the whole RateLimit-Policy value, fixed per limit
 
 
 @dataclasses.dataclass(slots=True)
@@ -143,11 +145,15 @@ class RateLimitMiddleware:
                 _Limit(
                     rule,
                     rate,
-                    rule.name if index == 0 else f"{rule.name}-{index + 1}",
+                    policy,
                     f"{rule.name}:{rate.amount}/{rate.window}:{self._short_strategy}",
+                    "hit" if rule.count == "all" else "peek",
+                    f'"{policy}";q={rate.amount};w={rate.window}'.encode(),
                 )
                 for index, rate in enumerate(rule.rates)
+                for policy in [rule.name if index == 0 else f"{rule.name}-{index + 1}"]
             ]
+        self._counts_failures = any(rule.count == "failures" for rule in rules)
 
     async def aclose(self) -> None:
         """Close the backend's connections (also done at lifespan shutdown)."""
@@ -170,21 +176,23 @@ class RateLimitMiddleware:
         if not matched:
             await self.app(scope, receive, send)
             return
-        scope[CLIENT_IP_SCOPE_KEY] = self._client_ip(scope)
+        ip = scope[CLIENT_IP_SCOPE_KEY] = self._client_ip(scope)
         groups: dict[str, list[_Limit]] = {}
         for rule in matched:
-            groups.setdefault(identity_of(rule.key, scope), []).extend(self._limits[id(rule)])
+            identity = "ip:" + ip if rule.key is client_ip else identity_of(rule.key, scope)
+            groups.setdefault(identity, []).extend(self._limits[id(rule)])
 
         done: list[tuple[str, _Checked]] = []
         for identity, limits in groups.items():
+            tag = hash_tag(identity)
             checks = [
                 Check(
-                    self._key(identity, limit),
+                    f"{self.key_prefix}:{tag}:{limit.suffix}",
                     self._short_strategy,
                     limit.rate.amount,
                     limit.rate.window,
                     limit.rule.cost,
-                    "hit" if limit.rule.count == "all" else "peek",
+                    limit.mode,
                 )
                 for limit in limits
             ]
@@ -202,13 +210,18 @@ class RateLimitMiddleware:
                 return
             done.append((identity, _Checked(limits, checks, verdict)))
 
-        self._decide({limit.rule.name for _, c in done for limit in c.limits}, "allowed")
+        if events.bus.has_listeners(events.RateLimitDecision):
+            self._decide({limit.rule.name for _, c in done for limit in c.limits}, "allowed")
         extra = self._headers_for(done) if self.headers else []
-        failures = [
-            (identity, checked)
-            for identity, checked in done
-            if any(limit.rule.count == "failures" for limit in checked.limits)
-        ]
+        failures = (
+            [
+                (identity, checked)
+                for identity, checked in done
+                if any(limit.mode == "peek" for limit in checked.limits)
+            ]
+            if self._counts_failures
+            else []
+        )
         if not extra and not failures:
             await self.app(scope, receive, send)
             return
@@ -228,9 +241,6 @@ class RateLimitMiddleware:
         finally:
             if failures and status >= 400:
                 await self._count_failures(failures)
-
-    def _key(self, identity: str, limit: _Limit) -> str:
-        return f"{self.key_prefix}:{hash_tag(identity)}:{limit.suffix}"
 
     def _policy(self, rule: Rule) -> str:
         return rule.on_backend_error or self.on_backend_error
@@ -317,13 +327,9 @@ class RateLimitMiddleware:
     def _header_fields(
         self, limit: _Limit, remaining: int, reset: int
     ) -> list[tuple[bytes, bytes]]:
-        name = limit.policy
         fields = [
-            (
-                b"ratelimit-policy",
-                f'"{name}";q={limit.rate.amount};w={limit.rate.window}'.encode(),
-            ),
-            (b"ratelimit", f'"{name}";r={remaining};t={reset}'.encode()),
+            (b"ratelimit-policy", limit.policy_field),
+            (b"ratelimit", f'"{limit.policy}";r={remaining};t={reset}'.encode()),
         ]
         if self.legacy_headers:
             fields += [
