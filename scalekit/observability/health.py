@@ -383,7 +383,10 @@ class RedisCheck(Check):
     async def check(self) -> CheckResult:
         client = self._client_for_loop()
         start = time.perf_counter()
-        await _call(self, client.ping)
+        if self.client is None:  # our own asyncio client: no thread needed
+            await client.ping()
+        else:
+            await _call(self, client.ping)
         return CheckResult("pass", _elapsed_ms(start), "ms")
 
     async def aclose(self) -> None:
