@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from scalekit import _redis, events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock, get_clock
@@ -24,6 +26,8 @@ from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnav
 from scalekit.cache.keys import EntryKeys
 
 __all__ = ["CacheBackend", "Lookup", "MemoryCache", "RedisCache"]
+
+_logger = structlog.get_logger("scalekit.cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +413,9 @@ class RedisCache:
         except self._errors as exc:
             self.errors += 1
             self.breaker.record_failure()
-            events.emit(events.BackendError("cache", operation, f"{type(exc).__name__}: {exc}"))
+            error = f"{type(exc).__name__}: {exc}"
+            events.emit(events.BackendError("cache", operation, error))
+            _logger.warning("redis cache call failed", operation=operation, error=error)
             raise CacheBackendError(f"Redis cache {operation} failed: {exc}") from exc
         self.breaker.record_success()
         return result
