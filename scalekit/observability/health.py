@@ -383,8 +383,8 @@ class RedisCheck(Check):
     async def check(self) -> CheckResult:
         client = self._client_for_loop()
         start = time.perf_counter()
-        if self.client is None:  # our own asyncio client: no thread needed
-            await client.ping()
+        if self.client is None or _is_async_client(client):
+            await client.ping()  # an asyncio client: no thread needed
         else:
             await _call(self, client.ping)
         return CheckResult("pass", _elapsed_ms(start), "ms")
@@ -396,6 +396,12 @@ class RedisCheck(Check):
             if owner is loop:
                 await client.aclose()
                 del self._clients[key]
+
+
+def _is_async_client(client: Any) -> bool:
+    """redis-py's asyncio clients return coroutines from sync-looking methods."""
+    execute = getattr(type(client), "execute_command", None)
+    return inspect.iscoroutinefunction(execute) or inspect.iscoroutinefunction(client.ping)
 
 
 class CallableCheck(Check):

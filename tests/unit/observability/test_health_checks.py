@@ -312,9 +312,11 @@ async def test_redis_check_with_a_client_and_with_a_dead_url() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
     up = RedisCheck("redis", fakeredis.FakeAsyncRedis())
+    blocking = RedisCheck("redis-sync", fakeredis.FakeRedis())  # pinged in a thread
     down = RedisCheck("redis-down", f"redis://:hunter2@127.0.0.1:{port}/0", timeout=0.5)
-    report = await Health([up, down]).report()
+    report = await Health([up, blocking, down]).report()
     assert report.body["checks"]["redis:responseTime"][0]["status"] == "pass"
+    assert report.body["checks"]["redis-sync:responseTime"][0]["status"] == "pass"
     failed = report.body["checks"]["redis-down:responseTime"][0]
     assert failed["status"] == "fail"
     assert failed["output"] == "ConnectionError"
