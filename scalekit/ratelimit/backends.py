@@ -240,8 +240,12 @@ class RedisBackend:
         self._batching = batching and not hasattr(client, "get_nodes")
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._sending = False
+        self._connection: Any = None
+        exceptions = require("redis.exceptions", "redis")
+        self._response_error: type[BaseException] = exceptions.ResponseError
+        self._read_only: type[BaseException] = exceptions.ReadOnlyError
         self._tasks: set[asyncio.Future[None]] = set()
-        self._no_script: type[BaseException] = require("redis.exceptions", "redis").NoScriptError
+        self._no_script: type[BaseException] = exceptions.NoScriptError
 
     @property
     def client(self) -> Any:
@@ -312,27 +316,15 @@ class RedisBackend:
             self._sending = False
 
     async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        if len(pending) == 1:
-            keys, args, future = pending[0]
-            try:
-                result = await self._run(keys, args)
-            except BaseException as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                if not future.done():
-                    future.set_result(result)
-            return
         try:
-            results = await self._pipeline(pending)
+            results = await self._on_connection(pending)
             missing = [i for i, result in enumerate(results) if isinstance(result, self._no_script)]
             if missing:
-                # the script cache was emptied (restart, failover): load it once,
-                # then send again only the checks that did not run
-                await self._client.execute_command("SCRIPT", "LOAD", self._script)
-                again = await self._pipeline([pending[i] for i in missing])
+                # the script cache was emptied (restart, failover): EVAL runs a
+                # lone check and caches the script again; a batch sends SCRIPT
+                # LOAD ahead of its checks in the same write. One call either way.
+                retry = [pending[i] for i in missing]
+                again = await self._on_connection(retry, reload=True)
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         except BaseException as exc:
@@ -350,13 +342,50 @@ class RedisBackend:
             else:
                 future.set_result(result)
 
-    async def _pipeline(
-        self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
+    async def _on_connection(
+        self,
+        pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]],
+        reload: bool = False,
     ) -> list[Any]:
-        pipeline = self._client.pipeline(transaction=False)
-        for keys, args, _ in pending:
-            pipeline.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
-        return list(await pipeline.execute(raise_on_error=False))
+        # The sender keeps one connection of the client's pool for itself:
+        # one write of every check, then their replies in order. Any error
+        # but a script's own reply drops the connection; the next batch takes
+        # a fresh one (after a Sentinel failover, to the new master).
+        connection = self._connection
+        if connection is None:
+            connection = await self._client.connection_pool.get_connection()
+            self._connection = connection
+        try:
+            commands: list[tuple[Any, ...]] = [
+                ("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _ in pending
+            ]
+            if reload and len(commands) == 1:
+                commands[0] = ("EVAL", self._script, *commands[0][2:])
+            elif reload:
+                commands.insert(0, ("SCRIPT", "LOAD", self._script))
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+            if reload and len(commands) > 1:
+                await connection.read_response()  # the script's SHA1
+            results: list[Any] = []
+            for _ in pending:
+                try:
+                    results.append(await connection.read_response())
+                except self._response_error as exc:
+                    results.append(exc)
+        except BaseException:
+            await self._drop(connection)
+            raise
+        if any(isinstance(result, self._read_only) for result in results):
+            await self._drop(connection)  # a demoted master: ask the sentinels again
+        return results
+
+    async def _drop(self, connection: Any) -> None:
+        if self._connection is connection:
+            self._connection = None
+        await connection.disconnect()
+        await self._client.connection_pool.release(connection)
 
     async def _initialize(self) -> None:
         # redis-py's asyncio Cluster client discovers the topology on its first
@@ -371,6 +400,9 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Close the client if this backend built it."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self._client.connection_pool.release(connection)
         if self._owns_client:
             await self._client.aclose()
 
