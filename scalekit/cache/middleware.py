@@ -368,7 +368,10 @@ class CacheMiddleware:
                 await self._send_entry(request, entry, send, ("hit", f"ttl={ttl}"), now)
                 if found.lock_token is not None and not request.head:
                     # The client has its whole response; refresh for the next ones.
-                    await self._fill(request, found, _empty_receive, None, ("fwd=stale",))
+                    try:
+                        await self._fill(request, found, _empty_receive, None, ("fwd=stale",))
+                    except Exception:
+                        _logger.exception("cache refresh failed", rule=rule.name)
                 return None
         return await self._miss(request, found, receive, send)
 
@@ -467,12 +470,9 @@ class CacheMiddleware:
                 expire=rule.ttl + rule.stale_ttl,
                 lock_token=found.lock_token,
             )
+            _emit(rule, "store" if stored else "skip", "" if stored else "invalidated")
         except CacheBackendError:
             _emit(rule, "error", "store")
-        if stored:
-            _emit(rule, "store")
-        else:
-            _emit(rule, "skip", "invalidated")
         if send is not None:
             params = (*status_params, "stored") if stored else status_params
             await self._send_entry(request, entry, send, params, None)

@@ -417,3 +417,73 @@ async def test_non_http_scopes_pass_through() -> None:
 async def test_isolation_2000_random_requests_20_users_on_memory() -> None:
     backend = MemoryCache()
     await run_isolation(backend, backend, seed=1)
+
+
+class FailingBackend(MemoryCache):
+    """Every call fails the way RedisCache reports Redis being down."""
+
+    calls = 0
+
+    async def lookup(self, *args: Any, **kwargs: Any) -> Any:
+        from scalekit.cache import CacheBackendError
+
+        self.calls += 1
+        raise CacheBackendError("Redis cache lookup failed: refused")
+
+    async def invalidate(self, *tags: str) -> None:
+        from scalekit.cache import CacheBackendError
+
+        raise CacheBackendError("Redis cache invalidate failed: refused")
+
+
+async def test_backend_errors_bypass_and_never_5xx() -> None:
+    backend = FailingBackend()
+    app = RecordingApp()
+    rule = CacheRule("/items", ttl=60, tags=["t"], invalidate_on=("POST",))
+    middleware = CacheMiddleware(app, backend, [rule])
+    seen: list[events.CacheEvent] = []
+    unsubscribe = events.subscribe(seen.append, events.CacheEvent)
+    try:
+        responses = [await call(middleware) for _ in range(10)]
+        write = await call(middleware, method="POST")
+    finally:
+        unsubscribe()
+    assert {r.status for r in responses} == {200}
+    assert responses[0].header("cache-status") == "scalekit; fwd=bypass; detail=backend"
+    assert app.runs == 11
+    assert write.status == 200
+    assert ("bypass", "backend") in {(e.event, e.reason) for e in seen}
+    assert ("error", "invalidate") in {(e.event, e.reason) for e in seen}
+
+
+async def test_a_failing_refresh_does_not_break_the_stale_answer() -> None:
+    clock = ManualClock()
+
+    class FlakyApp(RecordingApp):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if self.runs >= 1:
+                self.runs += 1
+                raise RuntimeError("boom")
+            await super().__call__(scope, receive, send)
+
+    middleware, app, _ = cached(app=FlakyApp(), clock=clock, ttl=10, stale_ttl=30)
+    first = await call(middleware)
+    clock.advance(15)
+    stale = await call(middleware)
+    assert stale.body == first.body
+    assert app.runs == 2
+
+
+def test_memory_invalidate_sync_is_thread_safe() -> None:
+    import threading
+
+    backend = MemoryCache()
+    threads = [
+        threading.Thread(target=lambda: [backend.invalidate_sync("t") for _ in range(500)])
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend._versions["t"] == 4000
