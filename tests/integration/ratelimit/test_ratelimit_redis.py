@@ -252,3 +252,83 @@ def test_no_keys_or_scan_commands(redis_server: RedisServer) -> None:
     assert calls.get("evalsha", 0) > 0  # counted since the restart above
     assert "keys" not in calls
     assert "scan" not in calls
+
+
+async def test_failures_only_login_rule_on_redis(redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    login = Rule("5/15 minutes", path="/login", methods=["POST"], count="failures", name="login")
+    app = middleware(redis_server.url + "?socket_timeout=2", [login], strategy="fixed-window")
+    key = "rl:{ip:203.0.113.7}:login:5/900:fixed"
+    redis = redis_server.client()
+    try:
+        async with client(app) as http:
+            for _ in range(20):
+                assert (await http.post("/login?ok=1")).status_code == 200
+            assert not redis.exists(key)  # successes never touched the counter
+            for _ in range(5):
+                assert (await http.post("/login?ok=0")).status_code == 401
+            assert int(redis.hget(key, "c")) == 5
+            limited = await http.post("/login?ok=0")
+            assert limited.status_code == 429
+            assert limited.json()["error"] == "rate_limited"
+            assert (await http.post("/login?ok=1")).status_code == 429
+            assert int(redis.hget(key, "c")) == 5  # rejected attempts are not counted
+    finally:
+        redis.close()
+        await app.aclose()
+
+
+async def test_failures_burst_bound_on_redis(redis_server: RedisServer) -> None:
+    # Admitted while the window has room, counted when the response fails:
+    # with 3 failures already counted, a burst of 10 concurrent failures lets
+    # at most 10 through (limit 5 + in-flight 10 - 1 - 3 counted), every one
+    # of them is counted, and the next attempt is refused.
+    redis_server.flushall()
+    login = Rule("5/15 minutes", path="/login", count="failures", name="login")
+    app = middleware(redis_server.url + "?socket_timeout=2", [login], strategy="fixed-window")
+    key = "rl:{ip:203.0.113.7}:login:5/900:fixed"
+    redis = redis_server.client()
+    try:
+        async with client(app) as http:
+            for _ in range(3):
+                assert (await http.post("/login?ok=0")).status_code == 401
+            statuses = await asyncio.gather(*[http.post("/login?ok=0") for _ in range(10)])
+            failed = [response.status_code for response in statuses].count(401)
+            assert 2 <= failed <= 10
+            assert int(redis.hget(key, "c")) == 3 + failed
+            assert (await http.post("/login?ok=0")).status_code == 429
+    finally:
+        redis.close()
+        await app.aclose()
+
+
+async def test_spoofed_forwarded_for_on_redis(redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    app = middleware(redis_server.url + "?socket_timeout=2", [Rule("10/minute")])
+    try:
+        async with client(app, peer="198.51.100.9") as http:
+            statuses = [
+                (
+                    await http.get("/", headers={"X-Forwarded-For": f"10.1.{i // 250}.{i % 250}"})
+                ).status_code
+                for i in range(1000)
+            ]
+        assert statuses.count(200) == 10
+    finally:
+        await app.aclose()
+    proxied = middleware(
+        redis_server.url + "?socket_timeout=2",
+        [Rule("2/minute")],
+        trusted_proxies=["127.0.0.1"],
+        key_prefix="rl-proxied",
+    )
+    try:
+        async with client(proxied, peer="127.0.0.1") as http:
+            for forwarded in ("203.0.113.1", "203.0.113.2"):
+                for _ in range(2):
+                    headers = {"X-Forwarded-For": forwarded}
+                    assert (await http.get("/", headers=headers)).status_code == 200
+            headers = {"X-Forwarded-For": "203.0.113.1"}
+            assert (await http.get("/", headers=headers)).status_code == 429
+    finally:
+        await proxied.aclose()
