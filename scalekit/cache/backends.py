@@ -22,6 +22,7 @@ import structlog
 from scalekit import _redis, events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock, get_clock
+from scalekit._extras import require
 from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnavailable
 from scalekit.cache.keys import EntryKeys
 
@@ -547,6 +548,5 @@ class RedisCache:
 
 
 def _key_slot(key: str) -> int:
-    from redis.crc import key_slot
-
-    return int(key_slot(key.encode()))
+    crc = require("redis.crc", "redis")
+    return int(crc.key_slot(key.encode()))

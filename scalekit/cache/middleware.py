@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from starlette.requests import Request
 
 from scalekit import events
 from scalekit._clock import Clock, get_clock
@@ -261,9 +262,7 @@ class CacheMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    def _request(self, scope: Scope, path_params: dict[str, str]) -> Any:
-        from starlette.requests import Request
-
+    def _request(self, scope: Scope, path_params: dict[str, str]) -> Request:
         return Request({**scope, "path_params": {**scope.get("path_params", {}), **path_params}})
 
     async def _bypass(
