@@ -70,7 +70,16 @@ async def test_cluster_hit_is_one_script_call_on_one_node(redis_cluster: RedisCl
         await backend.aclose()
 
 
+def keys_and_scans(cluster: RedisCluster) -> int:
+    return sum(
+        stats.get(name, {}).get("calls", 0)
+        for stats in (node.info("commandstats") for node in cluster.nodes)
+        for name in ("cmdstat_keys", "cmdstat_scan")
+    )
+
+
 async def test_isolation_on_redis_cluster_with_two_instances(redis_cluster: RedisCluster) -> None:
+    before = keys_and_scans(redis_cluster)
     prefix = f"i{uuid.uuid4().hex[:6]}:"
     first = RedisCache.from_url(redis_cluster.url, prefix=prefix, socket_timeout=2)
     second = RedisCache.from_url(redis_cluster.url, prefix=prefix, socket_timeout=2)
@@ -79,6 +88,7 @@ async def test_isolation_on_redis_cluster_with_two_instances(redis_cluster: Redi
     finally:
         await first.aclose()
         await second.aclose()
+    assert keys_and_scans(redis_cluster) == before
 
 
 async def test_sentinel_master_killed_requests_answered_and_hits_resume(
