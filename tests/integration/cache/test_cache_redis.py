@@ -189,3 +189,23 @@ async def test_invalidate_sync_from_worker_threads(redis_server: RedisServer) ->
         assert version == b"20"
     finally:
         await backend.aclose()
+
+
+async def test_stampede_of_100_in_one_process_on_redis(redis_server: RedisServer) -> None:
+    backend = RedisCache.from_url(redis_server.url, prefix=prefix(), socket_timeout=2)
+    app = RecordingApp()
+    middleware = CacheMiddleware(app, backend, [CacheRule("/items", ttl=60)])
+    responses = []
+
+    async def one() -> None:
+        responses.append(await call(middleware))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(100):
+                group.start_soon(one)
+        assert app.runs == 1
+        assert len(responses) == 100
+        assert len({response.body for response in responses}) == 1
+    finally:
+        await backend.aclose()
