@@ -26,7 +26,8 @@ bucket, and only writes to that bucket wait.
 Resumable: the step is recorded in ``scalekit_bucket_moves`` on the control
 database before and after each step, and every step can run again, so a
 crash at any point followed by a rerun finishes the move; nothing is lost or
-duplicated. ``abort_move`` rolls back a move that has not flipped yet. On MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
+duplicated. ``abort_move`` rolls back a move that has not flipped yet. On
+MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
 
 Requirements: the tables exist on every shard with the same schema; primary
 keys are unique across shards (rows keep them on the target); the shard-key
