@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -15,10 +14,7 @@ from db_helpers import (
     TABLE,
     Pools,
     count_statements,
-    disable_general_log,
-    enable_general_log,
     marker,
-    open_pools,
 )
 from harness import MariaDBReplication, RedisServer
 
@@ -45,31 +41,6 @@ READER = textwrap.dedent(
     print(json.dumps({"keyed": keyed, "unkeyed": unkeyed}))
     """
 )
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
-    yield from open_pools(mariadb_replication, clock)
-
-
-@pytest.fixture(scope="module")
-def general_log_off_afterwards(mariadb_replication: MariaDBReplication) -> Iterator[None]:
-    yield
-    disable_general_log(mariadb_replication)
-
-
-@pytest.fixture
-def general_log(
-    mariadb_replication: MariaDBReplication, general_log_off_afterwards: None
-) -> MariaDBReplication:
-    # Per test: a restarted server (another test) comes back with it off.
-    enable_general_log(mariadb_replication)
-    return mariadb_replication
 
 
 def read_in_other_process(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 
 import pytest
 from db_helpers import (
@@ -12,10 +11,8 @@ from db_helpers import (
     Pools,
     app_connections,
     count_statements,
-    disable_general_log,
     enable_general_log,
     marker,
-    open_pools,
 )
 from harness import MariaDBReplication
 from harness.ports import wait_until
@@ -29,31 +26,6 @@ from scalekit.db import (
     RetryableTransactionError,
     WriteOutcomeUnknown,
 )
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def pools(mariadb_replication: MariaDBReplication, clock: ManualClock) -> Iterator[Pools]:
-    yield from open_pools(mariadb_replication, clock)
-
-
-@pytest.fixture(scope="module")
-def general_log_off_afterwards(mariadb_replication: MariaDBReplication) -> Iterator[None]:
-    yield
-    disable_general_log(mariadb_replication)
-
-
-@pytest.fixture
-def general_log(
-    mariadb_replication: MariaDBReplication, general_log_off_afterwards: None
-) -> MariaDBReplication:
-    # Per test: a restarted server (another test) comes back with it off.
-    enable_general_log(mariadb_replication)
-    return mariadb_replication
 
 
 def test_reads_land_on_replica_and_writes_on_primary(
