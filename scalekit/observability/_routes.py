@@ -53,6 +53,30 @@ def _walk(routes: Any, prefix: str, target: Any, depth: int = 0) -> Iterator[str
             yield from _walk(children, prefix + _mount_prefix(route), target, depth + 1)
 
 
+def _match(routes: Any, scope: MutableMapping[str, Any], depth: int = 0) -> Any:
+    """The route Starlette's router would pick for ``scope`` (None if none)."""
+    from starlette.routing import Match
+
+    if depth > 32:
+        return None
+    partial = None
+    for route in routes or ():
+        match, child_scope = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        children = getattr(route, "routes", None)
+        if children:
+            if match is Match.FULL:
+                found = _match(children, {**scope, **child_scope}, depth + 1)
+                if found is not None:
+                    return found
+            continue
+        if match is Match.FULL:
+            return route
+        partial = partial or route  # the method differs: the router would answer 405
+    return partial
+
+
 class RouteNames:
     """Turns a handled request's scope into a bounded ``route`` label.
 
@@ -74,16 +98,22 @@ class RouteNames:
     def __call__(self, scope: MutableMapping[str, Any]) -> str:
         """The template of the route that handled ``scope`` (call after the app ran)."""
         route = scope.get("route")
+        router = scope.get("router")
+        if route is None:
+            # The router never ran: a middleware inside this one answered (a
+            # cache hit, a 429). Match the app's routes so it still counts
+            # under its template.
+            router = getattr(scope.get("app"), "router", None)
+            route = _match(getattr(router, "routes", ()), scope)
         if route is None or getattr(route, "routes", None):
             # No route, or a Mount/Host whose own router then matched nothing.
             return UNMATCHED_ROUTE
         cached = self._templates.get(id(route))
         if cached is not None and cached[0] is route:
             return cached[1]
-        return self._resolve(route, scope)
+        return self._resolve(route, router, scope)
 
-    def _resolve(self, route: Any, scope: MutableMapping[str, Any]) -> str:
-        router = scope.get("router")
+    def _resolve(self, route: Any, router: Any, scope: MutableMapping[str, Any]) -> str:
         candidates = list(dict.fromkeys(_walk(getattr(router, "routes", ()), "", route)))
         if len(candidates) == 1:
             template = candidates[0]

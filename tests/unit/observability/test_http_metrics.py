@@ -386,3 +386,37 @@ async def test_metrics_endpoint_serves_the_registry_of_the_middleware_in_front()
     line = 'http_requests_total{method="GET",route="/items/{item_id}",status="200"}'
     assert f"{line} 1.0" in first_text
     assert f"{line} 3.0" in second_text
+
+
+@pytest.mark.anyio
+async def test_answered_before_the_router_still_counts_under_its_template() -> None:
+    """A response from an inner middleware (a cache hit, a 429) never reaches the router."""
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    class ShortCircuit:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"].endswith("/7"):
+                await PlainTextResponse("limited", status_code=429)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+
+    async def item(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    registry = CollectorRegistry()
+    app = Starlette(routes=[Mount("/api", routes=[Route("/items/{item_id}", item)])])
+    app.add_middleware(ShortCircuit)
+    app.add_middleware(MetricsMiddleware, registry=registry)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/api/items/7")).status_code == 429
+        assert (await client.get("/api/items/8")).status_code == 200
+        assert (await client.get("/nowhere/7")).status_code == 429
+    labels = {"method": "GET", "route": "/api/items/{item_id}"}
+    assert registry.get_sample_value("http_requests_total", {**labels, "status": "429"}) == 1.0
+    assert registry.get_sample_value("http_requests_total", {**labels, "status": "200"}) == 1.0
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "429"}
+    assert registry.get_sample_value("http_requests_total", unmatched) == 1.0
