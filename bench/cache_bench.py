@@ -19,12 +19,9 @@ Then invalidation time at 10 and 100,000 entries: ``RedisCache.invalidate``
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +29,24 @@ import tempfile
 import time
 import urllib.request
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
+
+from _common import (
+    Column,
+    UvicornServer,
+    bench_parser,
+    duration_and_rounds,
+    free_port,
+    interleaved_rounds,
+    medians,
+    print_banner,
+    print_table,
+    round_line,
+    run_wrk,
+    split_variants,
+    stop_process,
+    wait_port,
+)
 
 VARIANTS = ("bare", "cache", "cache-stack", "fastapi-cache2")
 PATH = "/items/42"
@@ -115,54 +128,11 @@ def fastapi_cache2_app(url: str) -> Any:
 
 
 # -- the driver --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{what} did not start") from None
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class Server:
+class Server(UvicornServer):
     def __init__(self, variant: str, redis_url: str) -> None:
-        self.variant = variant
-        self.port = free_port()
-        env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "cache_bench:create_app", "--factory",
-                "--app-dir", str(Path(__file__).resolve().parent),
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-                "--no-access-log", "--log-level", "warning",
-            ],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_port(self.port, self.proc, f"{variant}: uvicorn")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
+        super().__init__(
+            "cache_bench:create_app", variant, PATH, env={"BENCH_REDIS_URL": redis_url}
+        )
 
     def check_hit(self) -> str:
         """Two requests; the second's cache header (proves wrk measures hits)."""
@@ -172,19 +142,9 @@ class Server:
         return headers.get("cache-status") or headers.get("x-fastapi-cache") or "-"
 
 
-def run_wrk(wrk: str, server: Server, duration: float, connections: int) -> dict[str, float]:
-    output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", server.url],
-        capture_output=True, text=True, check=True, timeout=duration + 60,
-    ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
-    assert p99_text is not None, output
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99_text.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors:
-        raise SystemExit(f"{server.variant}: {errors.group(1)} error responses")
-    return {"rps": rps, "p99_ms": float(p99_text.group(1)) * scale}
+def measure(wrk: str, server: Server, duration: float, connections: int) -> dict[str, float]:
+    result = run_wrk(server.url, connections, duration, wrk=wrk, label=server.variant)
+    return {"rps": result.req_per_s, "p99_ms": result.p99_ms}
 
 
 def invalidation(redis_url: str, sizes: tuple[int, ...], repeats: int) -> None:
@@ -232,20 +192,15 @@ async def _invalidation(redis_url: str, sizes: tuple[int, ...], repeats: int) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--connections", type=int, default=50)
+    parser = bench_parser(__doc__)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    duration = args.duration or (3.0 if args.quick else 10.0)
-    rounds = args.rounds or (1 if args.quick else 3)
+    duration, rounds = duration_and_rounds(args)
     wrk, redis_server = shutil.which("wrk"), shutil.which("redis-server")
     if wrk is None or redis_server is None:
         print("needs wrk and redis-server (apt-get install wrk redis-server)", file=sys.stderr)
         return 1
-    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    variants = split_variants(args.variants)
     for required in ("bare",):
         if required not in variants:
             variants.insert(0, required)
@@ -258,47 +213,52 @@ def main() -> int:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     servers: dict[str, Server] = {}
-    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     try:
         wait_port(redis_port, redis_proc, "redis-server")
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         servers = {variant: Server(variant, redis_url) for variant in variants}
         for server in servers.values():
             print(f"{server.variant:15} second request: {server.check_hit()}", flush=True)
-            run_wrk(wrk, server, 1.0, args.connections)  # warm up
-        for round_number in range(rounds):
-            for variant in variants:
-                result = run_wrk(wrk, servers[variant], duration, args.connections)
-                results[variant].append(result)
-                print(
-                    f"round {round_number + 1} {variant:15} {result['rps']:9.0f} req/s "
-                    f"p99 {result['p99_ms']:7.2f} ms",
-                    flush=True,
-                )
+            measure(wrk, server, 1.0, args.connections)  # warm up
+        results = interleaved_rounds(
+            variants,
+            rounds,
+            lambda variant: measure(wrk, servers[variant], duration, args.connections),
+            round_line,
+        )
     finally:
         for server in servers.values():
-            stop(server.proc)
+            server.stop()
     try:
         sizes = (10, 10_000) if args.quick else (10, 100_000)
         invalidation(redis_url, sizes, 3 if args.quick else 7)
     finally:
-        stop(redis_proc)
+        stop_process(redis_proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def median(variant: str, key: str) -> float:
-        return statistics.median(result[key] for result in results[variant])
-
-    print(
-        f"\nwrk -t1 -c{args.connections} -d{duration:g}s {PATH}, {rounds} interleaved round(s), "
-        "uvicorn --loop uvloop --http httptools --workers 1 (medians)"
+    median = medians(results)
+    print_banner(args.connections, duration, PATH, rounds)
+    bare = median["bare"]["rps"]
+    peer = median["fastapi-cache2"]["rps"] if "fastapi-cache2" in variants else None
+    print_table(
+        [
+            Column("variant", 15),
+            Column("req/s", 9, ".0f"),
+            Column("p99 ms", 8, ".2f"),
+            Column("x bare", 7, ".2f"),
+            Column("x fastapi-cache2", 17, ".2f"),
+        ],
+        (
+            (
+                variant,
+                (rps := median[variant]["rps"]),
+                median[variant]["p99_ms"],
+                rps / bare,
+                rps / peer if peer else None,
+            )
+            for variant in variants
+        ),
     )
-    bare = median("bare", "rps")
-    peer = median("fastapi-cache2", "rps") if "fastapi-cache2" in variants else None
-    print(f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'x bare':>7} {'x fastapi-cache2':>17}")
-    for variant in variants:
-        rps = median(variant, "rps")
-        ratio = f"{rps / peer:17.2f}" if peer else f"{'-':>17}"
-        print(f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} {rps / bare:7.2f} {ratio}")
     return 0
 
 

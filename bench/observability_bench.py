@@ -21,17 +21,24 @@ Starlette and the peer stack.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
+
+from _common import (
+    Column,
+    UvicornServer,
+    bench_parser,
+    duration_and_rounds,
+    interleaved_rounds,
+    medians,
+    print_banner,
+    print_table,
+    round_line,
+    run_wrk,
+    split_variants,
+)
 
 VARIANTS = ("bare", "scalekit", "scalekit-nolog", "peers")
 PATH = "/items/42"
@@ -85,136 +92,73 @@ def create_app() -> Any:
 
 
 # -- the driver --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Server:
-    def __init__(self, variant: str) -> None:
-        self.variant = variant
-        self.port = free_port()
-        env = dict(os.environ, BENCH_VARIANT=variant)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "observability_bench:create_app", "--factory",
-                "--app-dir", str(Path(__file__).resolve().parent),
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-                "--no-access-log", "--log-level", "warning",
-            ],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{variant}: uvicorn did not start") from None
-                time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def run_wrk(wrk: str, server: Server, duration: float, connections: int) -> dict[str, float]:
-    before = cpu_seconds(server.proc.pid)
-    output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", server.url],
-        capture_output=True, text=True, check=True, timeout=duration + 60,
-    ).stdout  # fmt: skip
-    cpu = cpu_seconds(server.proc.pid) - before
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
-    assert p99_text is not None, output
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99_text.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors:
-        raise SystemExit(f"{server.variant}: {errors.group(1)} error responses")
-    return {
-        "rps": rps,
-        "p99_ms": float(p99_text.group(1)) * scale,
-        "cpu_us": cpu / max(requests, 1) * 1e6,
-    }
+def measure(wrk: str, server: UvicornServer, duration: float, connections: int) -> dict[str, float]:
+    result = run_wrk(
+        server.url, connections, duration, wrk=wrk, label=server.variant, cpu_pid=server.proc.pid
+    )
+    assert result.cpu_us_per_request is not None
+    return {"rps": result.req_per_s, "p99_ms": result.p99_ms, "cpu_us": result.cpu_us_per_request}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--connections", type=int, default=50)
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),
         help="comma-separated; also context-only and metrics-only (to attribute the cost)",
     )
     args = parser.parse_args()
-    duration = args.duration or (3.0 if args.quick else 10.0)
-    rounds = args.rounds or (1 if args.quick else 3)
+    duration, rounds = duration_and_rounds(args)
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
 
-    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    variants = split_variants(args.variants)
     for required in ("bare", "peers"):
         if required not in variants:
             variants.append(required)
-    servers = {variant: Server(variant) for variant in variants}
-    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
+    servers = {
+        variant: UvicornServer("observability_bench:create_app", variant, PATH)
+        for variant in variants
+    }
     try:
         for server in servers.values():  # warm up: imports, caches, first series
-            run_wrk(wrk, server, 1.0, args.connections)
-        for round_number in range(rounds):
-            for variant in variants:
-                result = run_wrk(wrk, servers[variant], duration, args.connections)
-                results[variant].append(result)
-                print(
-                    f"round {round_number + 1} {variant:15} {result['rps']:9.0f} req/s "
-                    f"p99 {result['p99_ms']:7.2f} ms  cpu {result['cpu_us']:6.1f} us/req",
-                    flush=True,
-                )
+            measure(wrk, server, 1.0, args.connections)
+        results = interleaved_rounds(
+            variants,
+            rounds,
+            lambda variant: measure(wrk, servers[variant], duration, args.connections),
+            lambda result: f"{round_line(result)}  cpu {result['cpu_us']:6.1f} us/req",
+        )
     finally:
         for server in servers.values():
             server.stop()
 
-    def median(variant: str, key: str) -> float:
-        return statistics.median(result[key] for result in results[variant])
-
-    print(
-        f"\nwrk -t1 -c{args.connections} -d{duration:g}s {PATH}, {rounds} interleaved round(s), "
-        "uvicorn --loop uvloop --http httptools --workers 1 (medians)"
+    median = medians(results)
+    print_banner(args.connections, duration, PATH, rounds)
+    bare, peers = median["bare"]["rps"], median["peers"]["rps"]
+    print_table(
+        [
+            Column("variant", 15),
+            Column("req/s", 9, ".0f"),
+            Column("p99 ms", 8, ".2f"),
+            Column("cpu us/req", 11, ".1f"),
+            Column("x bare", 7, ".2f"),
+            Column("x peers", 8, ".2f"),
+        ],
+        (
+            (
+                variant,
+                (rps := median[variant]["rps"]),
+                median[variant]["p99_ms"],
+                median[variant]["cpu_us"],
+                rps / bare,
+                rps / peers,
+            )
+            for variant in variants
+        ),
     )
-    print(
-        f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'cpu us/req':>11} {'x bare':>7} {'x peers':>8}"
-    )
-    bare, peers = median("bare", "rps"), median("peers", "rps")
-    for variant in variants:
-        rps = median(variant, "rps")
-        print(
-            f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} "
-            f"{median(variant, 'cpu_us'):11.1f} {rps / bare:7.2f} {rps / peers:8.2f}"
-        )
     return 0
 
 

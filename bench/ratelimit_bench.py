@@ -23,18 +23,25 @@ test harness's counting proxy).
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from _common import (
+    Column,
+    UvicornServer,
+    bench_parser,
+    duration_and_rounds,
+    interleaved_rounds,
+    medians,
+    print_banner,
+    print_table,
+    round_line,
+    run_wrk,
+)
 
 VARIANTS = ("bare", "scalekit", "slowapi", "scalekit-stack", "slowapi-stack")
 PATH = "/items/42"
@@ -114,92 +121,39 @@ def create_app() -> Any:
 
 
 # -- the driver --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
+class Server(UvicornServer):
     def __init__(self, variant: str, redis_url: str) -> None:
-        self.variant = variant
-        self.port = free_port()
-        env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS=redis_url)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.log = Path(tempfile.mkstemp(prefix=f"ratelimit-bench-{variant}-", suffix=".log")[1])
-        log = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "ratelimit_bench:create_app", "--factory",
-                "--app-dir", str(Path(__file__).resolve().parent),
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-                "--no-access-log", "--log-level", "warning",
-            ],
-            env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{variant}: uvicorn did not start") from None
-                time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.unlink(missing_ok=True)
+        super().__init__(
+            "ratelimit_bench:create_app",
+            variant,
+            PATH,
+            env={"BENCH_REDIS": redis_url},
+            log_prefix="ratelimit-bench",
+        )
 
     def backend_errors(self) -> int:
         """Requests our limiter let through because Redis failed (it logs each)."""
-        return self.log.read_text(errors="replace").count("ratelimit_backend_error")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.log_text().count("ratelimit_backend_error")
 
 
 def redis_calls(client: Any) -> int:
     return sum(int(stats["calls"]) for stats in client.info("commandstats").values())
 
 
-def run_wrk(
+def measure(
     wrk: str, server: Server, duration: float, connections: int, redis: Any
 ) -> dict[str, float]:
     calls_before = redis_calls(redis)
-    cpu_before = cpu_seconds(server.proc.pid)
-    output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", server.url],
-        capture_output=True, text=True, check=True, timeout=duration + 60,
-    ).stdout  # fmt: skip
-    cpu = cpu_seconds(server.proc.pid) - cpu_before
+    result = run_wrk(
+        server.url, connections, duration, wrk=wrk, label=server.variant, cpu_pid=server.proc.pid
+    )
     calls = redis_calls(redis) - calls_before - 1  # minus the INFO itself
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
-    assert p99_text is not None, output
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99_text.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors:
-        raise SystemExit(f"{server.variant}: {errors.group(1)} error responses")
+    assert result.cpu_us_per_request is not None
     return {
-        "rps": rps,
-        "p99_ms": float(p99_text.group(1)) * scale,
-        "redis_per_request": calls / max(requests, 1),
-        "cpu_us": cpu / max(requests, 1) * 1e6,
+        "rps": result.req_per_s,
+        "p99_ms": result.p99_ms,
+        "redis_per_request": calls / max(result.requests, 1),
+        "cpu_us": result.cpu_us_per_request,
     }
 
 
@@ -223,14 +177,8 @@ def round_trips_per_request(variant: str, redis_server: Any, requests: int = 100
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--connections", type=int, default=50)
-    args = parser.parse_args()
-    duration = args.duration or (3.0 if args.quick else 10.0)
-    rounds = args.rounds or (1 if args.quick else 3)
+    args = bench_parser(__doc__).parse_args()
+    duration, rounds = duration_and_rounds(args)
     wrk = shutil.which("wrk")
     redis_binary = shutil.which("redis-server")
     if wrk is None or redis_binary is None:
@@ -244,21 +192,19 @@ def main() -> int:
     redis_server.start_on_free_port()
     redis = redis_server.client()
     servers: dict[str, Server] = {}
-    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     try:
         servers = {variant: Server(variant, redis_server.url) for variant in VARIANTS}
         for server in servers.values():  # warm up: imports, script load, connections
-            run_wrk(wrk, server, 1.0, args.connections, redis)
-        for round_number in range(rounds):
-            for variant in VARIANTS:
-                result = run_wrk(wrk, servers[variant], duration, args.connections, redis)
-                results[variant].append(result)
-                print(
-                    f"round {round_number + 1} {variant:15} {result['rps']:9.0f} req/s "
-                    f"p99 {result['p99_ms']:7.2f} ms  cpu {result['cpu_us']:6.1f} us/req  "
-                    f"redis {result['redis_per_request']:.2f} cmds/req",
-                    flush=True,
-                )
+            measure(wrk, server, 1.0, args.connections, redis)
+        results = interleaved_rounds(
+            VARIANTS,
+            rounds,
+            lambda variant: measure(wrk, servers[variant], duration, args.connections, redis),
+            lambda result: (
+                f"{round_line(result)}  cpu {result['cpu_us']:6.1f} us/req  "
+                f"redis {result['redis_per_request']:.2f} cmds/req"
+            ),
+        )
         errors = {variant: server.backend_errors() for variant, server in servers.items()}
     finally:
         for server in servers.values():
@@ -271,26 +217,32 @@ def main() -> int:
         redis_server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def median(variant: str, key: str) -> float:
-        return statistics.median(result[key] for result in results[variant])
-
-    print(
-        f"\nwrk -t1 -c{args.connections} -d{duration:g}s {PATH}, {rounds} interleaved round(s), "
-        "uvicorn --loop uvloop --http httptools --workers 1, limit never reached (medians)"
+    median = medians(results)
+    print_banner(args.connections, duration, PATH, rounds, ", limit never reached")
+    bare = median["bare"]["rps"]
+    print_table(
+        [
+            Column("variant", 15),
+            Column("req/s", 9, ".0f"),
+            Column("p99 ms", 8, ".2f"),
+            Column("cpu us/req", 11, ".1f"),
+            Column("x bare", 7, ".2f"),
+            Column("x slowapi", 10, ".2f"),
+            Column("redis cmds/req", 15, ".2f"),
+        ],
+        (
+            (
+                variant,
+                (rps := median[variant]["rps"]),
+                median[variant]["p99_ms"],
+                median[variant]["cpu_us"],
+                rps / bare,
+                rps / median["slowapi-stack" if variant.endswith("stack") else "slowapi"]["rps"],
+                median[variant]["redis_per_request"],
+            )
+            for variant in VARIANTS
+        ),
     )
-    print(
-        f"{'variant':15} {'req/s':>9} {'p99 ms':>8} {'cpu us/req':>11} {'x bare':>7} "
-        f"{'x slowapi':>10} {'redis cmds/req':>15}"
-    )
-    bare = median("bare", "rps")
-    for variant in VARIANTS:
-        rps = median(variant, "rps")
-        peer = "slowapi-stack" if variant.endswith("stack") else "slowapi"
-        print(
-            f"{variant:15} {rps:9.0f} {median(variant, 'p99_ms'):8.2f} "
-            f"{median(variant, 'cpu_us'):11.1f} {rps / bare:7.2f} "
-            f"{rps / median(peer, 'rps'):10.2f} {median(variant, 'redis_per_request'):15.2f}"
-        )
     print(f"failed-open checks (Redis errors or timeouts) over the whole run: {errors}")
     print(
         "\nRedis round trips per request (100 sequential requests through a counting "
