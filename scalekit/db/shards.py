@@ -129,16 +129,8 @@ class ShardStrategy(Protocol):
         ...
 
 
-class Modulo:
-    """``key % n``: the rule of the original design, kept for migrating users.
-
-    Integer keys are used as they are (so ``Modulo(4).shard_for(10) == 2``);
-    str and bytes keys through :func:`hash_key`. Growing from N to N+1 shards
-    moves about N/(N+1) of the keys: prefer ``JumpHash`` for new data.
-
-    Raises:
-        ConfigError: ``n`` is not an integer of at least 1.
-    """
+class _CountStrategy:
+    """What ``Modulo`` and ``JumpHash`` share: a shard count ``n``, equality by it."""
 
     __slots__ = ("n",)
 
@@ -155,6 +147,29 @@ class Modulo:
         """The shard count (``n``)."""
         return self.n
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.n == self.n
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.n))
+
+
+class Modulo(_CountStrategy):
+    """``key % n``: the rule of the original design, kept for migrating users.
+
+    Integer keys are used as they are (so ``Modulo(4).shard_for(10) == 2``);
+    str and bytes keys through :func:`hash_key`. Growing from N to N+1 shards
+    moves about N/(N+1) of the keys: prefer ``JumpHash`` for new data.
+
+    Raises:
+        ConfigError: ``n`` is not an integer of at least 1.
+    """
+
+    __slots__ = ()
+
     def shard_for(self, key: Any) -> int:
         """``key % n`` for an int, ``hash_key(key) % n`` otherwise."""
         if isinstance(key, int) and not isinstance(key, bool):
@@ -165,15 +180,6 @@ class Modulo:
         """``[shard_for(key) for key in keys]``."""
         n = self.n
         return [key % n if type(key) is int else self.shard_for(key) for key in keys]
-
-    def __repr__(self) -> str:
-        return f"Modulo({self.n})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Modulo) and other.n == self.n
-
-    def __hash__(self) -> int:
-        return hash(("Modulo", self.n))
 
 
 def jump_hash(key: int, n: int) -> int:
@@ -190,7 +196,7 @@ def jump_hash(key: int, n: int) -> int:
     return b
 
 
-class JumpHash:
+class JumpHash(_CountStrategy):
     """Jump consistent hash (Lamping & Veach 2014): N → N+1 moves only 1/(N+1) of keys.
 
     A non-negative integer key below 2**64 is the algorithm's 64-bit key
@@ -201,20 +207,7 @@ class JumpHash:
         ConfigError: ``n`` is not an integer of at least 1.
     """
 
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = _check_count("n", n)
-
-    @property
-    def shard_count(self) -> int:
-        """``n``."""
-        return self.n
-
-    @property
-    def shards(self) -> int:
-        """The shard count (``n``)."""
-        return self.n
+    __slots__ = ()
 
     def shard_for(self, key: Any) -> int:
         """The jump hash of ``key`` (an int in 0..2**64-1 used directly, others hashed).
@@ -242,15 +235,6 @@ class JumpHash:
                 j = int((b + 1) * (scale / float((key >> 33) + 1)))
             append(b)
         return out
-
-    def __repr__(self) -> str:
-        return f"JumpHash({self.n})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, JumpHash) and other.n == self.n
-
-    def __hash__(self) -> int:
-        return hash(("JumpHash", self.n))
 
 
 class BucketMap:
