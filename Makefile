@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir .site
 
-test: lint docs
+# The Debian packages the real-server tests start (redis, MariaDB, nginx, ...).
+system-deps:
+	@bash tools/system-deps.sh
+
+test: system-deps lint docs
 	$(PY) -m pytest
 
 bench: $(STAMP)
