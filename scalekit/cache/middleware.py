@@ -246,9 +246,9 @@ class CacheMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path, root_path = scope["path"], scope.get("root_path", "")
         for rule in self.rules:
-            params = rule.match(path)
+            params = rule.match(path, root_path)
             if params is not None:
                 break
         else:

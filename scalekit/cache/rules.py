@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scalekit._routes import RouteTemplate, RouteTemplateError
 from scalekit.cache.errors import CacheConfigError
 
 __all__ = ["CacheRule", "TagSource"]
@@ -16,26 +16,6 @@ TagSource = Callable[[Any], Iterable[str]] | Iterable[str] | None
 ``{user}`` from the identity), or a callable taking a Starlette ``Request``."""
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(str|path|int))?\}")
-_CONVERTERS = {"str": "[^/]+", "path": ".*", "int": "[0-9]+"}
-
-
-def compile_template(template: str) -> re.Pattern[str]:
-    """Turn a route template such as ``/api/v1/tasks/{id}`` into an anchored regex.
-
-    Raises:
-        CacheConfigError: the template does not start with ``/``.
-    """
-    if not template.startswith("/"):
-        raise CacheConfigError(f"CacheRule path must start with '/', got {template!r}")
-    pattern = ""
-    position = 0
-    for match in _PARAM.finditer(template):
-        pattern += re.escape(template[position : match.start()])
-        pattern += f"(?P<{match.group(1)}>{_CONVERTERS[match.group(2) or 'str']})"
-        position = match.end()
-    pattern += re.escape(template[position:])
-    return re.compile(f"^{pattern}$")
 
 
 @dataclass(frozen=True)
@@ -43,8 +23,10 @@ class CacheRule:
     """One cacheable route.
 
     Args:
-        path: a route template, e.g. ``/api/v1/tasks/{id}`` (``{name:path}``
-            matches across slashes).
+        path: a route template, e.g. ``/api/v1/tasks/{id}``; it covers exactly
+            the requests a Starlette ``Route`` with this path would route
+            (converters ``str``, ``path``, ``int``, ``float``, ``uuid`` or
+            registered ones; ``root_path`` stripped as Starlette strips it).
         ttl: seconds a stored response is fresh.
         stale_ttl: seconds after ``ttl`` during which the stale response is
             still served while one request refreshes it (stale-while-revalidate).
@@ -75,7 +57,7 @@ class CacheRule:
     max_body: int = 1024 * 1024
     invalidate_on: tuple[str, ...] | Iterable[str] = ()
     name: str = ""
-    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    pattern: RouteTemplate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -121,16 +103,18 @@ class CacheRule:
                     f"CacheRule({self.path!r}): a tag uses {{user}}; set vary_user=True"
                 )
             set_(self, "tags", tags)
-        set_(self, "pattern", compile_template(self.path))
+        try:
+            set_(self, "pattern", RouteTemplate(self.path))
+        except RouteTemplateError as exc:
+            raise CacheConfigError(f"CacheRule path: {exc}") from exc
         set_(self, "name", self.name or self.path)
 
-    def match(self, path: str) -> dict[str, str] | None:
-        """The path parameters if ``path`` matches this rule, else ``None``."""
-        found = self.pattern.match(path)
-        return None if found is None else found.groupdict()
+    def match(self, path: str, root_path: str = "") -> dict[str, Any] | None:
+        """The converted path parameters if the rule covers ``path``, else ``None``."""
+        return self.pattern.match(path, root_path)
 
     def tags_for(
-        self, params: Mapping[str, str], user: str | None, request: Callable[[], Any]
+        self, params: Mapping[str, Any], user: str | None, request: Callable[[], Any]
     ) -> tuple[str, ...]:
         """The tags of a request; ``request()`` builds a Starlette Request when needed."""
         if self.tags is None:

@@ -13,7 +13,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit._net import ClientIP
-from scalekit.observability._routes import RouteNames
+from scalekit._routes import RouteNames
 
 __all__ = ["REQUEST_ID_PATTERN", "RequestContextMiddleware", "current_request_id", "new_request_id"]
 

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scalekit.observability._routes import (
+from scalekit._routes import (
     OTHER_METHOD,
     OVERFLOW_ROUTE,
     UNMATCHED_ROUTE,

@@ -167,11 +167,12 @@ class RateLimitMiddleware:
                 await self.app(scope, receive, send)
             return
         method = scope["method"]
-        path = scope["path"]
+        path, root_path = scope["path"], scope.get("root_path", "")
         matched = [
             rule
             for rule in self.rules
-            if rule.matches(method, path) and not (rule.exempt is not None and rule.exempt(scope))
+            if rule.matches(method, path, root_path)
+            and not (rule.exempt is not None and rule.exempt(scope))
         ]
         if not matched:
             await self.app(scope, receive, send)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from scalekit._extras import require
+from scalekit._routes import RouteTemplate, RouteTemplateError, route_methods
 from scalekit.ratelimit.errors import RateLimitConfigError
 from scalekit.ratelimit.keys import KeyFunction, client_ip
 
 __all__ = ["Rate", "Rule", "parse_rates"]
-
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,26 +43,18 @@ def parse_rates(limit: str) -> tuple[Rate, ...]:
     )
 
 
-def _compile_template(path: str) -> re.Pattern[str]:
-    pattern = ""
-    position = 0
-    for match in _PARAM.finditer(path):
-        pattern += re.escape(path[position : match.start()])
-        pattern += ".*" if match.group(2) == "path" else "[^/]+"
-        position = match.end()
-    pattern += re.escape(path[position:])
-    return re.compile(pattern + r"\Z")
-
-
 class Rule:
     """A limit and the requests it covers.
 
     Args:
         limit: the rate(s), as ``limits`` writes them: ``"100/15 minutes"``,
             ``"10/second;100/15 minutes"`` (every rate must hold).
-        path: a route template (``"/api/v1/auth/login"``, ``"/users/{id}"``,
-            ``"/files/{rest:path}"``); ``None`` covers every path.
-        methods: HTTP methods covered (``["POST"]``); ``None`` covers all.
+        path: a route template (``"/api/v1/auth/login"``, ``"/users/{id:int}"``,
+            ``"/files/{rest:path}"``); the rule covers exactly the requests a
+            Starlette ``Route`` with this path would route (same converters,
+            ``root_path`` stripped as Starlette strips it). ``None`` covers every path.
+        methods: HTTP methods covered (``["POST"]``); ``"GET"`` also covers
+            ``HEAD``, as the router runs the GET endpoint for it. ``None`` covers all.
         key: whom the request counts against: :func:`~scalekit.ratelimit.client_ip`
             (default), :func:`~scalekit.ratelimit.user`,
             :func:`~scalekit.ratelimit.header` or any callable taking the ASGI
@@ -83,7 +73,7 @@ class Rule:
     """
 
     __slots__ = (
-        "_path_pattern",
+        "_path_template",
         "cost",
         "count",
         "exempt",
@@ -113,8 +103,10 @@ class Rule:
             raise RateLimitConfigError(
                 f"Rule limit must be a string like '100/minute', got {limit!r}"
             )
-        if path is not None and not path.startswith("/"):
-            raise RateLimitConfigError(f"Rule path must start with '/', got {path!r}")
+        try:
+            path_template = RouteTemplate(path) if path is not None else None
+        except RouteTemplateError as exc:
+            raise RateLimitConfigError(f"Rule path: {exc}") from exc
         if count not in ("all", "failures"):
             raise RateLimitConfigError(f"Rule count must be 'all' or 'failures', got {count!r}")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
@@ -141,7 +133,7 @@ class Rule:
                     f"Rule cost {cost} is more than the limit {rate.text}: no request could pass"
                 )
         self.path = path
-        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+        self.methods = route_methods(methods)
         self.key = key
         self.count = count
         self.cost = cost
@@ -156,13 +148,13 @@ class Rule:
             raise RateLimitConfigError(
                 f"Rule name {self.name!r} must be printable ASCII without quotes or backslashes"
             )
-        self._path_pattern = _compile_template(path) if path is not None else None
+        self._path_template = path_template
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, root_path: str = "") -> bool:
         """Whether this rule covers a request (exemptions aside)."""
         if self.methods is not None and method not in self.methods:
             return False
-        return self._path_pattern is None or self._path_pattern.match(path) is not None
+        return self._path_template is None or self._path_template.match(path, root_path) is not None
 
     def __repr__(self) -> str:
         return f"Rule({self.limit!r}, name={self.name!r}, path={self.path!r}, count={self.count!r})"
