@@ -27,6 +27,8 @@ class Stack:
     settings: Settings
     db: Any = None
     """The ``ReplicaSet`` over ``database_url`` and ``replica_urls``, or None."""
+    shards: Any = None
+    """The ``ShardSet`` over ``shard_urls`` (one ``ReplicaSet`` per shard), or None."""
     cache: Any = None
     """The cache backend (``RedisCache`` or ``MemoryCache``), for ``invalidate``."""
     ratelimit: Any = None
@@ -105,6 +107,15 @@ def install(
         checks.append(PoolCheck("db", primary, critical=True))
         if replicas:
             checks.append(ReplicaSetCheck("db-replicas", stack.db, critical=False))
+    if settings.shard_urls:
+        stack.shards = _build_shards(settings)
+        stack._closers.append(stack.shards.close)
+        for index, replica_set in enumerate(stack.shards.shards):
+            checks.append(PoolCheck(f"shard{index}", replica_set.primary, critical=True))
+            if replica_set.replicas:
+                checks.append(
+                    ReplicaSetCheck(f"shard{index}-replicas", replica_set, critical=False)
+                )
     if settings.redis_url:
         checks.append(RedisCheck("redis", settings.redis_url, critical=False))
 
@@ -165,3 +176,32 @@ def install(
 
     app.router.lifespan_context = lifespan
     return stack
+
+
+def _build_shards(settings: Settings) -> Any:
+    """A ``ShardSet`` with one ``ReplicaSet`` per entry of ``settings.shard_urls``."""
+    from scalekit.db import JumpHash, Modulo, Pool, ReplicaSet, ShardSet
+    from scalekit.settings import ShardStrategyName
+
+    sets = []
+    for index, (primary_url, *replica_urls) in enumerate(settings.shard_urls):
+        primary = Pool.from_url(primary_url, name=f"shard{index}")
+        replicas = [
+            Pool.from_url(url, name=f"shard{index}-replica{number}")
+            for number, url in enumerate(replica_urls)
+        ]
+        sets.append(
+            ReplicaSet(
+                primary,
+                replicas,
+                max_lag=settings.max_lag,
+                pin_after_write=settings.pin_after_write,
+                marks=settings.redis_url,
+                name=f"shard{index}",
+            )
+        )
+    count = len(sets)
+    strategy = (
+        Modulo(count) if settings.shard_strategy is ShardStrategyName.MODULO else JumpHash(count)
+    )
+    return ShardSet(sets, strategy=strategy)
