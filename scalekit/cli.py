@@ -15,7 +15,10 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .db.shards import Checkpoint
 
 __all__ = ["main"]
 
@@ -105,9 +108,9 @@ def _progress_reporter(out: TextIO) -> Iterator[Callable[[Any], None]]:
     yield log
 
 
-def _move(args: argparse.Namespace, out: TextIO) -> int:
+def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) -> int:
     from .db import Pool
-    from .db.migrate import ShardedTable, abort_move, move_bucket, plan_move
+    from .db.shards import ShardedTable, abort_move, move_bucket, plan_move
 
     if not args.shard:
         print("give every shard's URL, in order: --shard URL --shard URL ...", file=sys.stderr)
@@ -135,6 +138,7 @@ def _move(args: argparse.Namespace, out: TextIO) -> int:
                 control=control,
                 batch_size=args.batch_size,
                 progress=report,
+                checkpoint=checkpoint,
             )
         if done.already:
             print(f"bucket {done.bucket} is already on shard {done.target}", file=out)
@@ -193,8 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``scalekit`` command; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, checkpoint: Checkpoint | None = None) -> int:
+    """Run the ``scalekit`` command; returns the exit status.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        checkpoint: passed to ``move_bucket`` by ``shards move`` (see
+            ``scalekit.db.shards.Checkpoint``).
+    """
     args = build_parser().parse_args(argv)
     out = sys.stdout
     from .db.errors import DatabaseError
@@ -205,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("--keys must be positive", file=sys.stderr)
                 return 2
             return _plan(args, out)
-        return _move(args, out)
+        return _move(args, out, checkpoint)
     except DatabaseError as exc:
         print(f"scalekit: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,9 @@ Errors::
     │   └── WriteOutcomeUnknown      ... while a write was in flight: never re-sent
     ├── RetryableTransactionError    deadlock (1213) or lock wait timeout (1205)
     ├── PrimaryReadOnly              the primary answered 1290: it was demoted
-    └── MisroutedWrite               a write reached a read-only replica session (1792)
+    ├── MisroutedWrite               a write reached a read-only replica session (1792)
+    ├── BucketMoved                  a guarded shard write met a frozen or moved bucket
+    └── MoveError                    a bucket move cannot go on (arguments, lock, map)
 
 Events (``scalekit.events``): ``DbQuery`` per statement, ``DbRouting`` per
 routing decision, ``DbPoolStats`` when a pool's counts change.
@@ -29,10 +31,12 @@ routing decision, ``DbPoolStats`` when a pool's counts change.
 from __future__ import annotations
 
 from .errors import (
+    BucketMoved,
     ConfigError,
     ConnectionLost,
     DatabaseError,
     MisroutedWrite,
+    MoveError,
     NoHealthyServer,
     PoolTimeout,
     PrimaryReadOnly,
@@ -40,28 +44,25 @@ from .errors import (
     WriteOutcomeUnknown,
 )
 from .marks import Mark, MarkStore, MarkStoreUnavailable, MemoryMarks, RedisMarks
-from .migrate import (
-    MoveError,
-    MovePlan,
-    MoveProgress,
-    MoveResult,
-    ShardedTable,
-    abort_move,
-    move_bucket,
-    plan_move,
-)
 from .pool import Connection, Cursor, Pool, PoolStats, Result
 from .replicas import ReplicaSet
 from .shards import (
     BucketMap,
-    BucketMoved,
     JumpHash,
+    MapStore,
     Modulo,
+    MovePlan,
+    MoveProgress,
+    MoveResult,
     Plan,
+    ShardedTable,
     ShardRow,
     ShardSet,
     ShardStrategy,
+    abort_move,
+    move_bucket,
     plan,
+    plan_move,
 )
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "Cursor",
     "DatabaseError",
     "JumpHash",
+    "MapStore",
     "Mark",
     "MarkStore",
     "MarkStoreUnavailable",

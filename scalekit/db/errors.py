@@ -10,7 +10,9 @@ Every error is a :class:`DatabaseError`::
     │   └── WriteOutcomeUnknown      ... while a write was in flight: never re-sent
     ├── RetryableTransactionError    deadlock (1213) or lock wait timeout (1205)
     ├── PrimaryReadOnly              the primary answered 1290: it was demoted
-    └── MisroutedWrite               a write reached a read-only replica session (1792)
+    ├── MisroutedWrite               a write reached a read-only replica session (1792)
+    ├── BucketMoved                  a guarded shard write met a frozen or moved bucket
+    └── MoveError                    a bucket move cannot go on (arguments, lock, map)
 
 Other driver errors (a syntax error, a duplicate key) are raised unchanged:
 they are the caller's to handle and retrying them would not help.
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 __all__ = [
     "CONNECTION_LOST_CODES",
+    "BucketMoved",
     "ConfigError",
     "ConnectionLost",
     "DatabaseError",
     "MisroutedWrite",
+    "MoveError",
     "NoHealthyServer",
     "PoolTimeout",
     "PrimaryReadOnly",
@@ -103,6 +107,24 @@ class MisroutedWrite(DatabaseError):
     A programming error: send writes with ``execute()`` or ``transaction()``,
     or ``query(..., primary=True)`` for a read that locks. Never retried.
     """
+
+
+class BucketMoved(DatabaseError):
+    """A guarded shard write met a bucket that is frozen for a move, or has moved away.
+
+    ``state`` is ``"frozen"`` (the move did not finish within the set's
+    ``freeze_timeout``) or ``"moved"`` (the set has no ``reload`` to learn the
+    new map). Reload the ``BucketMap`` and retry.
+    """
+
+    def __init__(self, message: str, *, bucket: int, state: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.state = state
+
+
+class MoveError(DatabaseError):
+    """A bucket move cannot go on: bad arguments, another mover, a map that changed, ..."""
 
 
 def error_code(exc: BaseException) -> int | None:

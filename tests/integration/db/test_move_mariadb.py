@@ -1,15 +1,14 @@
 """Online bucket moves on a real MariaDB: two databases as shards, a writer, SIGKILLed movers.
 
-The mover runs as a separate process (``python -m scalekit.cli shards move``);
-``SCALEKIT_MOVE_KILL_AT`` makes it SIGKILL itself at a named point, then it is
-run again and must finish the move with every row, and every acknowledged
-write, on the target exactly once. One case rolls the killed move back
-(``--abort``) and moves again.
+The mover runs as a separate process (``mover_process.py``: the
+``scalekit shards move`` command with a checkpoint that SIGKILLs the process
+at a chosen step and batch), then it is run again and must finish the move
+with every row, and every acknowledged write, on the target exactly once. One
+case rolls the killed move back (``--abort``) and moves again.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,17 +152,20 @@ class Writer:
         assert not self.thread.is_alive()
 
 
+MOVER = str(Path(__file__).with_name("mover_process.py"))
+KILL_POINTS = {"copy": "copy:2", "after_copy": "sync:0", "verify": "verify:1",
+               "after_flip": "delete:0", "delete": "delete:1"}  # fmt: skip
+
+
 def _mover(
     databases: Databases, kill_at: str | None, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "SCALEKIT_MOVE_KILL_AT"}
-    if kill_at:
-        env["SCALEKIT_MOVE_KILL_AT"] = kill_at
-    argv = [sys.executable, "-m", "scalekit.cli", "shards", "move", "--bucket", str(BUCKET),
+    kill = [f"--kill-at={KILL_POINTS[kill_at]}"] if kill_at else []
+    argv = [sys.executable, MOVER, *kill, "shards", "move", "--bucket", str(BUCKET),
             "--to", "1", "--control", databases.control_url,
             "--shard", databases.shard_urls[0], "--shard", databases.shard_urls[1],
             "--table", "tasks:user_id:id", "--batch-size", "500", *extra]  # fmt: skip
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture

@@ -15,14 +15,15 @@ from scalekit.db import (
     BucketMap,
     MoveError,
     MoveProgress,
+    MoveResult,
     Pool,
     ReplicaSet,
     ShardedTable,
     abort_move,
-    migrate,
     move_bucket,
     plan_move,
 )
+from scalekit.db.shards import Step, mover
 
 BUCKETS = 16
 TABLES = [ShardedTable("tasks", "user_id", "id")]
@@ -56,7 +57,7 @@ class Setup:
             f"SELECT * FROM tasks WHERE user_id IN ({marks}) ORDER BY id", users
         )
 
-    def move(self, **options: Any) -> migrate.MoveResult:
+    def move(self, **options: Any) -> MoveResult:
         options.setdefault("batch_size", 40)
         return move_bucket(self.shards, self.bucket, 1, tables=TABLES, control=self.control,
                            **options)  # fmt: skip
@@ -118,26 +119,31 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("point", ["copy", "after_copy", "sync", "verify", "after_flip", "delete"])
+def crash_at(step: Step, batch: int) -> mover.Checkpoint:
+    """A checkpoint that stops the mover at ``(step, batch)``, as a SIGKILL would."""
+
+    def checkpoint(at: Step, done: int) -> None:
+        if (at, done) == (step, batch):
+            raise _Crash(f"{step}:{batch}")
+
+    return checkpoint
+
+
+POINTS = [(Step.COPY, 0), (Step.COPY, 2), (Step.SYNC, 0), (Step.SYNC, 1), (Step.VERIFY, 1),
+          (Step.FLIP, 0), (Step.DELETE, 0), (Step.DELETE, 1)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("step", "batch"), POINTS)
 def test_a_crash_at_any_step_then_a_rerun_finishes_the_move(
-    setup: Setup, point: str, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, step: Step, batch: int
 ) -> None:
     before = setup.rows(0, setup.users)
-
-    def crash(name: str) -> None:
-        if name == point:
-            raise _Crash(name)
-
-    monkeypatch.setattr(migrate, "_kill_point", crash)
     with pytest.raises(_Crash):
-        setup.move()
+        setup.move(checkpoint=crash_at(step, batch))
     plan = plan_move(setup.shards, setup.bucket, 1, tables=TABLES, control=setup.control)
-    resume_at = {"copy": "copy", "after_copy": "copy", "sync": "sync", "verify": "verify",
-                 "after_flip": "delete", "delete": "delete"}  # fmt: skip
-    assert plan.step == resume_at[point]
-    monkeypatch.setattr(migrate, "_kill_point", lambda name: None)
+    assert plan.step is step
     result = setup.move()
-    assert result.resumed_from is not None
+    assert result.resumed_from == step
     _assert_moved(setup, before)
 
 
@@ -145,10 +151,10 @@ def test_verification_mismatch_goes_back_to_sync(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = setup.primary(1)
-    original = migrate._Move.verify
+    original = mover._Move.verify
     calls = 0
 
-    def tamper_then_verify(self: migrate._Move) -> dict[str, int]:
+    def tamper_then_verify(self: mover._Move) -> Step:
         nonlocal calls
         calls += 1
         if calls == 1:  # a stray row on the target: sync must remove it
@@ -156,7 +162,7 @@ def test_verification_mismatch_goes_back_to_sync(
                            (setup.users[0],))  # fmt: skip
         return original(self)
 
-    monkeypatch.setattr(migrate._Move, "verify", tamper_then_verify)
+    monkeypatch.setattr(mover._Move, "verify", tamper_then_verify)
     before = setup.rows(0, setup.users)
     setup.move()
     assert calls == 2
@@ -170,16 +176,9 @@ def test_dry_run_plans_and_changes_nothing(setup: Setup) -> None:
     assert len(setup.rows(1, setup.users)) == 0
 
 
-def test_unfinished_move_elsewhere_and_bad_arguments_are_refused(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def crash(name: str) -> None:
-        if name == "after_copy":
-            raise _Crash(name)
-
-    monkeypatch.setattr(migrate, "_kill_point", crash)
+def test_unfinished_move_elsewhere_and_bad_arguments_are_refused(setup: Setup) -> None:
     with pytest.raises(_Crash):
-        setup.move()
+        setup.move(checkpoint=crash_at(Step.SYNC, 0))
     third = ReplicaSet(Pool.from_url(f"sqlite:///{setup.tmp_path}/s2.db"))
     with pytest.raises(MoveError, match=r"3 were given"):
         move_bucket([*setup.shards, third], setup.bucket, 1, tables=TABLES, control=setup.control)
@@ -227,16 +226,10 @@ def test_cli_shows_a_rich_progress_bar_on_a_terminal(
     assert "copy tasks: 300/300 rows" not in text  # not the plain log lines
 
 
-def test_abort_rolls_back_an_unflipped_move(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_abort_rolls_back_an_unflipped_move(setup: Setup) -> None:
     before = setup.rows(0, setup.users)
-
-    def crash(name: str) -> None:
-        if name == "verify":
-            raise _Crash(name)
-
-    monkeypatch.setattr(migrate, "_kill_point", crash)
     with pytest.raises(_Crash):
-        setup.move()
+        setup.move(checkpoint=crash_at(Step.VERIFY, 1))
     assert len(setup.rows(1, setup.users)) == 300  # copied, frozen, not flipped
     deleted = abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
     assert deleted == 300
@@ -247,32 +240,19 @@ def test_abort_rolls_back_an_unflipped_move(setup: Setup, monkeypatch: pytest.Mo
     assert fence == []  # writes to the bucket flow again
     with pytest.raises(MoveError, match="no unfinished move"):
         abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
-    monkeypatch.setattr(migrate, "_kill_point", lambda name: None)
     assert setup.move().resumed_from is None  # a fresh move works afterwards
 
 
-def test_abort_after_the_flip_is_refused(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(name: str) -> None:
-        if name == "after_flip":
-            raise _Crash(name)
-
-    monkeypatch.setattr(migrate, "_kill_point", crash)
+def test_abort_after_the_flip_is_refused(setup: Setup) -> None:
     with pytest.raises(_Crash):
-        setup.move()
+        setup.move(checkpoint=crash_at(Step.DELETE, 0))
     with pytest.raises(MoveError, match="flipped the map"):
         abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
 
 
-def test_cli_abort(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def crash(name: str) -> None:
-        if name == "after_copy":
-            raise _Crash(name)
-
-    monkeypatch.setattr(migrate, "_kill_point", crash)
+def test_cli_abort(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(_Crash):
-        setup.move()
+        setup.move(checkpoint=crash_at(Step.SYNC, 0))
     argv = ["shards", "move", "--bucket", str(setup.bucket), "--to", "1", "--abort",
             "--control", f"sqlite:///{setup.tmp_path}/control.db",
             "--shard", f"sqlite:///{setup.tmp_path}/shard0.db",

@@ -1,0 +1,136 @@
+"""The SQL that differs between MariaDB/MySQL and SQLite, as one object per dialect.
+
+Fences, map storage and the mover ask a :class:`Dialect` for quoting, upserts,
+share locks and a row's bucket instead of branching on the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigError
+from ..pool import Connection, Pool
+from ..replicas import ReplicaSet
+from .strategies import hash_key
+
+__all__ = ["Dialect", "MySQLDialect", "SQLiteDialect", "dialect_of", "identifier", "primary_pool"]
+
+
+def identifier(name: str) -> str:
+    """``name`` if it is a plain SQL identifier (letters, digits, ``_``, ``$``).
+
+    Raises:
+        ConfigError: it is not, so it could not be put in SQL unquoted.
+    """
+    if not name or not all(char.isalnum() or char in "_$" for char in name) or name[0].isdigit():
+        raise ConfigError(f"{name!r} is not a plain SQL identifier (letters, digits, _ and $)")
+    return name
+
+
+def primary_pool(db: Pool | ReplicaSet) -> Pool:
+    """The pool that takes writes: ``db`` itself, or a ``ReplicaSet``'s primary."""
+    return db.primary if isinstance(db, ReplicaSet) else db
+
+
+class Dialect:
+    """Portable SQL: double-quoted names, no share locks, no row buckets in SQL."""
+
+    name = "other"
+    share_lock = ""
+    """What follows a ``SELECT`` that must block writers of the rows it read."""
+    update_lock = ""
+    """What follows a ``SELECT`` that reads rows it is about to change."""
+
+    def quote(self, name: str) -> str:
+        """``name`` quoted as an identifier."""
+        return f'"{identifier(name)}"'
+
+    def prepare(self, conn: Connection) -> None:
+        """Per-connection set-up the statements below rely on (none here)."""
+
+    def bucket_of(self, column: str, buckets: int) -> str:
+        """An SQL expression for the bucket of a row whose shard key is ``column``.
+
+        Raises:
+            ConfigError: this dialect cannot compute it in SQL.
+        """
+        raise ConfigError(
+            f"bucket moves need MariaDB/MySQL or SQLite shards, not a {self.name!r} pool"
+        )
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
+        """``INSERT`` of ``rows`` rows that replaces rows with the same ``key``."""
+        raise ConfigError(f"no upsert for a {self.name!r} pool")
+
+    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        """``INSERT`` of one row that does nothing if its key exists."""
+        raise ConfigError(f"no insert-or-ignore for a {self.name!r} pool")
+
+    def _values(self, columns: Sequence[str], rows: int) -> str:
+        names = ", ".join(self.quote(column) for column in columns)
+        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        return f"({names}) VALUES " + ", ".join([row] * rows)
+
+
+class MySQLDialect(Dialect):
+    """MariaDB and MySQL: backquotes, ``LOCK IN SHARE MODE``, ``SHA2`` buckets."""
+
+    name = "mysql"
+    share_lock = " LOCK IN SHARE MODE"
+    update_lock = " FOR UPDATE"
+
+    def quote(self, name: str) -> str:
+        return f"`{identifier(name)}`"
+
+    def bucket_of(self, column: str, buckets: int) -> str:
+        digest = f"SHA2(CAST({self.quote(column)} AS CHAR), 256)"
+        return f"MOD(CAST(CONV(LEFT({digest}, 16), 16, 10) AS UNSIGNED), {int(buckets)})"
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
+        others = [column for column in columns if column not in key] or [key[0]]
+        updates = ", ".join(
+            f"{self.quote(column)} = VALUES({self.quote(column)})" for column in others
+        )
+        return (
+            f"INSERT INTO {self.quote(table)} {self._values(columns, rows)} "
+            f"ON DUPLICATE KEY UPDATE {updates}"
+        )
+
+    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        return f"INSERT IGNORE INTO {self.quote(table)} {self._values(columns, 1)}"
+
+
+def _sqlite_bucket(value: Any, buckets: int) -> int:
+    return hash_key(value) % buckets
+
+
+class SQLiteDialect(Dialect):
+    """SQLite: double quotes, no row locks (a writer locks the file), a bucket function."""
+
+    name = "sqlite"
+
+    def prepare(self, conn: Connection) -> None:
+        conn.dbapi_connection.create_function(
+            "scalekit_bucket", 2, _sqlite_bucket, deterministic=True
+        )
+
+    def bucket_of(self, column: str, buckets: int) -> str:
+        return f"scalekit_bucket({self.quote(column)}, {int(buckets)})"
+
+    def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
+        return f"INSERT OR REPLACE INTO {self.quote(table)} {self._values(columns, rows)}"
+
+    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        return f"INSERT OR IGNORE INTO {self.quote(table)} {self._values(columns, 1)}"
+
+
+_DIALECTS: dict[str, Dialect] = {
+    "mysql": MySQLDialect(),
+    "sqlite": SQLiteDialect(),
+}
+
+
+def dialect_of(pool: Pool) -> Dialect:
+    """The dialect object for a pool's ``dialect`` name."""
+    return _DIALECTS.get(pool.dialect) or Dialect()

@@ -1,0 +1,136 @@
+"""Where a ``BucketMap`` is stored in a database: ``MapStore``.
+
+One table on a *control* database holds the map: a row per bucket
+``(bucket, shard, version)`` where ``version`` is the map version that last
+changed it, plus a row ``bucket = -1`` holding the shard count in ``shard``
+and the map's current version. Every instance loads it from there; the
+mover flips one bucket in it (see :mod:`.mover`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..errors import ConfigError
+from ..pool import Pool, Row
+from ..replicas import ReplicaSet
+from .bucket_map import BucketMap
+from .dialect import dialect_of, identifier, primary_pool
+
+__all__ = ["MAP_TABLE", "MapStore"]
+
+MAP_TABLE = "scalekit_bucket_map"
+"""Default table of a ``BucketMap`` saved in a database."""
+
+
+class MapStore:
+    """A ``BucketMap`` in a database table, on the primary of ``db``.
+
+    Args:
+        db: the control database (a ``Pool`` or a ``ReplicaSet``, whose
+            primary is used: a map read from a lagging replica could be old).
+        table: the table name (default ``scalekit_bucket_map``).
+
+    Raises:
+        ConfigError: ``table`` is not a plain SQL identifier.
+    """
+
+    def __init__(self, db: Pool | ReplicaSet, table: str | None = None) -> None:
+        self.pool = primary_pool(db)
+        self.table = identifier(table or MAP_TABLE)
+        self._dialect = dialect_of(self.pool)
+
+    def ensure_table(self) -> None:
+        """Create the map table if it is missing."""
+        self.pool.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (bucket INT NOT NULL PRIMARY KEY, "
+            "shard INT NOT NULL, version BIGINT NOT NULL)"
+        )
+
+    def load(self) -> BucketMap:
+        """The stored map.
+
+        Raises:
+            ConfigError: the table is empty or inconsistent.
+        """
+        rows = self.pool.query(f"SELECT bucket, shard, version FROM {self.table}")
+        if not rows:
+            raise ConfigError(
+                f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"
+            )
+        return self._from_rows(rows)
+
+    def version(self) -> int:
+        """The stored map's version: one row, for instances that poll for changes.
+
+        Raises:
+            ConfigError: the table holds no map.
+        """
+        rows = self.pool.query(f"SELECT version FROM {self.table} WHERE bucket = -1")
+        if not rows:
+            raise ConfigError(
+                f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"
+            )
+        return int(rows[0]["version"])
+
+    def save(self, bucket_map: BucketMap) -> None:
+        """Store ``bucket_map`` (creating the table if missing), in one transaction.
+
+        Raises:
+            ConfigError: the table already holds a newer version, or the same
+                version with a different assignment.
+        """
+        self.ensure_table()
+        with self.pool.connection() as conn:
+            conn.begin()
+            try:
+                cursor = conn.cursor()
+                rows = cursor.query(
+                    f"SELECT bucket, shard, version FROM {self.table}{self._dialect.update_lock}"
+                )
+                if rows:
+                    stored = self._from_rows(rows)
+                    if stored.version > bucket_map.version or (
+                        stored.version == bucket_map.version and stored != bucket_map
+                    ):
+                        raise ConfigError(
+                            f"table {self.table} holds bucket map version {stored.version}; "
+                            f"refusing to overwrite it with version {bucket_map.version}: load "
+                            "it, change it with reassign(), then save"
+                        )
+                    if stored == bucket_map:
+                        conn.rollback()
+                        return
+                cursor.execute(f"DELETE FROM {self.table}")
+                version = bucket_map.version
+                values = [(-1, bucket_map.shard_count, version)]
+                values += [(bucket, shard, version) for bucket, shard in
+                           enumerate(bucket_map.assignment)]  # fmt: skip
+                for start in range(0, len(values), 256):
+                    chunk = values[start : start + 256]
+                    cursor.execute(
+                        f"INSERT INTO {self.table} (bucket, shard, version) VALUES "
+                        + ", ".join(["(%s, %s, %s)"] * len(chunk)),
+                        [value for row in chunk for value in row],
+                    )
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def _from_rows(self, rows: Iterable[Row]) -> BucketMap:
+        meta: Row | None = None
+        assignment: dict[int, int] = {}
+        for row in rows:
+            if int(row["bucket"]) == -1:
+                meta = row
+            else:
+                assignment[int(row["bucket"])] = int(row["shard"])
+        if meta is None:
+            raise ConfigError(f"table {self.table} has no bucket -1 row (shard count and version)")
+        return BucketMap(
+            len(assignment), assignment, shards=int(meta["shard"]), version=int(meta["version"])
+        )
+
+    def __repr__(self) -> str:
+        return f"MapStore({self.pool.name!r}, table={self.table!r})"

@@ -1,0 +1,604 @@
+"""Online bucket moves for a ``BucketMap``: copy, freeze and sync, verify, flip, delete.
+
+``move_bucket`` moves every row of one bucket of the declared tables from its
+shard to another, while the application keeps writing:
+
+1. **copy** — the bucket's rows, in primary-key batches, upserted into the
+   target (idempotent: a rerun copies again without duplicating).
+2. **sync** — the bucket is *frozen* on the source: its fence row becomes
+   ``frozen``, which waits for in-flight guarded writes and makes new ones
+   wait (``ShardSet.execute`` / ``transaction``). Then each batch of the source
+   is compared with the target and the differences (writes made during the
+   copy) are applied, rows deleted meanwhile are deleted.
+3. **verify** — row count and a SHA-256 checksum per table, source against
+   target; a mismatch goes back to sync.
+4. **flip** — the map table gets the bucket → target with ``version + 1``
+   (compare-and-set, one transaction that also records the step).
+5. **delete** — the source fence becomes ``moved`` (guarded writers reload the
+   map and go to the target), then the bucket's rows are deleted from the
+   source in batches.
+
+Why a freeze rather than a change log: it needs no triggers (which need
+extra privileges with binary logging on) and no second write path in the
+application; the freeze lasts only for the sync and verification of one
+bucket, and only writes to that bucket wait.
+
+Resumable: the step is recorded in ``scalekit_bucket_moves`` on the control
+database before and after each step, and every step can run again, so a
+crash at any point followed by a rerun finishes the move; nothing is lost or
+duplicated. ``abort_move`` rolls back a move that has not flipped yet. On
+MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
+
+Requirements: the tables exist on every shard with the same schema; primary
+keys are unique across shards (rows keep them on the target); the shard-key
+column of a row never changes. A row's bucket is computed in SQL by the
+shard's dialect exactly as ``BucketMap.bucket_for`` computes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import structlog
+
+from ..errors import MoveError
+from ..pool import Connection, Pool, Row
+from ..replicas import ReplicaSet
+from . import fence
+from .dialect import dialect_of, identifier, primary_pool
+from .fence import FENCE_TABLE, FenceState
+from .lock import mover_lock
+from .map_store import MAP_TABLE, MapStore
+from .rows import BucketRows, ShardedTable
+from .shard_set import ShardSet
+
+__all__ = [
+    "MOVES_TABLE",
+    "Checkpoint",
+    "MovePlan",
+    "MoveProgress",
+    "MoveResult",
+    "Step",
+    "abort_move",
+    "move_bucket",
+    "plan_move",
+]
+
+MOVES_TABLE = "scalekit_bucket_moves"
+"""The control table that records each move's step."""
+
+_logger = structlog.get_logger("scalekit.db.shards.mover")
+
+
+class Step(enum.StrEnum):
+    """A move's steps, in order; the one recorded is where a rerun resumes."""
+
+    COPY = "copy"
+    SYNC = "sync"
+    VERIFY = "verify"
+    FLIP = "flip"
+    DELETE = "delete"
+    DONE = "done"
+
+
+_UNFLIPPED = frozenset({Step.COPY, Step.SYNC, Step.VERIFY, Step.FLIP})
+
+Checkpoint = Callable[[Step, int], None]
+"""Called with ``(step, 0)`` as a step starts and ``(step, n)`` after its n-th batch.
+
+For progress beyond ``MoveProgress`` and for tests that stop a mover at a
+chosen point (raise, or kill the process) to prove a rerun finishes the move.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class MoveProgress:
+    """Reported to ``progress`` as a move runs: a step, a table, rows done of total."""
+
+    step: str
+    table: str
+    done: int
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MovePlan:
+    """What ``move_bucket`` would do (``--dry-run``)."""
+
+    bucket: int
+    source: int
+    target: int
+    step: Step
+    rows: Mapping[str, int]
+    map_version: int
+
+    def summary(self) -> str:
+        """A few lines for people."""
+        if self.source == self.target and self.step is Step.DONE:
+            return f"bucket {self.bucket} is already on shard {self.target}: nothing to do"
+        verb = "resume" if self.step is not Step.COPY else "start"
+        lines = [
+            f"bucket {self.bucket}: shard {self.source} -> shard {self.target} "
+            f"(map version {self.map_version} -> {self.map_version + 1}); {verb} at step "
+            f"{self.step.value!r}",
+        ]
+        lines += [f"  {table}: {count} rows" for table, count in self.rows.items()]
+        steps = list(Step)
+        lines.append("steps: " + " -> ".join(steps[steps.index(self.step) :]))
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoveResult:
+    """A finished move: where the bucket went, the map version, rows per table.
+
+    ``synced`` counts the rows the sync step fixed on the target in this run:
+    writes that landed on the source during the copy.
+    """
+
+    bucket: int
+    source: int
+    target: int
+    version: int
+    rows: Mapping[str, int]
+    resumed_from: str | None = None
+    already: bool = False
+    synced: int = 0
+
+
+class _Records:
+    """The control table of moves: one row per bucket with its source, target and step."""
+
+    def __init__(self, control: Pool, table: str) -> None:
+        self.control = control
+        self.table = identifier(table)
+        self.control.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (bucket INT NOT NULL PRIMARY KEY, "
+            "source INT NOT NULL, target INT NOT NULL, step VARCHAR(16) NOT NULL, "
+            "map_version BIGINT NOT NULL, updated BIGINT NOT NULL)"
+        )
+
+    def get(self, bucket: int) -> Row | None:
+        rows = self.control.query(
+            f"SELECT bucket, source, target, step, map_version FROM {self.table} WHERE bucket = %s",
+            [bucket],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        try:
+            row["step"] = Step(row["step"])
+        except ValueError:
+            raise MoveError(
+                f"unknown move step {row['step']!r} for bucket {bucket} in {self.table}"
+            ) from None
+        return row
+
+    def start(self, bucket: int, source: int, target: int, map_version: int) -> None:
+        dialect = dialect_of(self.control)
+        columns = ["bucket", "source", "target", "step", "map_version", "updated"]
+        self.control.execute(
+            dialect.upsert(self.table, columns, ["bucket"], 1),
+            [bucket, source, target, Step.COPY.value, map_version, int(time.time())],
+        )
+
+    def set_step(self, bucket: int, step: Step, conn: Connection | None = None) -> None:
+        sql = f"UPDATE {self.table} SET step = %s, updated = %s WHERE bucket = %s"
+        params = [step.value, int(time.time()), bucket]
+        if conn is not None:
+            conn.execute(sql, params)
+        else:
+            self.control.execute(sql, params)
+
+    def forget(self, bucket: int) -> None:
+        self.control.execute(f"DELETE FROM {self.table} WHERE bucket = %s", [bucket])
+
+
+class _Mismatch(Exception):
+    def __init__(self, table: str, ours: tuple[int, str], theirs: tuple[int, str]) -> None:
+        super().__init__(f"{table}: source {ours} != target {theirs}")
+
+
+class _Move:
+    """One bucket's move: the recorded step and a handler per step."""
+
+    def __init__(
+        self,
+        control: Pool,
+        pools: list[Pool],
+        bucket: int,
+        target: int,
+        tables: Sequence[ShardedTable],
+        *,
+        batch_size: int,
+        map_table: str,
+        moves_table: str,
+        fence_table: str,
+        progress: Callable[[MoveProgress], None] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise MoveError(f"batch_size={batch_size!r} must be at least 1")
+        if not tables:
+            raise MoveError("declare at least one table to move (ShardedTable or --table)")
+        self.control = control
+        self.pools = pools
+        self.bucket = bucket
+        self.target = target
+        self.tables = list(tables)
+        self.batch_size = batch_size
+        self.store = MapStore(control, map_table)
+        self.fence_table = identifier(fence_table)
+        self.progress = progress
+        self.checkpoint = checkpoint
+        self.map = self.store.load()
+        if len(pools) != self.map.shard_count:
+            raise MoveError(
+                f"the map in {map_table} has {self.map.shard_count} shards but "
+                f"{len(pools)} were given: pass every shard, in order"
+            )
+        if not 0 <= bucket < self.map.buckets:
+            raise MoveError(f"bucket {bucket} is outside 0..{self.map.buckets - 1}")
+        if not 0 <= target < len(pools):
+            raise MoveError(f"target shard {target} is outside 0..{len(pools) - 1}")
+        self.records = _Records(control, moves_table)
+        record = self.records.get(bucket)
+        self.resumed_from: Step | None = None
+        if record is not None and record["step"] is not Step.DONE:
+            if int(record["target"]) != target:
+                raise MoveError(
+                    f"bucket {bucket} has an unfinished move to shard {record['target']} "
+                    f"(step {record['step'].value!r}): rerun it with --to {record['target']} "
+                    "first"
+                )
+            self.source = int(record["source"])
+            self.step: Step = record["step"]
+            self.resumed_from = self.step
+        else:
+            self.source = self.map.shard_of_bucket(bucket)
+            self.step = Step.DONE if self.source == target else Step.COPY
+        self.src = BucketRows(pools[self.source], self.map.buckets, bucket)
+        self.dst = BucketRows(pools[target], self.map.buckets, bucket)
+        self.version = self.map.version
+        self.rows: dict[str, int] = {}
+        self.synced = 0
+
+    # -- bookkeeping --------------------------------------------------------------
+    def _report(self, step: Step, table: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(MoveProgress(step.value, table, done, total))
+
+    def _checkpoint(self, step: Step, batch: int) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(step, batch)
+
+    def counts(self) -> dict[str, int]:
+        """The bucket's rows per table on the source."""
+        with self.src.connect() as conn:
+            return {table.name: self.src.count(conn, table) for table in self.tables}
+
+    def _set_step(self, step: Step, conn: Connection | None = None) -> None:
+        self.records.set_step(self.bucket, step, conn)
+        _logger.info("bucket move step", bucket=self.bucket, step=step.value,
+                     source=self.source, target=self.target)  # fmt: skip
+        self.step = step
+
+    def start(self) -> None:
+        """Record a new move at its first step."""
+        self.records.start(self.bucket, self.source, self.target, self.map.version)
+        _logger.info("bucket move started", bucket=self.bucket, source=self.source,
+                     target=self.target)  # fmt: skip
+
+    def run(self, max_syncs: int) -> None:
+        """Run the recorded step and the ones after it until the move is done."""
+        handlers: dict[Step, Callable[[], Step]] = {
+            Step.COPY: self.copy,
+            Step.SYNC: self.sync,
+            Step.VERIFY: self.verify,
+            Step.FLIP: self.flip,
+            Step.DELETE: self.delete,
+        }
+        syncs = 0
+        while self.step is not Step.DONE:
+            if self.step is Step.SYNC:
+                syncs += 1
+                if syncs > max_syncs:
+                    raise MoveError(
+                        f"bucket {self.bucket}: source and target still differ after "
+                        f"{max_syncs} syncs; are writes bypassing ShardSet.execute/transaction? "
+                        "The bucket stays frozen on the source; rerun the move when writes "
+                        "are guarded"
+                    )
+            self._checkpoint(self.step, 0)
+            following = handlers[self.step]()
+            if following is not self.step:
+                self._set_step(following)
+
+    # -- steps -----------------------------------------------------------------
+    def copy(self) -> Step:
+        """Upsert the bucket's rows into the target, batch by batch."""
+        for pool in (self.src.pool, self.dst.pool):
+            fence.ensure_fence_table(pool, self.fence_table)
+        with self.dst.connect() as conn:
+            # A fence left by an earlier move away from the target must not
+            # turn away the writers that follow the flip.
+            fence.clear(conn, self.dst.dialect, self.bucket, self.fence_table)
+        with self.src.connect() as conn:
+            fence.open_if_missing(conn, self.src.dialect, self.bucket, self.fence_table)
+        totals = self.counts()
+        batches = 0
+        with self.src.connect() as source, self.dst.connect() as target:
+            for table in self.tables:
+                done = 0
+                for rows in self.src.batches(source, table, self.batch_size):
+                    self.dst.upsert(target, table, rows)
+                    done += len(rows)
+                    batches += 1
+                    self._report(Step.COPY, table.name, done, max(done, totals[table.name]))
+                    self._checkpoint(Step.COPY, batches)
+                self._report(Step.COPY, table.name, done, done)
+        return Step.SYNC
+
+    def sync(self) -> Step:
+        """Freeze the bucket on the source and make the target equal to it."""
+        with self.src.connect() as conn:
+            fence.set_state(conn, self.src.dialect, self.bucket, FenceState.FROZEN,
+                            self.fence_table)  # fmt: skip
+        totals = self.counts()
+        batches = 0
+        with self.src.connect() as source, self.dst.connect() as target:
+            for table in self.tables:
+                done, after = 0, None
+                while True:
+                    rows = self.src.batch(source, table, after, self.batch_size)
+                    upto = table.key(rows[-1]) if rows else None
+                    theirs = {table.key(row): row for row in
+                              self.dst.batch(target, table, after, 0, upto)}  # fmt: skip
+                    changed = [row for row in rows if theirs.get(table.key(row)) != row]
+                    ours = {table.key(row) for row in rows}
+                    gone = [key for key in theirs if key not in ours]
+                    self.dst.upsert(target, table, changed)
+                    for start in range(0, len(gone), self.batch_size):
+                        self.dst.delete(target, table, gone[start : start + self.batch_size])
+                    self.synced += len(changed) + len(gone)
+                    if not rows:
+                        break
+                    after = upto
+                    done += len(rows)
+                    batches += 1
+                    self._report(Step.SYNC, table.name, done, max(done, totals[table.name]))
+                    self._checkpoint(Step.SYNC, batches)
+        return Step.VERIFY
+
+    def _digest(self, side: BucketRows, conn: Connection, table: ShardedTable) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        count = 0
+        for rows in side.batches(conn, table, self.batch_size):
+            for row in rows:
+                digest.update(repr(tuple(row[column] for column in sorted(row))).encode())
+            count += len(rows)
+        return count, digest.hexdigest()
+
+    def verify(self) -> Step:
+        """Counts and checksums per table; on a mismatch, back to ``sync``."""
+        rows: dict[str, int] = {}
+        digests = 0
+        with self.src.connect() as source, self.dst.connect() as target:
+            for table in self.tables:
+                ours = self._digest(self.src, source, table)
+                digests += 1
+                self._checkpoint(Step.VERIFY, digests)
+                theirs = self._digest(self.dst, target, table)
+                digests += 1
+                self._report(Step.VERIFY, table.name, ours[0], ours[0])
+                if ours != theirs:
+                    _logger.warning("bucket move verification mismatch", bucket=self.bucket,
+                                    table=table.name, source=ours, target=theirs)  # fmt: skip
+                    return Step.SYNC
+                rows[table.name] = ours[0]
+        self.rows = rows
+        return Step.FLIP
+
+    def flip(self) -> Step:
+        """Compare-and-set the map to bucket → target, ``version + 1``, recording the step."""
+        lock = dialect_of(self.control).update_lock
+        table = self.store.table
+        with self.control.connection() as conn:
+            conn.begin()
+            try:
+                found = {
+                    int(row["bucket"]): row
+                    for row in conn.query(
+                        f"SELECT bucket, shard, version FROM {table} "
+                        f"WHERE bucket IN (-1, %s){lock}",
+                        [self.bucket],
+                    )
+                }
+                version = int(found[-1]["version"])
+                owner = int(found[self.bucket]["shard"])
+                if owner == self.source:
+                    version += 1
+                    conn.execute(
+                        f"UPDATE {table} SET shard = %s, version = %s WHERE bucket = %s",
+                        [self.target, version, self.bucket],
+                    )
+                    conn.execute(f"UPDATE {table} SET version = %s WHERE bucket = -1", [version])
+                elif owner != self.target:
+                    raise MoveError(
+                        f"the map gives bucket {self.bucket} to shard {owner}, neither the "
+                        f"move's source {self.source} nor its target {self.target}: someone "
+                        "changed the map during the move"
+                    )
+                self._set_step(Step.DELETE, conn)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        self.version = version
+        return Step.DELETE
+
+    def delete(self) -> Step:
+        """Fence the source as ``moved``, then delete the bucket's rows there."""
+        with self.src.connect() as conn:
+            fence.set_state(conn, self.src.dialect, self.bucket, FenceState.MOVED,
+                            self.fence_table)  # fmt: skip
+        totals = self.counts()
+        batches = 0
+        with self.src.connect() as source:
+            for table in self.tables:
+                done = 0
+                while rows := self.src.batch(source, table, None, self.batch_size):
+                    done += self.src.delete(source, table, [table.key(row) for row in rows])
+                    batches += 1
+                    self._report(Step.DELETE, table.name, done, max(done, totals[table.name]))
+                    self._checkpoint(Step.DELETE, batches)
+                self._report(Step.DELETE, table.name, done, max(done, totals[table.name]))
+        return Step.DONE
+
+
+def _pools(shards: ShardSet | Sequence[ReplicaSet | Pool]) -> list[Pool]:
+    members = shards.shards if isinstance(shards, ShardSet) else shards
+    return [primary_pool(member) for member in members]
+
+
+def move_bucket(
+    shards: ShardSet | Sequence[ReplicaSet | Pool],
+    bucket: int,
+    to: int,
+    *,
+    tables: Sequence[ShardedTable],
+    control: ReplicaSet | Pool,
+    batch_size: int = 500,
+    map_table: str = MAP_TABLE,
+    moves_table: str = MOVES_TABLE,
+    fence_table: str = FENCE_TABLE,
+    progress: Callable[[MoveProgress], None] | None = None,
+    max_syncs: int = 3,
+    checkpoint: Checkpoint | None = None,
+) -> MoveResult:
+    """Move one bucket's rows to shard ``to`` while the application keeps writing.
+
+    Runs (or resumes) copy → sync (bucket frozen) → verify → flip → delete;
+    see the module docstring. Rerun it after a crash: it finishes the move.
+
+    Args:
+        shards: every shard (a ``ShardSet`` or its ``ReplicaSet``s/``Pool``s), in order.
+        bucket: the bucket to move.
+        to: the target shard index.
+        tables: the tables whose rows follow the bucket.
+        control: where the ``BucketMap`` (``map_table``) and the move records
+            (``moves_table``) live.
+        batch_size: rows per copy, compare and delete batch.
+        progress: called with a ``MoveProgress`` after each batch.
+        max_syncs: sync + verify rounds before giving up on a mismatch.
+        checkpoint: called at each step's start and after each batch (see
+            :data:`Checkpoint`).
+
+    Raises:
+        MoveError: bad arguments, another unfinished move of the bucket to a
+            different shard, another mover at work, the map changed under the
+            move, or verification kept failing (the bucket stays frozen; rerun).
+    """
+    pools = _pools(shards)
+    control_pool = primary_pool(control)
+    with mover_lock(control_pool, bucket):
+        move = _Move(control_pool, pools, bucket, to, tables, batch_size=batch_size,
+                     map_table=map_table, moves_table=moves_table, fence_table=fence_table,
+                     progress=progress, checkpoint=checkpoint)  # fmt: skip
+        if move.step is Step.DONE:
+            return MoveResult(bucket, move.source, to, move.map.version, {}, already=True)
+        if move.resumed_from is None:
+            move.start()
+        else:
+            _logger.info("bucket move resumed", bucket=bucket, step=move.step.value)
+        move.run(max_syncs)
+        rows = move.rows
+        if not rows:
+            with move.dst.connect() as conn:
+                rows = {table.name: move.dst.count(conn, table) for table in move.tables}
+        version = move.version
+        if version == move.map.version:
+            version = move.store.load().version
+        _logger.info("bucket move done", bucket=bucket, source=move.source, target=to,
+                     version=version)  # fmt: skip
+        resumed = move.resumed_from.value if move.resumed_from else None
+        return MoveResult(bucket, move.source, to, version, rows, resumed_from=resumed,
+                          synced=move.synced)  # fmt: skip
+
+
+def abort_move(
+    shards: ShardSet | Sequence[ReplicaSet | Pool],
+    bucket: int,
+    *,
+    tables: Sequence[ShardedTable],
+    control: ReplicaSet | Pool,
+    batch_size: int = 500,
+    map_table: str = MAP_TABLE,
+    moves_table: str = MOVES_TABLE,
+    fence_table: str = FENCE_TABLE,
+) -> int:
+    """Roll back an unfinished move that has not flipped: the bucket stays on its source.
+
+    Deletes the rows already copied to the target, unfreezes the bucket on the
+    source and forgets the move. Safe to run again after a crash. Returns the
+    number of target rows deleted.
+
+    Raises:
+        MoveError: no unfinished move of this bucket, or it has already
+            flipped the map (then only finishing it is safe: rerun the move).
+    """
+    control_pool = primary_pool(control)
+    pools = _pools(shards)
+    records = _Records(control_pool, moves_table)
+    with mover_lock(control_pool, bucket):
+        record = records.get(bucket)
+        if record is None or record["step"] is Step.DONE:
+            raise MoveError(f"bucket {bucket} has no unfinished move to roll back")
+        if record["step"] not in _UNFLIPPED:
+            raise MoveError(
+                f"the move of bucket {bucket} has flipped the map (step "
+                f"{record['step'].value!r}): rolling back could lose writes made on the target; "
+                "rerun the move to finish it"
+            )
+        target = int(record["target"])
+        move = _Move(control_pool, pools, bucket, target, tables, batch_size=batch_size,
+                     map_table=map_table, moves_table=moves_table,
+                     fence_table=fence_table)  # fmt: skip
+        if move.map.shard_of_bucket(bucket) != move.source:
+            raise MoveError(
+                f"the map already gives bucket {bucket} to shard "
+                f"{move.map.shard_of_bucket(bucket)}: rerun the move to finish it"
+            )
+        deleted = 0
+        with move.dst.connect() as conn:
+            for table in move.tables:
+                while rows := move.dst.batch(conn, table, None, batch_size):
+                    deleted += move.dst.delete(conn, table, [table.key(row) for row in rows])
+        with move.src.connect() as conn:
+            fence.clear(conn, move.src.dialect, bucket, move.fence_table)
+        records.forget(bucket)
+        _logger.info("bucket move rolled back", bucket=bucket, source=move.source,
+                     target=target, deleted=deleted)  # fmt: skip
+        return deleted
+
+
+def plan_move(
+    shards: ShardSet | Sequence[ReplicaSet | Pool],
+    bucket: int,
+    to: int,
+    *,
+    tables: Sequence[ShardedTable],
+    control: ReplicaSet | Pool,
+    map_table: str = MAP_TABLE,
+    moves_table: str = MOVES_TABLE,
+) -> MovePlan:
+    """What ``move_bucket`` would do, changing nothing but creating its tables (``--dry-run``)."""
+    move = _Move(primary_pool(control), _pools(shards), bucket, to, tables, batch_size=1,
+                 map_table=map_table, moves_table=moves_table,
+                 fence_table=FENCE_TABLE)  # fmt: skip
+    rows = move.counts() if move.step in _UNFLIPPED else {}
+    return MovePlan(bucket, move.source, to, move.step, rows, move.map.version)

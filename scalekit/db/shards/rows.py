@@ -1,0 +1,146 @@
+"""A bucket's rows on one shard: the declared tables, batches, counts, upserts, deletes.
+
+``ShardedTable`` declares a table whose rows follow their shard key's bucket;
+``BucketRows`` reads and writes one bucket's rows of such tables on one
+shard, in primary-key order, through that shard's :class:`.dialect.Dialect`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import MoveError
+from ..pool import Connection, Pool, Row
+from .dialect import Dialect, dialect_of, identifier
+
+__all__ = ["BucketRows", "Key", "ShardedTable"]
+
+Key = tuple[Any, ...]
+"""A row's primary-key values, in the table's primary-key column order."""
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ShardedTable:
+    """A table whose rows live on the shard of their ``shard_key`` column.
+
+    ``ShardedTable("tasks", shard_key="user_id", primary_key="id")``; a
+    composite key is a tuple. ``ShardedTable.parse("tasks:user_id:id")`` reads
+    the command-line form (``table:shard_key:pk[,pk...]``).
+    """
+
+    name: str
+    shard_key: str
+    primary_key: tuple[str, ...]
+
+    def __init__(self, name: str, shard_key: str, primary_key: str | Sequence[str] = "id") -> None:
+        keys = (primary_key,) if isinstance(primary_key, str) else tuple(primary_key)
+        if not keys:
+            raise MoveError(f"table {name!r} needs at least one primary-key column")
+        for name_part in (name, shard_key, *keys):
+            identifier(name_part)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "shard_key", shard_key)
+        object.__setattr__(self, "primary_key", keys)
+
+    @classmethod
+    def parse(cls, text: str) -> ShardedTable:
+        """``"table:shard_key:pk[,pk...]"`` → a ``ShardedTable``."""
+        parts = text.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise MoveError(
+                f"bad table declaration {text!r}: write table:shard_key:primary_key "
+                "(e.g. tasks:user_id:id, or tasks:user_id:user_id,id for a composite key)"
+            )
+        return cls(parts[0], parts[1], tuple(parts[2].split(",")))
+
+    def key(self, row: Row) -> Key:
+        """The row's primary-key values."""
+        return tuple(row[column] for column in self.primary_key)
+
+
+class BucketRows:
+    """One bucket's rows on one shard (its primary pool)."""
+
+    def __init__(self, pool: Pool, buckets: int, bucket: int) -> None:
+        self.pool = pool
+        self.dialect: Dialect = dialect_of(pool)
+        self.buckets = buckets
+        self.bucket = bucket
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection to the shard's primary, ready for the statements below."""
+        with self.pool.connection() as conn:
+            self.dialect.prepare(conn)
+            yield conn
+
+    def predicate(self, table: ShardedTable) -> tuple[str, list[Any]]:
+        """The ``WHERE`` condition (and its parameters) for the bucket's rows of ``table``."""
+        return f"{self.dialect.bucket_of(table.shard_key, self.buckets)} = %s", [self.bucket]
+
+    def _pk(self, table: ShardedTable) -> str:
+        return ", ".join(self.dialect.quote(column) for column in table.primary_key)
+
+    def batch(
+        self,
+        conn: Connection,
+        table: ShardedTable,
+        after: Key | None,
+        limit: int,
+        upto: Key | None = None,
+    ) -> list[Row]:
+        """The bucket's rows with ``after < pk <= upto`` in key order; ``limit`` 0: all."""
+        where, params = self.predicate(table)
+        marks = ", ".join(["%s"] * len(table.primary_key))
+        if after is not None:
+            where += f" AND ({self._pk(table)}) > ({marks})"
+            params += list(after)
+        if upto is not None:
+            where += f" AND ({self._pk(table)}) <= ({marks})"
+            params += list(upto)
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        return conn.query(
+            f"SELECT * FROM {self.dialect.quote(table.name)} WHERE {where} "
+            f"ORDER BY {self._pk(table)}{tail}",
+            params,
+        )
+
+    def batches(self, conn: Connection, table: ShardedTable, size: int) -> Iterator[list[Row]]:
+        """The bucket's rows of ``table`` in batches of ``size``, each after the last."""
+        after: Key | None = None
+        while rows := self.batch(conn, table, after, size):
+            yield rows
+            after = table.key(rows[-1])
+
+    def count(self, conn: Connection, table: ShardedTable) -> int:
+        """How many of the bucket's rows ``table`` holds here."""
+        where, params = self.predicate(table)
+        (row,) = conn.query(
+            f"SELECT COUNT(*) AS n FROM {self.dialect.quote(table.name)} WHERE {where}", params
+        )
+        return int(row["n"])
+
+    def upsert(self, conn: Connection, table: ShardedTable, rows: Sequence[Row]) -> None:
+        """Insert ``rows``, replacing rows with the same primary key."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        sql = self.dialect.upsert(table.name, columns, table.primary_key, len(rows))
+        conn.execute(sql, [row[column] for row in rows for column in columns])
+
+    def delete(self, conn: Connection, table: ShardedTable, keys: Sequence[Key]) -> int:
+        """Delete the rows with these primary keys; returns how many were deleted."""
+        if not keys:
+            return 0
+        quote = self.dialect.quote
+        if len(table.primary_key) == 1:
+            where = f"{quote(table.primary_key[0])} IN ({', '.join(['%s'] * len(keys))})"
+            params = [key[0] for key in keys]
+        else:
+            one = " AND ".join(f"{quote(column)} = %s" for column in table.primary_key)
+            where = " OR ".join([f"({one})"] * len(keys))
+            params = [value for key in keys for value in key]
+        return conn.execute(f"DELETE FROM {quote(table.name)} WHERE {where}", params).rowcount
