@@ -3,57 +3,232 @@
 This is the only module that knows all the components. Outermost first:
 request context (id, access log) → metrics → authentication (your backend,
 so ``scope["user"]`` is known) → rate limit → cache → your app. It mounts
-``/health/live``, ``/health/ready`` and the metrics endpoint, subscribes the
-component metrics to :mod:`scalekit.events`, and closes pools and Redis
-clients when the app shuts down.
+``/health/live``, ``/health/ready`` and the metrics endpoint in front of the
+app's own routes (so a catch-all route cannot answer a probe), keeps those
+paths out of every rate-limit rule, the cache and the request metrics,
+subscribes the component metrics to :mod:`scalekit.events`, and closes pools
+and Redis clients when the app shuts down.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from scalekit.errors import ConfigurationError
+from scalekit.options import (
+    CacheOptions,
+    DefaultLimit,
+    HealthOptions,
+    MetricsOptions,
+    RateLimitOptions,
+    RequestContextOptions,
+)
 from scalekit.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from starlette.authentication import AuthenticationBackend
+
+    from scalekit._clock import Clock
+    from scalekit.cache import CacheBackend, CacheRule
+    from scalekit.db import ReplicaSet, ShardSet
+    from scalekit.observability import Check, Health
+    from scalekit.ratelimit import Backend as RateLimitBackend
+    from scalekit.ratelimit import Rule
 
 __all__ = ["Stack", "install"]
 
 
 @dataclasses.dataclass
 class Stack:
-    """What :func:`install` built, for the app to use (``stack.db.query(...)``)."""
+    """What :func:`install` built, for the app to use.
+
+    ``install()`` also leaves it on ``app.state.scalekit``; :meth:`of` reads it
+    back, typed, from a request or the app::
+
+        await Stack.of(request).cache.invalidate("user:42:tasks")
+    """
 
     settings: Settings
-    db: Any = None
+    health: Health
+    """The ``Health`` behind the liveness and readiness endpoints."""
+    cache: CacheBackend
+    """The cache backend, for ``invalidate``: ``RedisCache`` when ``redis_url`` is
+    set, else ``MemoryCache``. It exists even with no cache rules (another
+    service may cache what this one invalidates)."""
+    db: ReplicaSet | None = None
     """The ``ReplicaSet`` over ``database_url`` and ``replica_urls``, or None."""
-    shards: Any = None
+    shards: ShardSet | None = None
     """The ``ShardSet`` over ``shard_urls`` (one ``ReplicaSet`` per shard), or None."""
-    cache: Any = None
-    """The cache backend (``RedisCache`` or ``MemoryCache``), for ``invalidate``."""
-    ratelimit: Any = None
+    ratelimit: RateLimitBackend | None = None
     """The rate-limit backend, or None when no rule is installed."""
-    health: Any = None
-    """The ``Health`` behind ``/health/live`` and ``/health/ready``."""
-    _closers: list[Callable[[], Any]] = dataclasses.field(default_factory=list, repr=False)
+    _closers: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
+
+    @staticmethod
+    def of(where: HTTPConnection | Starlette) -> Stack:
+        """The stack ``install()`` put on an app, from a request (or websocket) or the app.
+
+        Raises:
+            ConfigurationError: ``install()`` was not called on this app.
+        """
+        app = where.app if isinstance(where, HTTPConnection) else where
+        stack = getattr(app.state, "scalekit", None)
+        if not isinstance(stack, Stack):
+            raise ConfigurationError("this app has no scalekit Stack: call install(app, ...)")
+        return stack
 
     async def aclose(self) -> None:
         """Close what ``install`` opened (the lifespan calls this on shutdown)."""
         while self._closers:
             result = self._closers.pop()()
-            if hasattr(result, "__await__"):
+            if inspect.isawaitable(result):
                 await result
 
 
+class _Below:
+    """The app under scalekit's layers, known once Starlette builds its middleware stack."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:  # pragma: no cover - Starlette always builds before calling
+            raise RuntimeError("scalekit's layers were called before the app was built")
+        await self.app(scope, receive, send)
+
+
+class _Layers:
+    """Authentication, rate limit and cache in front of the app, except on scalekit's paths.
+
+    The chain is built (and so validated) by ``install()``; Starlette only
+    hands it the app below when it builds the middleware stack. Requests to
+    the health and metrics paths skip the chain: no rule, cache or
+    authentication backend stands between a probe and its answer.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, chain: ASGIApp, below: _Below, exempt_paths: frozenset[str]
+    ) -> None:
+        below.app = app
+        self.app = app
+        self.chain = chain
+        self.exempt_paths = exempt_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or (
+            scope["type"] == "http" and _route_path(scope) in self.exempt_paths
+        ):
+            await self.app(scope, receive, send)
+        else:
+            await self.chain(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches, for fixed paths only.
+
+    ``root_path`` is stripped as Starlette strips it, and one trailing newline
+    is dropped because the router's ``^/path$`` also matches ``/path\\n``: the
+    exemption covers exactly the requests our routes answer.
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if (
+        root_path
+        and path.startswith(root_path)
+        and path[len(root_path) : len(root_path) + 1] == "/"
+    ):
+        path = path[len(root_path) :]
+    return path.removesuffix("\n")
+
+
+def _describe(route: BaseRoute) -> str:
+    path = getattr(route, "path", None)
+    name = getattr(route, "name", None)
+    return f"{type(route).__name__}({path!r}, name={name!r})"
+
+
+def _first_full_match(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
+    """The route Starlette's router gives a GET of ``path`` (the first full match)."""
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    for route in routes:
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a custom converter that raises: the router would fail too
+            continue
+        if match is Match.FULL:
+            return route
+    return None
+
+
+def _check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
+    """Refuse to mount over a route of the app meant for one of ``paths``.
+
+    A catch-all (``/{path:path}``, a ``Mount("/")``) is expected and is
+    shadowed on purpose; a route that answers our path but not an arbitrary
+    one is the app's own health or metrics route, and one would hide the other.
+    """
+    probe = f"/scalekit-probe-{uuid.uuid4().hex}/{uuid.uuid4().hex}"
+    for path in paths:
+        for route in routes:
+            if (
+                _first_full_match([route], path) is route
+                and _first_full_match([route], probe) is None
+            ):
+                raise ConfigurationError(
+                    f"the app already has {_describe(route)} answering {path!r}, where install() "
+                    "mounts scalekit's endpoint: remove it, or mount scalekit's elsewhere "
+                    "(HealthOptions(live_path=..., ready_path=...), Settings(metrics_path=...))"
+                )
+
+
+def _check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Route]) -> None:
+    """Fail start-up when a route added in front of ours answers one of our paths."""
+    for route in ours:
+        winner = _first_full_match(routes, route.path)
+        if winner is not route:
+            by = "no route" if winner is None else _describe(winner)
+            raise ConfigurationError(
+                f"{route.path!r} is answered by {by} instead of scalekit's endpoint: routes were "
+                "put in front of the ones install() mounts; add them with app.add_route or "
+                "include_router (which append) instead of inserting them first"
+            )
+
+
+def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
+    """The default rule's ``exempt``: a request some route-level rule covers."""
+
+    def covered(scope: Scope) -> bool:
+        method, path, root_path = scope["method"], scope["path"], scope.get("root_path", "")
+        return any(rule.matches(method, path, root_path) for rule in route_rules)
+
+    return covered
+
+
 def install(
-    app: Any,
+    app: Starlette,
     settings: Settings | None = None,
     *,
-    auth_backend: Any = None,
-    cache_rules: Sequence[Any] = (),
-    rate_rules: Sequence[Any] = (),
-    health_checks: Sequence[Any] = (),
-    registry: Any = None,
+    auth_backend: AuthenticationBackend | None = None,
+    cache_rules: Sequence[CacheRule] = (),
+    rate_rules: Sequence[Rule] = (),
+    health_checks: Sequence[Check] = (),
+    registry: CollectorRegistry | None = None,
+    ratelimit: RateLimitOptions | None = None,
+    cache: CacheOptions | None = None,
+    metrics: MetricsOptions | None = None,
+    health: HealthOptions | None = None,
+    request_context: RequestContextOptions | None = None,
+    clock: Clock | None = None,
 ) -> Stack:
     """Add scalekit's middleware, endpoints and lifespan to a Starlette or FastAPI app.
 
@@ -63,16 +238,29 @@ def install(
         auth_backend: a Starlette ``AuthenticationBackend``; installed between
             metrics and the rate limiter so rules can key on the user.
         cache_rules: ``CacheRule``\\ s; no cache middleware when empty.
-        rate_rules: ``Rule``\\ s, added to ``settings.rate_limit``'s default rule.
-        health_checks: extra checks for ``/health/ready``.
+        rate_rules: ``Rule``\\ s. ``settings.rate_limit`` adds a default rule
+            that covers the requests no rule with a ``path`` covers (see
+            :class:`~scalekit.options.DefaultLimit` to make it cover all).
+        health_checks: extra checks for the readiness endpoint.
         registry: a Prometheus ``CollectorRegistry`` (the default one if None).
+        ratelimit: options of the rate limiter (strategy, headers, ...).
+        cache: options of the cache middleware.
+        metrics: options of the request metrics (buckets, max_routes, ...).
+        health: where health is mounted and how readiness runs.
+        request_context: options of the request id and access log.
+        clock: the clock every time-based rule reads (tests pass a ``ManualClock``).
 
     Returns:
-        The :class:`Stack`, holding the database, cache backend and health.
+        The :class:`Stack` (also on ``app.state.scalekit``).
+
+    Raises:
+        ConfigurationError: an app route already answers a path scalekit mounts,
+            or an option is invalid (component errors are ``ValueError``\\ s too).
+        MissingExtraError: a setting needs an extra that is not installed.
     """
     from starlette.middleware.authentication import AuthenticationMiddleware
-    from starlette.routing import Route
 
+    from scalekit.cache import MemoryCache, RedisCache
     from scalekit.observability import (
         Health,
         MetricsMiddleware,
@@ -85,9 +273,21 @@ def install(
     )
 
     settings = settings or Settings()
-    stack = Stack(settings)
-    checks = list(health_checks)
+    ratelimit = ratelimit or RateLimitOptions()
+    cache = cache or CacheOptions()
+    metrics = metrics or MetricsOptions()
+    health = health or HealthOptions()
+    request_context = request_context or RequestContextOptions()
+    scalekit_paths = (health.live_path, health.ready_path, settings.metrics_path)
+    if len(set(scalekit_paths)) != len(scalekit_paths):
+        raise ConfigurationError(
+            f"Settings.metrics_path {settings.metrics_path!r} is also a health path"
+        )
+    _check_paths_free(app.router.routes, scalekit_paths)
 
+    checks = list(health_checks)
+    closers: list[Callable[[], object]] = []
+    db = None
     if settings.database_url:
         from scalekit.db import Pool, ReplicaSet
 
@@ -96,21 +296,22 @@ def install(
             Pool.from_url(url, name=f"replica{index}")
             for index, url in enumerate(settings.replica_urls)
         ]
-        stack.db = ReplicaSet(
+        db = ReplicaSet(
             primary,
             replicas,
             max_lag=settings.max_lag,
             pin_after_write=settings.pin_after_write,
             marks=settings.redis_url,
         )
-        stack._closers.append(stack.db.close)
+        closers.append(db.close)
         checks.append(PoolCheck("db", primary, critical=True))
         if replicas:
-            checks.append(ReplicaSetCheck("db-replicas", stack.db, critical=False))
+            checks.append(ReplicaSetCheck("db-replicas", db, critical=False))
+    shards = None
     if settings.shard_urls:
-        stack.shards = _build_shards(settings)
-        stack._closers.append(stack.shards.close)
-        for index, replica_set in enumerate(stack.shards.shards):
+        shards = _build_shards(settings)
+        closers.append(shards.close)
+        for index, replica_set in enumerate(shards.shards):
             checks.append(PoolCheck(f"shard{index}", replica_set.primary, critical=True))
             if replica_set.replicas:
                 checks.append(
@@ -119,56 +320,91 @@ def install(
     if settings.redis_url:
         checks.append(RedisCheck("redis", settings.redis_url, critical=False))
 
-    rules = list(rate_rules)
-    if settings.rate_limit:
-        from scalekit.ratelimit import Rule
+    cache_backend: CacheBackend
+    if cache.backend is not None:
+        cache_backend = cache.backend
+    elif settings.redis_url:
+        cache_backend = RedisCache.from_url(settings.redis_url, clock=clock)
+    else:
+        cache_backend = MemoryCache(clock=clock)
+    closers.append(cache_backend.aclose)
 
-        rules.insert(0, Rule(settings.rate_limit, name="default"))
+    stack = Stack(
+        settings,
+        Health(
+            checks,
+            timeout=health.timeout,
+            cache_ttl=health.cache_ttl,
+            clock=clock,
+            service_id=health.service_id,
+            version=health.version,
+            description=health.description,
+        ),
+        cache_backend,
+        db,
+        shards,
+        _closers=closers,
+    )
+
+    below = _Below()
+    chain: ASGIApp = below
+    if cache_rules:
+        from scalekit.cache import CacheMiddleware
+
+        chain = CacheMiddleware(
+            chain,
+            backend=cache_backend,
+            rules=cache_rules,
+            lock=cache.lock,
+            lock_timeout=cache.lock_timeout,
+            lock_wait=cache.lock_wait,
+            poll_interval=cache.poll_interval,
+            clock=clock,
+        )
+    chain = _rate_limited(chain, stack, settings, list(rate_rules), ratelimit, clock)
+    if auth_backend is not None:
+        chain = AuthenticationMiddleware(chain, backend=auth_backend)
 
     # add_middleware puts each new one outside the previous: innermost first.
-    if cache_rules:
-        from scalekit.cache import CacheMiddleware, MemoryCache, RedisCache
-
-        stack.cache = (
-            RedisCache.from_url(settings.redis_url) if settings.redis_url else MemoryCache()
-        )
-        stack._closers.append(getattr(stack.cache, "aclose", lambda: None))
-        app.add_middleware(CacheMiddleware, backend=stack.cache, rules=cache_rules)
-    if rules:
-        from scalekit.ratelimit import RateLimitMiddleware, backend_from_url
-
-        stack.ratelimit = backend_from_url(settings.redis_url or "memory://")
-        stack._closers.append(stack.ratelimit.aclose)
-        app.add_middleware(
-            RateLimitMiddleware,
-            storage=stack.ratelimit,
-            rules=rules,
-            trusted_proxies=settings.trusted_proxies,
-        )
-    if auth_backend is not None:
-        app.add_middleware(AuthenticationMiddleware, backend=auth_backend)
-    app.add_middleware(MetricsMiddleware, registry=registry)
+    app.add_middleware(_Layers, chain=chain, below=below, exempt_paths=frozenset(scalekit_paths))
+    app.add_middleware(
+        MetricsMiddleware,
+        registry=registry,
+        buckets=metrics.buckets,
+        exclude_paths=(*scalekit_paths, *metrics.exclude_paths),
+        max_routes=metrics.max_routes,
+    )
+    context_options: dict[str, Any] = {}
+    if request_context.id_factory is not None:
+        context_options["id_factory"] = request_context.id_factory
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxies,
         access_log=settings.access_log,
+        header=request_context.header,
+        logger_name=request_context.logger_name,
+        quiet_paths=(
+            scalekit_paths if request_context.quiet_paths is None else request_context.quiet_paths
+        ),
+        **context_options,
     )
 
-    stack.health = Health(checks)
-    app.router.routes.extend(
-        [
-            Route("/health/live", stack.health.live),
-            Route("/health/ready", stack.health.ready),
-            Route(settings.metrics_path, metrics_endpoint_for(registry)),
-        ]
-    )
+    ours = [
+        Route(health.live_path, stack.health.live),
+        Route(health.ready_path, stack.health.ready),
+        Route(settings.metrics_path, metrics_endpoint_for(registry)),
+    ]
+    # In front of the app's routes: a catch-all (an SPA's /{path:path}) must not answer probes.
+    app.router.routes[0:0] = ours
     stack._closers.insert(0, subscribe_component_metrics(registry))
+    app.state.scalekit = stack
 
     inner_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
         try:
+            _check_not_shadowed(app.router.routes, ours)
             async with inner_lifespan(scope_app) as state:
                 yield state
         finally:
@@ -178,7 +414,7 @@ def install(
     return stack
 
 
-def _build_shards(settings: Settings) -> Any:
+def _build_shards(settings: Settings) -> ShardSet:
     """A ``ShardSet`` with one ``ReplicaSet`` per entry of ``settings.shard_urls``."""
     from scalekit.db import JumpHash, Modulo, Pool, ReplicaSet, ShardSet
     from scalekit.settings import ShardStrategyName
@@ -205,3 +441,45 @@ def _build_shards(settings: Settings) -> Any:
         Modulo(count) if settings.shard_strategy is ShardStrategyName.MODULO else JumpHash(count)
     )
     return ShardSet(sets, strategy=strategy)
+
+
+def _rate_limited(
+    app: ASGIApp,
+    stack: Stack,
+    settings: Settings,
+    rules: list[Rule],
+    options: RateLimitOptions,
+    clock: Clock | None,
+) -> ASGIApp:
+    """``app`` behind the rate limiter, or ``app`` itself when there is no rule."""
+    if settings.rate_limit:
+        from scalekit.ratelimit import Rule
+
+        route_rules = [rule for rule in rules if rule.path is not None]
+        fallback = options.default_limit is DefaultLimit.FALLBACK and route_rules
+        exempt = _fallback_exemption(route_rules) if fallback else None
+        rules.insert(0, Rule(settings.rate_limit, name="default", exempt=exempt))
+    if not rules:
+        return app
+    from scalekit.ratelimit import RateLimitMiddleware, backend_from_url
+
+    storage = options.storage
+    if storage is None or isinstance(storage, str):
+        storage = backend_from_url(storage or settings.redis_url or "memory://", clock=clock)
+        stack._closers.append(storage.aclose)
+    stack.ratelimit = storage
+    limited: ASGIApp = RateLimitMiddleware(
+        app,  # type: ignore[arg-type]
+        storage=storage,
+        rules=rules,
+        strategy=options.strategy,
+        trusted_proxies=settings.trusted_proxies,
+        on_backend_error=options.on_backend_error,
+        headers=options.headers,
+        legacy_headers=options.legacy_headers,
+        ipv6_prefix=options.ipv6_prefix,
+        clock=clock,
+        breaker=options.breaker,
+        key_prefix=options.key_prefix,
+    )  # type: ignore[assignment]
+    return limited
