@@ -120,10 +120,6 @@ class RouteTemplate:
         params: dict[str, Any] = child["path_params"]
         return params
 
-    def match_scope(self, scope: Scope) -> dict[str, Any] | None:
-        """:meth:`match` on an HTTP scope's ``path`` and ``root_path``."""
-        return self.match(scope["path"], scope.get("root_path", ""))
-
     def __repr__(self) -> str:
         return f"RouteTemplate({self.template!r})"
 
@@ -166,7 +162,7 @@ def _walk(routes: Any, prefix: str, target: Any, depth: int = 0) -> Iterator[str
             yield from _walk(children, prefix + _mount_prefix(route), target, depth + 1)
 
 
-def _match(routes: Any, scope: MutableMapping[str, Any], depth: int = 0) -> Any:
+def _match(routes: Any, scope: Scope, depth: int = 0) -> Any:
     """The route Starlette's router would pick for ``scope`` (None if none)."""
     if depth > 32:
         return None
@@ -213,7 +209,7 @@ class RouteNames:
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, scope: MutableMapping[str, Any]) -> str:
+    def __call__(self, scope: Scope) -> str:
         """The template of the route that handled ``scope`` (call after the app ran)."""
         route = scope.get("route")
         router = scope.get("router")
@@ -231,7 +227,7 @@ class RouteNames:
             return cached[1]
         return self._resolve(route, router, scope)
 
-    def _resolve(self, route: Any, router: Any, scope: MutableMapping[str, Any]) -> str:
+    def _resolve(self, route: Any, router: Any, scope: Scope) -> str:
         candidates = list(dict.fromkeys(_walk(getattr(router, "routes", ()), "", route)))
         if len(candidates) == 1:
             template = candidates[0]
@@ -246,7 +242,7 @@ class RouteNames:
         return template
 
     @staticmethod
-    def _pick(candidates: list[str], scope: MutableMapping[str, Any]) -> str:
+    def _pick(candidates: list[str], scope: Scope) -> str:
         path = str(scope.get("path", ""))
         # The router rewrote root_path while descending into mounts; the
         # request's own root_path is kept as app_root_path.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
@@ -15,7 +16,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from scalekit._net import ClientIP
 from scalekit._routes import RouteNames
 
-__all__ = ["REQUEST_ID_PATTERN", "RequestContextMiddleware", "current_request_id", "new_request_id"]
+__all__ = [
+    "REQUEST_ID_PATTERN",
+    "RequestContextMiddleware",
+    "current_request_id",
+    "logged_request_id",
+    "new_request_id",
+    "request_id_of",
+]
 
 REQUEST_ID_PATTERN = r"[A-Za-z0-9._-]{1,128}"
 """An incoming request id is kept only if it matches this (nginx's ``$request_id`` does)."""
@@ -24,6 +32,29 @@ _VALID_ID = re.compile(REQUEST_ID_PATTERN.encode("ascii"))
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "scalekit_request_id", default=None
 )
+
+
+# An exception that escaped a request carries its request id (and whether the
+# middleware logged it), so the server's own error line can be given the id or
+# dropped as a duplicate: it is logged after the request's context is gone.
+_ERROR_REQUEST_ID = "_scalekit_request_id"
+_ERROR_LOGGED = "_scalekit_error_logged"
+
+
+def request_id_of(error: BaseException) -> str | None:
+    """The id of the request an unhandled exception escaped from, if it passed the middleware."""
+    value = getattr(error, _ERROR_REQUEST_ID, None)
+    return value if isinstance(value, str) else None
+
+
+def logged_request_id(error: BaseException) -> str | None:
+    """The request id when the middleware already logged ``error`` (so nobody else should)."""
+    return request_id_of(error) if getattr(error, _ERROR_LOGGED, False) is True else None
+
+
+def _tag(error: BaseException, name: str, value: object) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # a type refusing attributes
+        setattr(error, name, value)
 
 
 def current_request_id() -> str | None:
@@ -65,6 +96,12 @@ class RequestContextMiddleware:
     from sync endpoints and ``run_in_threadpool`` threads, which copy the
     context) carries ``request_id``. Everything bound during the request is
     cleared afterwards.
+
+    An unhandled exception is logged once, on the access line (level error,
+    with its traceback and ``request_id``), then re-raised for the server;
+    :func:`~scalekit.observability.configure_logging` drops the server's own
+    copy ("Exception in ASGI application"). With ``access_log=False`` the
+    server's line is the record, and configure_logging gives it the id.
 
     Args:
         app: the ASGI app to wrap.
@@ -156,6 +193,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             error = exc
+            # Overwritten, not kept: one exception object can be raised again.
+            _tag(exc, _ERROR_REQUEST_ID, request_id)
+            _tag(exc, _ERROR_LOGGED, False)
             if not started:
                 # The app's own error handler would answer outside this
                 # middleware; answer here so the 500 carries the id too.
@@ -177,6 +217,8 @@ class RequestContextMiddleware:
             try:
                 if self.access_log:
                     self._log_access(scope, request_id, status, sent, start, error)
+                    if error is not None:
+                        _tag(error, _ERROR_LOGGED, True)
             finally:
                 _request_id.reset(id_token)
                 structlog.contextvars.clear_contextvars()

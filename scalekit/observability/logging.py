@@ -3,21 +3,37 @@
 scalekit itself never configures logging: importing it changes nothing, and
 its modules only log through :func:`structlog.get_logger`. An application
 that wants scalekit's setup calls :func:`configure_logging` once at start.
+
+What the setup never writes: the local variables of traceback frames (they
+hold scopes, header values, passwords), and the values of credential headers
+(:data:`SENSITIVE_HEADERS` plus any configured) wherever a line carries them
+as fields. An unhandled request error is one record, with its ``request_id``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import IO, Any, TextIO, cast
 
 import structlog
-from structlog.types import Processor
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.types import EventDict, Processor
 
-__all__ = ["configure_logging"]
+from scalekit.observability.context import logged_request_id, request_id_of
+
+__all__ = ["REDACTED", "SENSITIVE_HEADERS", "configure_logging"]
+
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
+"""Headers whose values are never logged, whatever ``redact_headers`` adds."""
+
+REDACTED = "[redacted]"
+"""What a log line shows instead of a sensitive header's value."""
 
 _HANDLER_NAME = "scalekit"
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -40,6 +56,7 @@ def configure_logging(
     *,
     stream: IO[str] | None = None,
     uvicorn_access: bool = False,
+    redact_headers: Iterable[str] = (),
 ) -> None:
     """Configure structlog and the standard library's logging for an application.
 
@@ -52,6 +69,17 @@ def configure_logging(
     JSON is rendered with orjson when it is installed (``pip install orjson``
     roughly halves the cost of a log line), else with the standard library.
 
+    Tracebacks never show frame locals. The values of ``Authorization``,
+    ``Cookie``, ``Set-Cookie``, ``Proxy-Authorization`` and of the
+    ``redact_headers`` are replaced by :data:`REDACTED` wherever a line
+    carries them as a field (``cookie=...``, ``set_cookie=...``), in a
+    mapping (``headers={...}``, Starlette ``Headers``) or in a list of
+    ``(name, value)`` pairs (an ASGI scope's headers); free text in messages
+    is not scanned. A request error that
+    :class:`~scalekit.observability.RequestContextMiddleware` logged is not
+    logged again by the server (uvicorn's "Exception in ASGI application"),
+    and a server's error line gets the ``request_id`` of the failed request.
+
     Args:
         json: render JSON lines; None (the default) means JSON unless the
             stream is a terminal.
@@ -60,11 +88,15 @@ def configure_logging(
         uvicorn_access: keep uvicorn's own access log; off by default because
             :class:`~scalekit.observability.RequestContextMiddleware` writes
             a richer one.
+        redact_headers: more header names whose values are never logged
+            (``["X-API-Key"]``).
 
     Raises:
-        ValueError: ``level`` is not a logging level.
+        ValueError: ``level`` is not a logging level, or ``redact_headers``
+            is not a list of header names.
     """
     number = _level_number(level)
+    redact = _Redact(_header_names(redact_headers))
     out = stream if stream is not None else sys.stdout
     as_json = json if json is not None else not _is_terminal(out)
 
@@ -77,13 +109,16 @@ def configure_logging(
         binary = getattr(out, "buffer", None)
         if orjson is not None and binary is not None:
             # orjson renders bytes; writing them to the binary layer skips a decode.
-            tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=False)]
+            tail = [_TRACEBACKS, _json_renderer(orjson, as_text=False)]
             factory = structlog.BytesLoggerFactory(file=binary)
         else:
-            tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=True)]
-        stdlib_tail = [structlog.processors.dict_tracebacks, _json_renderer(orjson, as_text=True)]
+            tail = [_TRACEBACKS, _json_renderer(orjson, as_text=True)]
+        stdlib_tail = [_TRACEBACKS, _json_renderer(orjson, as_text=True)]
     else:
-        tail = stdlib_tail = [structlog.dev.ConsoleRenderer(colors=_is_terminal(out))]
+        console = structlog.dev.ConsoleRenderer(
+            colors=_is_terminal(out), exception_formatter=_console_tracebacks()
+        )
+        tail = stdlib_tail = [console]
 
     structlog.configure(
         processors=[
@@ -91,6 +126,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.StackInfoRenderer(),
+            redact,
             *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
@@ -105,12 +141,18 @@ def configure_logging(
             structlog.stdlib.add_logger_name,
             structlog.stdlib.ExtraAdder(),
             _drop_color_message,
+            _request_id_of_error,
             timestamper,
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *stdlib_tail],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact,
+            *stdlib_tail,
+        ],
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_not_logged_by_the_middleware)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for existing in list(root.handlers):
@@ -124,6 +166,112 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+_TRACEBACKS = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+"""``dict_tracebacks`` without frame locals (structlog shows them by default)."""
+
+
+def _console_tracebacks() -> Any:
+    """rich's tracebacks without locals when rich is installed, else plain ones."""
+    if importlib.util.find_spec("rich") is not None:
+        return structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.plain_traceback
+
+
+def _header_names(names: Iterable[str]) -> frozenset[str]:
+    if isinstance(names, (str, bytes)) or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(
+            f"redact_headers must be a list of header names such as ['X-API-Key'], got {names!r}"
+        )
+    return SENSITIVE_HEADERS | {_normalise(name) for name in names}
+
+
+def _normalise(name: str | bytes) -> str:
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    # HTTP_AUTHORIZATION (CGI/WSGI spelling) names the same header.
+    return text.lower().replace("_", "-").removeprefix("http-")
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+class _Redact:
+    """Replaces the values of sensitive headers wherever an event carries them.
+
+    Looks at the event's keys, and into mappings and lists of ``(name, value)``
+    pairs down to a few levels. A key already known to be harmless with a
+    plain value (every field of the access line) costs two set lookups.
+    """
+
+    __slots__ = ("_names", "_safe")
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self._names = names
+        self._safe: set[str] = set()
+
+    def _sensitive(self, key: Any) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        if _normalise(key) in self._names:
+            return True
+        if isinstance(key, str) and len(self._safe) < 4096:
+            self._safe.add(key)
+        return False
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        safe = self._safe
+        for key, value in event_dict.items():
+            if type(value) in _SCALARS and key in safe:
+                continue
+            if self._sensitive(key):
+                event_dict[key] = REDACTED
+            elif type(value) not in _SCALARS:
+                event_dict[key] = self._scrub(value, 0)
+        return event_dict
+
+    def _scrub(self, value: Any, depth: int) -> Any:
+        if depth > 4 or type(value) in _SCALARS:
+            return value
+        if isinstance(value, Mapping):
+            items = list(value.items())
+            scrubbed = {
+                key: REDACTED if self._sensitive(key) else self._scrub(item, depth + 1)
+                for key, item in items
+            }
+            if any(scrubbed[key] is not item for key, item in items):
+                return scrubbed
+            return value
+        if isinstance(value, (list, tuple)):
+            if len(value) == 2 and self._sensitive(value[0]):
+                return (value[0], REDACTED)
+            scrubbed_items = [self._scrub(item, depth + 1) for item in value]
+            if any(new is not old for new, old in zip(scrubbed_items, value, strict=True)):
+                return scrubbed_items
+            return value
+        return value
+
+
+def _not_logged_by_the_middleware(record: logging.LogRecord) -> bool:
+    """Drop a server's record of an error the request context middleware already logged."""
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or logged_request_id(error) is None
+
+
+def _request_id_of_error(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """Give a server's error line the id of the request that failed (it logs outside it)."""
+    if "request_id" not in event_dict:
+        record = event_dict.get("_record")
+        error = record.exc_info[1] if record is not None and record.exc_info else None
+        for _ in range(8):  # an outer layer may have wrapped it: raise X from error
+            if error is None:
+                break
+            request_id = request_id_of(error)
+            if request_id is not None:
+                event_dict["request_id"] = request_id
+                break
+            error = error.__cause__ or error.__context__
+    return event_dict
 
 
 class _UTCTimestamp:
