@@ -26,6 +26,20 @@ from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import PARAM_REGEX, Match, Route
 from starlette.types import Receive, Scope, Send
 
+try:  # the router's own function, so exact-path checks strip root_path as it does
+    from starlette._utils import get_route_path as _get_route_path
+except ImportError:  # pragma: no cover - a Starlette that moved it
+
+    def _get_route_path(scope: Scope) -> str:
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if not root_path or not path.startswith(root_path):
+            return path
+        if path == root_path:
+            return ""
+        return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
 __all__ = [
     "KNOWN_METHODS",
     "OTHER_METHOD",
@@ -36,6 +50,7 @@ __all__ = [
     "RouteTemplateError",
     "normalise_method",
     "route_methods",
+    "route_path",
 ]
 
 UNMATCHED_ROUTE = "<unmatched>"
@@ -122,6 +137,14 @@ class RouteTemplate:
 
     def __repr__(self) -> str:
         return f"RouteTemplate({self.template!r})"
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``path`` with ``root_path`` stripped as Starlette strips it.
+
+    For exact-path checks (excluded or quiet paths); templates use :class:`RouteTemplate`.
+    """
+    return _get_route_path(scope)
 
 
 def route_methods(methods: Iterable[str] | None) -> frozenset[str] | None:

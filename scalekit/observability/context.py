@@ -14,7 +14,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit._net import ClientIP
-from scalekit._routes import RouteNames
+from scalekit._routes import RouteNames, route_path
 
 __all__ = [
     "REQUEST_ID_PATTERN",
@@ -75,13 +75,6 @@ def _user_of(scope: Scope) -> str | None:
         return str(user.identity)
     except (AttributeError, NotImplementedError):
         return str(getattr(user, "display_name", "")) or None
-
-
-def _without_root(scope: Scope) -> str:
-    """The path with ``root_path`` stripped as Starlette's router strips it."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    return path[len(root_path) :] if root_path and path.startswith(root_path + "/") else path
 
 
 class RequestContextMiddleware:
@@ -249,7 +242,7 @@ class RequestContextMiddleware:
         if error is not None:
             fields["error"] = type(error).__name__
             self.logger.error("request", exc_info=error, **fields)
-        elif path in self.quiet_paths or _without_root(scope) in self.quiet_paths:
+        elif path in self.quiet_paths or route_path(scope) in self.quiet_paths:
             self.logger.debug("request", **fields)
         else:
             self.logger.info("request", **fields)

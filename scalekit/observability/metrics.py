@@ -41,6 +41,7 @@ from scalekit._routes import (
     UNMATCHED_ROUTE,
     RouteNames,
     normalise_method,
+    route_path,
 )
 
 __all__ = [
@@ -222,15 +223,7 @@ class MetricsMiddleware:
             )
 
     def _excluded(self, scope: Scope) -> bool:
-        path: str = scope["path"]
-        if path in self.exclude_paths:
-            return True
-        root_path: str = scope.get("root_path", "")
-        return (
-            bool(root_path)
-            and path.startswith(root_path)
-            and (path[len(root_path) :] in self.exclude_paths)
-        )
+        return scope["path"] in self.exclude_paths or route_path(scope) in self.exclude_paths
 
 
 def _pid_alive(pid: int) -> bool:

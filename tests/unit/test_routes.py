@@ -16,7 +16,7 @@ from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Scope
 
 from scalekit._clock import ManualClock
-from scalekit._routes import RouteTemplate, RouteTemplateError, route_methods
+from scalekit._routes import RouteTemplate, RouteTemplateError, route_methods, route_path
 from scalekit.cache import CacheConfigError, CacheMiddleware, CacheRule, MemoryCache
 from scalekit.ratelimit import RateLimitConfigError, RateLimitMiddleware, Rule
 
@@ -327,3 +327,19 @@ def test_rules_match_exactly_what_a_starlette_route_routes(
     assert (CacheRule(template, ttl=1).match(path, root_path) is not None) is path_routed
     rule = Rule("1/minute", path=template, methods=methods, name="rule")
     assert rule.matches(method, path, root_path) is (routed is Match.FULL)
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/svc/health", "/svc", "/health"),
+        ("/svchealth", "/svc", "/svchealth"),
+        ("/svc", "/svc", ""),
+        ("/health", "/svc", "/health"),
+        ("/health", "", "/health"),
+    ],
+)
+def test_route_path_strips_root_path_as_the_router_does(
+    path: str, root_path: str, expected: str
+) -> None:
+    assert route_path({"type": "http", "path": path, "root_path": root_path}) == expected
