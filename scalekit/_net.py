@@ -1,27 +1,82 @@
 """The client IP of an ASGI request behind trusted proxies.
 
 The rate limiter and the access log both ask :class:`ClientIP` so they agree
-on who the client is. ``X-Forwarded-For`` and ``Forwarded`` are read only
-when the TCP peer is a trusted proxy; the chain is then walked from the
-right, skipping trusted proxies, and the first address that is not one is
-the client. A client cannot move its key by sending its own header: an
-untrusted peer's headers are ignored, and behind a trusted proxy the
-left-hand entries it made up are never reached.
+on who the client is. One header carries the client address, chosen by
+configuration (:class:`ForwardedHeader`: ``X-Forwarded-For`` by default,
+``Forwarded`` or ``X-Real-IP``), never by what a request contains: a proxy
+that appends to ``X-Forwarded-For`` passes a client's own ``Forwarded``
+header through untouched, so reading whichever header is present would let
+the client choose its address. The header is read only when the TCP peer is
+a trusted proxy; its chain is then walked from the right, skipping trusted
+proxies, and the first address that is not one is the client. A client
+cannot move its key by sending its own header: an untrusted peer's headers
+are ignored, and behind a trusted proxy the left-hand entries it made up are
+never reached.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["ClientIP", "client_ip", "parse_forwarded", "parse_x_forwarded_for"]
+__all__ = [
+    "ClientIP",
+    "ForwardedHeader",
+    "client_ip",
+    "parse_forwarded",
+    "parse_x_forwarded_for",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 UNKNOWN = "unknown"
+
+
+class ForwardedHeader(enum.StrEnum):
+    """The request header a trusted proxy puts the client address in.
+
+    - ``x-forwarded-for``: the comma-separated chain nginx
+      (``$proxy_add_x_forwarded_for``), HAProxy (``option forwardfor``) and
+      cloud load balancers append to.
+    - ``forwarded``: RFC 7239 ``Forwarded: for=…`` (Envoy, some CDNs).
+    - ``x-real-ip``: one address the proxy sets (``proxy_set_header X-Real-IP
+      $remote_addr``), replacing whatever the client sent.
+    """
+
+    X_FORWARDED_FOR = "x-forwarded-for"
+    FORWARDED = "forwarded"
+    X_REAL_IP = "x-real-ip"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ForwardedHeader | None:
+        # header names are case-insensitive: "X-Forwarded-For" is accepted too
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            for member in cls:
+                if member.value == lowered:
+                    return member
+        return None
+
+    @classmethod
+    def parse(
+        cls, value: ForwardedHeader | str, *, setting: str = "forwarded_header"
+    ) -> ForwardedHeader:
+        """``value`` as a member, or a ``ValueError`` that names the choices.
+
+        Raises:
+            ValueError: ``value`` is not one of the three header names.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in cls)
+            raise ValueError(
+                f"{setting} must be one of {choices} (the header your proxy sets), got {value!r}"
+            ) from None
 
 
 def _parse_address(value: str) -> IPAddress | None:
@@ -108,8 +163,9 @@ class ClientIP:
             forwarding headers are believed, e.g. ``["10.0.0.0/8", "127.0.0.1"]``.
         ipv6_prefix: group IPv6 clients by this prefix length (``64`` keys a
             whole /64 as one client); ``None`` keeps full addresses.
-        header: ``"x-forwarded-for"``, ``"forwarded"`` or ``"auto"`` (``Forwarded``
-            when the request has it, else ``X-Forwarded-For``).
+        header: the one header that carries the client address from a trusted
+            proxy (a :class:`ForwardedHeader` or its name); any other
+            forwarding header in the request is ignored.
 
     Raises:
         ValueError: a CIDR that does not parse, a prefix outside 0..128, or an
@@ -121,7 +177,7 @@ class ClientIP:
         trusted_proxies: Iterable[str] = (),
         *,
         ipv6_prefix: int | None = None,
-        header: str = "auto",
+        header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
     ) -> None:
         networks: list[IPNetwork] = []
         for cidr in trusted_proxies:
@@ -134,13 +190,10 @@ class ClientIP:
                 ) from exc
         if ipv6_prefix is not None and not 0 <= ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
-        if header not in ("auto", "x-forwarded-for", "forwarded"):
-            raise ValueError(
-                f"header must be 'auto', 'x-forwarded-for' or 'forwarded', got {header!r}"
-            )
+        self.header = ForwardedHeader.parse(header, setting="header")
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(networks)
         self.ipv6_prefix = ipv6_prefix
-        self.header = header
+        self._header_name = self.header.value.encode("latin-1")
         self._is_trusted = lru_cache(maxsize=1024)(self._is_trusted_uncached)
 
     def _is_trusted_uncached(self, address: IPAddress) -> bool:
@@ -163,17 +216,12 @@ class ClientIP:
         return _normalise(self._walk(chain, peer), self.ipv6_prefix)
 
     def _chain(self, headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
-        forwarded: list[str] = []
-        xff: list[str] = []
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"forwarded":
-                forwarded.append(value.decode("latin-1"))
-            elif lowered == b"x-forwarded-for":
-                xff.append(value.decode("latin-1"))
-        if self.header == "forwarded" or (self.header == "auto" and forwarded):
-            return parse_forwarded(forwarded)
-        return parse_x_forwarded_for(xff)
+        wanted = self._header_name
+        values = [value.decode("latin-1") for name, value in headers if name.lower() == wanted]
+        if self.header is ForwardedHeader.FORWARDED:
+            return parse_forwarded(values)
+        # X-Real-IP is one address per header; several headers walk like a chain
+        return parse_x_forwarded_for(values)
 
     def _walk(self, chain: list[str], peer: IPAddress) -> IPAddress:
         # Right to left: each entry was appended by the hop to its right, which
@@ -191,7 +239,11 @@ class ClientIP:
 
 
 def client_ip(
-    scope: Any, trusted_proxies: Iterable[str] = (), *, ipv6_prefix: int | None = None
+    scope: Any,
+    trusted_proxies: Iterable[str] = (),
+    *,
+    ipv6_prefix: int | None = None,
+    header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
 ) -> str:
     """One-off form of :class:`ClientIP`; build a ``ClientIP`` once for per-request use."""
-    return ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix)(scope)
+    return ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix, header=header)(scope)

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import cast
 
+from scalekit._net import ForwardedHeader
+
 __all__ = ["Environment", "Settings", "ShardStrategyName"]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -45,7 +47,9 @@ class Settings:
         replica_urls: read replicas of the primary.
         redis_url: shared cache, rate-limit counters and read-your-writes marks;
             ``None`` keeps them in process.
-        trusted_proxies: CIDRs whose ``X-Forwarded-For`` is believed.
+        trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is believed.
+        forwarded_header: the one header those proxies put the client address
+            in: ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
         rate_limit: a default rule for every request, e.g. ``"100/15 minutes"``;
             ``None`` for none.
         max_lag: seconds of replica lag beyond which a replica gets no reads.
@@ -64,6 +68,7 @@ class Settings:
     replica_urls: tuple[str, ...] = ()
     redis_url: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    forwarded_header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR
     rate_limit: str | None = None
     max_lag: float = 2.0
     pin_after_write: float = 5.0
@@ -74,6 +79,7 @@ class Settings:
     env: Environment = Environment.PRODUCTION
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "forwarded_header", ForwardedHeader.parse(self.forwarded_header))
         # A bare string is a shard with no replicas: ("sqlite:///a.db", "sqlite:///b.db").
         shards = tuple(
             (shard,) if isinstance(shard, str) else tuple(cast(Iterable[str], shard))
@@ -109,7 +115,7 @@ class Settings:
     ) -> Settings:
         """Settings from ``SCALEKIT_DATABASE_URL``, ``SCALEKIT_REPLICA_URLS`` (comma
         separated), ``SCALEKIT_REDIS_URL``, ``SCALEKIT_TRUSTED_PROXIES`` (comma
-        separated), ``SCALEKIT_RATE_LIMIT``, ``SCALEKIT_MAX_LAG``,
+        separated), ``SCALEKIT_FORWARDED_HEADER``, ``SCALEKIT_RATE_LIMIT``, ``SCALEKIT_MAX_LAG``,
         ``SCALEKIT_PIN_AFTER_WRITE``, ``SCALEKIT_ACCESS_LOG``, ``SCALEKIT_METRICS_PATH``,
         ``SCALEKIT_SHARD_URLS`` (shards separated by ``;``, each shard's primary
         then its replicas separated by ``,``), ``SCALEKIT_SHARD_STRATEGY``, ``SCALEKIT_ENV``.
@@ -146,6 +152,8 @@ class Settings:
                     allowed = " or ".join(repr(choice.value) for choice in choices)
                     raise ValueError(f"{name} must be {allowed}, got {raw!r}")
                 values[field.name] = choices(raw)
+            elif field.name == "forwarded_header":
+                values[field.name] = ForwardedHeader.parse(raw, setting=name)
             elif field.name == "access_log":
                 if raw.lower() not in _TRUE | _FALSE:
                     raise ValueError(f"{name} must be true or false, got {raw!r}")

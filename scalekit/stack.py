@@ -380,6 +380,7 @@ def install(
     app.add_middleware(
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxies,
+        forwarded_header=settings.forwarded_header,
         access_log=settings.access_log,
         header=request_context.header,
         logger_name=request_context.logger_name,
@@ -474,6 +475,7 @@ def _rate_limited(
         rules=rules,
         strategy=options.strategy,
         trusted_proxies=settings.trusted_proxies,
+        forwarded_header=settings.forwarded_header,
         on_backend_error=options.on_backend_error,
         headers=options.headers,
         legacy_headers=options.legacy_headers,

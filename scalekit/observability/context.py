@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scalekit._net import ClientIP
+from scalekit._net import ClientIP, ForwardedHeader
 from scalekit._routes import RouteNames, route_path
 
 __all__ = [
@@ -99,8 +99,10 @@ class RequestContextMiddleware:
     Args:
         app: the ASGI app to wrap.
         header: the request and response header that carries the id.
-        trusted_proxies: CIDRs whose ``X-Forwarded-For``/``Forwarded`` headers
-            are believed for ``client_ip`` (same rule as the rate limiter).
+        trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is
+            believed for ``client_ip`` (same rule as the rate limiter).
+        forwarded_header: the one header those proxies put the client address
+            in: ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
         access_log: log the access line (set False to only handle ids).
         logger_name: the structlog logger name of the access line.
         id_factory: makes new ids (default :func:`new_request_id`).
@@ -114,6 +116,7 @@ class RequestContextMiddleware:
         *,
         header: str = "X-Request-ID",
         trusted_proxies: Iterable[str] = (),
+        forwarded_header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
         access_log: bool = True,
         logger_name: str = "scalekit.access",
         id_factory: Callable[[], str] = new_request_id,
@@ -124,7 +127,7 @@ class RequestContextMiddleware:
         self.app = app
         self.header = header
         self._header_key = header.lower().encode("latin-1")
-        self.client_ip = ClientIP(trusted_proxies)
+        self.client_ip = ClientIP(trusted_proxies, header=ForwardedHeader.parse(forwarded_header))
         self.access_log = access_log
         self.logger = structlog.get_logger(logger_name)
         self.id_factory = id_factory

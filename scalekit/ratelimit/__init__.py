@@ -16,6 +16,7 @@ Errors::
     └── BackendUnavailable
 """
 
+from scalekit._net import ForwardedHeader
 from scalekit.ratelimit.backends import (
     Backend,
     Check,
@@ -26,7 +27,7 @@ from scalekit.ratelimit.backends import (
     backend_from_url,
 )
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, RateLimitError
-from scalekit.ratelimit.keys import KeyFunction, client_ip, header, user
+from scalekit.ratelimit.keys import KeyFunction, client_ip, header, identity_tag, user
 from scalekit.ratelimit.middleware import RateLimitMiddleware
 from scalekit.ratelimit.rules import Rate, Rule, parse_rates
 
@@ -35,6 +36,7 @@ __all__ = [
     "BackendUnavailable",
     "Check",
     "CheckResult",
+    "ForwardedHeader",
     "KeyFunction",
     "MemoryBackend",
     "Rate",
@@ -47,6 +49,7 @@ __all__ = [
     "backend_from_url",
     "client_ip",
     "header",
+    "identity_tag",
     "parse_rates",
     "user",
 ]

@@ -141,7 +141,8 @@ class MemoryBackend:
             if expires <= now:
                 used, expires = 0, now + window
             if checking and used + cost > limit:
-                return CheckResult(False, limit - used, expires - now)
+                # failures counted after admission ("add") can pass the limit
+                return CheckResult(False, max(0, limit - used), expires - now)
             return CheckResult(True, max(0, limit - used - consuming), expires - now)
         if check.strategy == "sliding":
             _, current, previous = self._sliding_state(check.key, window, now)

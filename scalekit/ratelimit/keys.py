@@ -8,16 +8,30 @@ never shares a counter with that address.
 The middleware resolves the client IP once per request (through
 :class:`scalekit._net.ClientIP`, honouring ``trusted_proxies``) and leaves it
 in the scope under ``"scalekit.client_ip"``, where :func:`client_ip` reads it.
+
+Counters are stored under a digest of the identity (:func:`identity_tag`),
+never the identity itself: any string a key function returns, braces,
+colons and all, gets its own counter, and every rule of one identity shares
+one Redis Cluster hash slot.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from scalekit._net import ClientIP
 
-__all__ = ["CLIENT_IP_SCOPE_KEY", "KeyFunction", "client_ip", "header", "identity_of", "user"]
+__all__ = [
+    "CLIENT_IP_SCOPE_KEY",
+    "KeyFunction",
+    "client_ip",
+    "header",
+    "identity_of",
+    "identity_tag",
+    "user",
+]
 
 KeyFunction = Callable[[Any], "str | None"]
 """A key function: ASGI scope in, identity out (``None`` means "use the client IP")."""
@@ -90,3 +104,18 @@ def identity_of(key: KeyFunction, scope: Any) -> str:
         return client_ip(scope)
     found: str | None = key(scope)
     return found if found else client_ip(scope)
+
+
+def identity_tag(identity: str) -> str:
+    """The Redis hash tag that holds ``identity``'s counters: ``{`` 32 hex digits ``}``.
+
+    The digits are a BLAKE2b-128 digest of the identity, so two identities
+    share counters only if they are equal (a client cannot reach another's
+    counter by adding or removing characters), the key's length is fixed
+    whatever a header carries, and the braces make every rule of one identity
+    land in one Redis Cluster slot. To find a client's counters::
+
+        identity_tag("ip:203.0.113.7")  # rl:{…}:<rule>:<limit>/<window>:<strategy>
+    """
+    digest = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=16)
+    return "{" + digest.hexdigest() + "}"

@@ -13,8 +13,7 @@ import structlog
 from scalekit import events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock
-from scalekit._net import ClientIP
-from scalekit._redis import hash_tag
+from scalekit._net import ClientIP, ForwardedHeader
 from scalekit.ratelimit.backends import (
     STRATEGIES,
     Backend,
@@ -24,7 +23,7 @@ from scalekit.ratelimit.backends import (
     backend_from_url,
 )
 from scalekit.ratelimit.errors import RateLimitConfigError
-from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of
+from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of, identity_tag
 from scalekit.ratelimit.rules import Rate, Rule
 
 __all__ = ["RateLimitMiddleware"]
@@ -75,7 +74,10 @@ class RateLimitMiddleware:
         rules: the :class:`Rule` list.
         strategy: ``"sliding-window-counter"`` (default), ``"fixed-window"``
             or ``"moving-window"``, as the ``limits`` package defines them.
-        trusted_proxies: CIDRs whose ``X-Forwarded-For`` / ``Forwarded`` is believed.
+        trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is believed.
+        forwarded_header: the one header your proxy puts the client address in:
+            ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``;
+            other forwarding headers in a request are ignored.
         on_backend_error: ``"allow"`` (fail open, the default) or ``"deny"``
             (503) when the backend fails; a rule may override it.
         headers: send ``RateLimit-Policy`` and ``RateLimit`` on covered responses.
@@ -97,6 +99,7 @@ class RateLimitMiddleware:
         *,
         strategy: str = "sliding-window-counter",
         trusted_proxies: Iterable[str] = (),
+        forwarded_header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
         on_backend_error: str = "allow",
         headers: bool = True,
         legacy_headers: bool = False,
@@ -137,7 +140,11 @@ class RateLimitMiddleware:
             backend_from_url(storage, clock=clock) if isinstance(storage, str) else storage
         )
         self.breaker = breaker or CircuitBreaker(clock=clock)
-        self._client_ip = ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix)
+        try:
+            header = ForwardedHeader.parse(forwarded_header)
+            self._client_ip = ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix, header=header)
+        except ValueError as exc:
+            raise RateLimitConfigError(str(exc)) from exc
         self._short_strategy = STRATEGIES[strategy]
         self._limits: dict[int, list[_Limit]] = {}
         for rule in rules:
@@ -185,7 +192,7 @@ class RateLimitMiddleware:
 
         done: list[tuple[str, _Checked]] = []
         for identity, limits in groups.items():
-            tag = hash_tag(identity)
+            tag = identity_tag(identity)
             checks = [
                 Check(
                     f"{self.key_prefix}:{tag}:{limit.suffix}",

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scalekit._net import ClientIP, client_ip, parse_forwarded, parse_x_forwarded_for
+from scalekit._net import (
+    ClientIP,
+    ForwardedHeader,
+    client_ip,
+    parse_forwarded,
+    parse_x_forwarded_for,
+)
 
 
 def scope(peer: str | None, *headers: tuple[str, str]) -> dict[str, Any]:
@@ -101,8 +107,34 @@ def test_forwarded_quoted_comma_does_not_split() -> None:
     assert parse_forwarded(['for="1.2.3.4";x="a,b", for=5.6.7.8']) == ["1.2.3.4", "5.6.7.8"]
 
 
-def test_forwarded_is_preferred_when_present() -> None:
+def test_a_client_sent_forwarded_header_does_not_override_x_forwarded_for() -> None:
+    # nginx appends the peer to X-Forwarded-For and passes the client's own
+    # Forwarded header through untouched: reading Forwarded "when present"
+    # let every request choose its address
     resolve = ClientIP(["127.0.0.1"])
+    for spoofed in ("for=1.1.1.1", 'for="[2001:db8::1]:4711"', "for=6.6.6.6, for=7.7.7.7"):
+        request = scope(
+            "127.0.0.1", ("Forwarded", spoofed), ("X-Forwarded-For", "6.6.6.6, 203.0.113.9")
+        )
+        assert resolve(request) == "203.0.113.9"
+
+
+@given(
+    forwarded=st.lists(st.ip_addresses().map(str), max_size=4),
+    real_ip=st.lists(st.ip_addresses().map(str), max_size=2),
+)
+def test_only_the_configured_header_is_read(forwarded: list[str], real_ip: list[str]) -> None:
+    client_headers = [
+        *(("Forwarded", f'for="{address}"') for address in forwarded),
+        *(("X-Real-IP", address) for address in real_ip),
+    ]
+    resolve = ClientIP(["127.0.0.1"])
+    request = scope("127.0.0.1", *client_headers, ("X-Forwarded-For", "203.0.113.9"))
+    assert resolve(request) == "203.0.113.9"
+
+
+def test_forwarded_header_when_configured() -> None:
+    resolve = ClientIP(["127.0.0.1"], header="forwarded")
     request = scope(
         "127.0.0.1",
         ("X-Forwarded-For", "6.6.6.6"),
@@ -111,14 +143,29 @@ def test_forwarded_is_preferred_when_present() -> None:
     assert resolve(request) == "2001:db8::1"
 
 
-def test_header_choice_x_forwarded_for_ignores_forwarded() -> None:
-    resolve = ClientIP(["127.0.0.1"], header="x-forwarded-for")
-    request = scope("127.0.0.1", ("X-Forwarded-For", "6.6.6.6"), ("Forwarded", "for=1.1.1.1"))
-    assert resolve(request) == "6.6.6.6"
+def test_x_real_ip_when_configured() -> None:
+    resolve = ClientIP(["127.0.0.1"], header=ForwardedHeader.X_REAL_IP)
+    request = scope(
+        "127.0.0.1",
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Forwarded", "for=7.7.7.7"),
+        ("X-Real-IP", "203.0.113.9"),
+    )
+    assert resolve(request) == "203.0.113.9"
+    assert resolve(scope("127.0.0.1", ("X-Forwarded-For", "6.6.6.6"))) == "127.0.0.1"
+    assert resolve(scope("198.51.100.7", ("X-Real-IP", "203.0.113.9"))) == "198.51.100.7"
+
+
+def test_forwarded_header_is_a_str_enum_accepting_its_names() -> None:
+    assert ForwardedHeader("x-real-ip") is ForwardedHeader.X_REAL_IP
+    assert ForwardedHeader("X-Forwarded-For") is ForwardedHeader.X_FORWARDED_FOR
+    assert ForwardedHeader.FORWARDED == "forwarded"
+    with pytest.raises(ValueError, match=r"'x-forwarded-for', 'forwarded', 'x-real-ip'.*'auto'"):
+        ForwardedHeader.parse("auto")
 
 
 def test_ipv4_with_port_in_forwarded_chain() -> None:
-    resolve = ClientIP(["127.0.0.1"])
+    resolve = ClientIP(["127.0.0.1"], header="forwarded")
     assert resolve(scope("127.0.0.1", ("Forwarded", 'for="203.0.113.9:8080"'))) == "203.0.113.9"
 
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from scalekit import Settings, install
+from scalekit._net import ForwardedHeader
 from scalekit.cache import CacheRule
 from scalekit.ratelimit import Rule, user
 
@@ -125,6 +126,7 @@ def test_settings_from_env() -> None:
             "SCALEKIT_REPLICA_URLS": "mysql://app:pw@r1/tasks, mysql://app:pw@r2/tasks",
             "SCALEKIT_REDIS_URL": "redis://cache:6379/0",
             "SCALEKIT_TRUSTED_PROXIES": "10.0.0.0/8,127.0.0.1",
+            "SCALEKIT_FORWARDED_HEADER": "X-Real-IP",
             "SCALEKIT_RATE_LIMIT": "100/15 minutes",
             "SCALEKIT_MAX_LAG": "1.5",
             "SCALEKIT_ACCESS_LOG": "false",
@@ -133,6 +135,7 @@ def test_settings_from_env() -> None:
     )
     assert settings.replica_urls == ("mysql://app:pw@r1/tasks", "mysql://app:pw@r2/tasks")
     assert settings.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    assert settings.forwarded_header is ForwardedHeader.X_REAL_IP
     assert settings.max_lag == 1.5
     assert settings.access_log is False
     assert Settings.from_env({}) == Settings()
@@ -146,11 +149,40 @@ def test_settings_from_env() -> None:
         ({"SCALEKIT_MAX_LAG": "9"}, "must exceed max_lag"),
         ({"SCALEKIT_REPLICA_URLS": "mysql://r1/x"}, "need a database_url"),
         ({"SCALEKIT_METRICS_PATH": "metrics"}, "must start with '/'"),
+        ({"SCALEKIT_FORWARDED_HEADER": "auto"}, "SCALEKIT_FORWARDED_HEADER must be one of"),
     ],
 )
 def test_bad_settings_say_what_to_fix(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env(environ)
+
+
+async def test_install_reads_the_client_address_from_the_configured_header() -> None:
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/", home)])
+    settings = Settings(
+        rate_limit="2/minute", trusted_proxies=("127.0.0.1",), forwarded_header="x-real-ip"
+    )
+    install(app, settings, registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            # the limiter keys on X-Real-IP; X-Forwarded-For and Forwarded are ignored
+            statuses = [
+                (
+                    await http.get(
+                        "/", headers={"X-Real-IP": "203.0.113.9", "X-Forwarded-For": f"10.0.0.{i}"}
+                    )
+                ).status_code
+                for i in range(3)
+            ]
+            other = await http.get("/", headers={"X-Real-IP": "203.0.113.10"})
+    assert statuses == [200, 200, 429]
+    assert other.status_code == 200
+    with pytest.raises(ValueError, match="forwarded_header must be one of"):
+        Settings(forwarded_header="auto")
 
 
 def test_settings_and_install_import_without_extras() -> None:

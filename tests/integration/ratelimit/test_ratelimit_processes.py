@@ -16,7 +16,7 @@ from harness import RedisCluster, RedisSentinel, RedisServer, require_binary
 from harness.process import ServerProcess
 from rl_integration_helpers import client, make_app
 
-from scalekit.ratelimit import RateLimitMiddleware, Rule
+from scalekit.ratelimit import RateLimitMiddleware, Rule, identity_tag
 
 HERE = Path(__file__).resolve().parent
 
@@ -144,13 +144,9 @@ async def test_cluster_two_rules_one_call_and_nothing_consumed_on_rejection(
     finally:
         await app.aclose()
     # both keys live on the node that owns the identity's hash tag
-    owner = redis_cluster.node_for_key("{ip:203.0.113.7}")
-    assert (
-        owner.client().exists(
-            "rl:{ip:203.0.113.7}:wide:100/60:fixed", "rl:{ip:203.0.113.7}:narrow:2/60:fixed"
-        )
-        == 2
-    )
+    tag = identity_tag("ip:203.0.113.7")
+    owner = redis_cluster.node_for_key(tag)
+    assert owner.client().exists(f"rl:{tag}:wide:100/60:fixed", f"rl:{tag}:narrow:2/60:fixed") == 2
 
 
 @pytest.mark.anyio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,9 +15,19 @@ from rl_integration_helpers import client, command_calls, make_app
 
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import ManualClock
-from scalekit.ratelimit import Check, MemoryBackend, RateLimitMiddleware, RedisBackend, Rule
+from scalekit.ratelimit import (
+    Check,
+    MemoryBackend,
+    RateLimitMiddleware,
+    RedisBackend,
+    Rule,
+    header,
+    identity_tag,
+)
 
 pytestmark = pytest.mark.anyio
+
+CLIENT = identity_tag("ip:203.0.113.7")  # the hash tag of the test client's counters
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,8 +108,8 @@ async def test_a_rejected_request_changes_no_counter(redis_server: RedisServer) 
                 redis = redis_server.client()
                 short = strategy.split("-")[0]
                 keys = [
-                    f"rl-{strategy}:{{ip:203.0.113.7}}:wide:100/60:{short}",
-                    f"rl-{strategy}:{{ip:203.0.113.7}}:narrow:2/60:{short}",
+                    f"rl-{strategy}:{CLIENT}:wide:100/60:{short}",
+                    f"rl-{strategy}:{CLIENT}:narrow:2/60:{short}",
                 ]
                 before = {key: redis.dump(key) for key in keys}
                 assert all(before.values())
@@ -258,7 +269,7 @@ async def test_failures_only_login_rule_on_redis(redis_server: RedisServer) -> N
     redis_server.flushall()
     login = Rule("5/15 minutes", path="/login", methods=["POST"], count="failures", name="login")
     app = middleware(redis_server.url + "?socket_timeout=2", [login], strategy="fixed-window")
-    key = "rl:{ip:203.0.113.7}:login:5/900:fixed"
+    key = f"rl:{CLIENT}:login:5/900:fixed"
     redis = redis_server.client()
     try:
         async with client(app) as http:
@@ -286,7 +297,7 @@ async def test_failures_burst_bound_on_redis(redis_server: RedisServer) -> None:
     redis_server.flushall()
     login = Rule("5/15 minutes", path="/login", count="failures", name="login")
     app = middleware(redis_server.url + "?socket_timeout=2", [login], strategy="fixed-window")
-    key = "rl:{ip:203.0.113.7}:login:5/900:fixed"
+    key = f"rl:{CLIENT}:login:5/900:fixed"
     redis = redis_server.client()
     try:
         async with client(app) as http:
@@ -332,3 +343,62 @@ async def test_spoofed_forwarded_for_on_redis(redis_server: RedisServer) -> None
             assert (await http.get("/", headers=headers)).status_code == 429
     finally:
         await proxied.aclose()
+
+
+async def test_a_client_sent_forwarded_header_is_not_a_new_identity_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    # behind nginx, which appends to X-Forwarded-For and passes the client's
+    # Forwarded header through, every request with a fresh Forwarded was a new client
+    redis_server.flushall()
+    app = middleware(
+        redis_server.url + "?socket_timeout=2", [Rule("10/minute")], trusted_proxies=["127.0.0.1"]
+    )
+    try:
+        async with client(app, peer="127.0.0.1") as http:
+            statuses = [
+                (
+                    await http.get(
+                        "/",
+                        headers={
+                            "Forwarded": f"for=10.1.{i // 250}.{i % 250}",
+                            "X-Forwarded-For": "203.0.113.50",
+                        },
+                    )
+                ).status_code
+                for i in range(100)
+            ]
+        assert statuses.count(200) == 10
+    finally:
+        await app.aclose()
+
+
+async def test_redis_keys_hold_a_digest_of_the_identity(redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    app = middleware(
+        redis_server.url + "?socket_timeout=2",
+        [Rule("2/minute", key=header("X-API-Key"), name="api")],
+        strategy="fixed-window",
+    )
+    redis = redis_server.client()
+    try:
+        async with client(app) as http:
+            for _ in range(5):
+                await http.get("/", headers={"X-API-Key": "{victim}"})
+            attackers = ["vic}tim", "{{victim}}", "victim}", "{victim"]
+            for attacker in attackers:
+                await http.get("/", headers={"X-API-Key": attacker})
+            assert (await http.get("/", headers={"X-API-Key": "victim"})).status_code == 200
+        victim = identity_tag("header:x-api-key:victim")
+        assert re.fullmatch(r"\{[0-9a-f]{32}\}", victim)
+        assert int(redis.hget(f"rl:{victim}:api:2/60:fixed", "c")) == 1
+        assert (
+            int(redis.hget(f"rl:{identity_tag('header:x-api-key:{victim}')}:api:2/60:fixed", "c"))
+            == 2
+        )
+        keys = {f"rl:{identity_tag('header:x-api-key:' + key)}:api:2/60:fixed" for key in attackers}
+        assert redis.exists(*keys) == 4
+        assert redis.dbsize() == 6
+    finally:
+        redis.close()
+        await app.aclose()

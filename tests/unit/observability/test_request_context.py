@@ -254,6 +254,24 @@ async def test_client_ip_ignores_forwarded_headers_from_untrusted_peers(
     assert access_lines(logs)[0]["client_ip"] == "10.1.2.3"
 
 
+@pytest.mark.anyio
+async def test_client_ip_reads_only_the_configured_forwarding_header(
+    logs: list[dict[str, Any]],
+) -> None:
+    # behind nginx (appends to X-Forwarded-For) a client's own Forwarded
+    # header reaches the app untouched; it must not choose the logged address
+    async with client(make_app(trusted_proxies=["10.0.0.0/8"])) as http:
+        await http.get(
+            "/sync", headers={"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=6.6.6.6"}
+        )
+    app = make_app(trusted_proxies=["10.0.0.0/8"], forwarded_header="x-real-ip")
+    async with client(app) as http:
+        await http.get("/sync", headers={"X-Real-IP": "198.51.100.4", "X-Forwarded-For": "6.6.6.6"})
+    assert [line["client_ip"] for line in access_lines(logs)] == ["203.0.113.9", "198.51.100.4"]
+    with pytest.raises(ValueError, match="forwarded_header must be one of"):
+        make_app(inside=False, forwarded_header="via")
+
+
 class HeaderAuth(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
         name = conn.headers.get("x-user")

@@ -197,6 +197,64 @@ async def test_behind_a_trusted_proxy_clients_are_separate() -> None:
         assert (await http.get("/", headers={"X-Forwarded-For": "203.0.113.1"})).status_code == 429
 
 
+async def test_a_client_sent_forwarded_header_behind_a_trusted_proxy_is_ignored() -> None:
+    # nginx appends the client to X-Forwarded-For and passes the client's own
+    # Forwarded header through: a fresh Forwarded per request was a fresh identity
+    app = limiter([Rule("10/minute")], trusted_proxies=["127.0.0.1"])
+    async with client(app, peer="127.0.0.1") as http:
+        statuses = [
+            (
+                await http.get(
+                    "/",
+                    headers={"Forwarded": f"for=10.0.0.{i}", "X-Forwarded-For": "203.0.113.1"},
+                )
+            ).status_code
+            for i in range(30)
+        ]
+    assert statuses.count(200) == 10
+
+
+@pytest.mark.parametrize(
+    ("forwarded_header", "carrier", "ignored"),
+    [
+        ("forwarded", "Forwarded", "X-Forwarded-For"),
+        ("x-real-ip", "X-Real-IP", "X-Forwarded-For"),
+        ("X-Forwarded-For", "X-Forwarded-For", "Forwarded"),
+    ],
+)
+async def test_the_client_address_comes_from_the_configured_header(
+    forwarded_header: str, carrier: str, ignored: str
+) -> None:
+    def value(name: str, address: str) -> str:
+        return f'for="{address}"' if name == "Forwarded" else address
+
+    app = limiter(
+        [Rule("2/minute")], trusted_proxies=["127.0.0.1"], forwarded_header=forwarded_header
+    )
+    async with client(app, peer="127.0.0.1") as http:
+        for i in range(5):
+            headers = {
+                carrier: value(carrier, "203.0.113.1"),
+                ignored: value(ignored, f"10.0.0.{i}"),
+            }
+            expected = 200 if i < 2 else 429
+            assert (await http.get("/", headers=headers)).status_code == expected
+        other = {carrier: value(carrier, "203.0.113.2")}
+        assert (await http.get("/", headers=other)).status_code == 200
+
+
+async def test_identities_differing_only_in_braces_have_their_own_counters() -> None:
+    # keys were built from the identity with braces stripped for the hash tag:
+    # "{victim}" and "victim" shared a counter, so one client could lock out another
+    app = limiter([Rule("2/minute", key=header("X-API-Key"))])
+    async with client(app) as http:
+        for _ in range(5):
+            await http.get("/", headers={"X-API-Key": "{victim}"})
+        for attacker in ("vic}tim", "{{victim}}", "victim}"):
+            await http.get("/", headers={"X-API-Key": attacker})
+        assert (await http.get("/", headers={"X-API-Key": "victim"})).status_code == 200
+
+
 async def test_ipv6_clients_are_keyed_by_their_64() -> None:
     app = limiter([Rule("2/minute")])
     async with client(app, peer="2001:db8::1") as http:
@@ -330,6 +388,13 @@ async def test_fastapi_app_works_the_same() -> None:
         limited = await http.get("/hello")
         assert limited.status_code == 429
         assert limited.json()["error"] == "rate_limited"
+
+
+def test_an_unknown_forwarded_header_is_a_config_error() -> None:
+    with pytest.raises(RateLimitConfigError, match=r"forwarded_header must be one of.*'auto'"):
+        limiter([Rule("1/minute")], forwarded_header="auto")
+    with pytest.raises(RateLimitConfigError, match=r"10\.0\.0\.0/33"):
+        limiter([Rule("1/minute")], trusted_proxies=["10.0.0.0/33"])
 
 
 def test_invalid_middleware_settings() -> None:

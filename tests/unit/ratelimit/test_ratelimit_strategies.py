@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 from collections.abc import Iterator
 
+import anyio
 import limits
 import limits.storage.memory
 import pytest
@@ -123,3 +124,41 @@ async def test_retry_after_is_when_the_request_would_pass(strategy: str) -> None
     assert wait > 0
     assert not (await backend.check([check], at=now + wait - 0.01)).allowed or strategy == "sliding"
     assert (await backend.check([check], at=now + wait)).allowed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_remaining_is_never_negative_after_failures_pass_the_limit(strategy: str) -> None:
+    # count="failures" admits while there is room and adds each failure after
+    # the response, so a burst can push a counter past its limit: r=-3 was sent
+    backend = MemoryBackend()
+    for _ in range(8):
+        await backend.check([Check("k", strategy, 5, 60, mode="add")], at=1000.0)
+    verdict = await backend.check([Check("k", strategy, 5, 60, mode="peek")], at=1000.0)
+    assert not verdict.allowed
+    assert verdict.results[0].remaining == 0
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["hit", "peek", "add", "refund"]),
+            st.integers(min_value=1, max_value=3),
+            st.integers(min_value=0, max_value=20_000),
+        ),
+        max_size=40,
+    )
+)
+def test_remaining_stays_between_zero_and_the_limit(
+    strategy: str, steps: list[tuple[str, int, int]]
+) -> None:
+    async def run() -> None:
+        backend = MemoryBackend()
+        now = 1_700_000_000.0
+        for mode, cost, gap_ms in steps:
+            now += gap_ms / 1000
+            verdict = await backend.check([Check("k", strategy, 5, 10, cost, mode)], at=now)
+            assert 0 <= verdict.results[0].remaining <= 5
+
+    anyio.run(run)
