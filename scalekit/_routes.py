@@ -2,13 +2,16 @@
 
 Cache rules, rate-limit rules and the metrics route lookup all ask
 :class:`RouteTemplate`. It does not re-implement Starlette's matching: each
-template becomes a real :class:`starlette.routing.Route` whose ``matches``
-decides, so the path regex (``compile_path``: ``^...$``, where ``$`` also
-matches before a trailing newline, i.e. ``/login%0A``), the converters
-(``str``, ``path``, ``int``, ``float``, ``uuid`` and any registered with
+template becomes a real :class:`starlette.routing.Route`, and a request is
+matched the way ``Route.matches`` does it, with that route's own compiled
+pattern and converters and Starlette's own ``get_route_path``. So the
+anchoring (``compile_path``'s ``^...$``, where ``$`` also matches before a
+trailing newline, i.e. ``/login%0A``), the converters (``str``, ``path``,
+``int``, ``float``, ``uuid`` and any registered with
 ``starlette.convertors.register_url_convertor``) and the stripping of
-``root_path`` are those of the installed Starlette, whatever its version.
-Methods follow Starlette too: a rule for ``GET`` also covers ``HEAD``.
+``root_path`` are those of the installed Starlette; a hypothesis test checks
+the result against ``Route.matches`` itself. Methods follow Starlette too:
+a rule for ``GET`` also covers ``HEAD``.
 
 The rest of the module finds, after the app ran, the full template of the
 route that handled a request (``/api/v1/users/{user_id}`` under mounts), for
@@ -94,7 +97,7 @@ class RouteTemplate:
             converter Starlette does not know, or repeats a parameter.
     """
 
-    __slots__ = ("_route", "template")
+    __slots__ = ("_convertors", "_regex", "template")
 
     def __init__(self, template: str) -> None:
         if not isinstance(template, str) or not template.startswith("/"):
@@ -109,9 +112,11 @@ class RouteTemplate:
                     "starlette.convertors.register_url_convertor first"
                 )
         try:
-            self._route = Route(template, _ENDPOINT)
+            route = Route(template, _ENDPOINT)
         except (AssertionError, ValueError) as exc:
             raise RouteTemplateError(f"route template {template!r} is invalid: {exc}") from exc
+        self._regex = route.path_regex
+        self._convertors = route.param_convertors
         self.template = template
 
     def match(self, path: str, root_path: str = "") -> dict[str, Any] | None:
@@ -125,15 +130,18 @@ class RouteTemplate:
         A path whose parameter a custom converter fails to convert is not
         covered: Starlette's router raises on it, so no endpoint runs.
         """
-        scope = {"type": "http", "path": path, "root_path": root_path}
+        if root_path:
+            path = _get_route_path({"path": path, "root_path": root_path})
+        found = self._regex.match(path)
+        if found is None:
+            return None
         try:
-            found, child = self._route.matches(scope)
+            return {
+                name: self._convertors[name].convert(value)
+                for name, value in found.groupdict().items()
+            }
         except Exception:  # a custom converter's convert() raised
             return None
-        if found is Match.NONE:
-            return None
-        params: dict[str, Any] = child["path_params"]
-        return params
 
     def __repr__(self) -> str:
         return f"RouteTemplate({self.template!r})"
