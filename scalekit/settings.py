@@ -1,23 +1,46 @@
-"""``Settings``: every option of :func:`scalekit.install`, from keywords or ``SCALEKIT_*``.
+"""``Settings``: what differs between deployments, from keywords or ``SCALEKIT_*`` variables.
 
 ``Settings.from_env()`` only turns environment variables into the same
-keyword arguments; nothing here connects to anything.
+keyword arguments; nothing here connects to anything. Every value is checked
+when the object is built: a bad one raises :class:`SettingsError` naming the
+field (or the ``SCALEKIT_*`` variable it came from) and what it expects, so
+a typo fails the deploy instead of the first request.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
+import ipaddress
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
 from scalekit._net import ForwardedHeader
+from scalekit.errors import ConfigurationError
 
-__all__ = ["Environment", "Settings", "ShardStrategyName"]
+__all__ = ["Environment", "Settings", "SettingsError", "ShardStrategyName"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ConfigurationError):
+    """A :class:`Settings` value is invalid.
+
+    Attributes:
+        field: the keyword (``"rate_limit"``).
+        variable: the environment variable it came from (``"SCALEKIT_RATE_LIMIT"``), if any.
+        problem: what is wrong with it, without the name.
+    """
+
+    def __init__(self, field: str, problem: str, *, variable: str | None = None) -> None:
+        self.field = field
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"{variable or field} {problem}")
 
 
 class Environment(enum.StrEnum):
@@ -34,6 +57,214 @@ class ShardStrategyName(enum.StrEnum):
     MODULO = "modulo"
 
 
+# -- one checker per kind of value: returns the normalised value or raises ValueError
+
+
+def _strings(value: object, what: str) -> tuple[str, ...]:
+    """A comma-separated string or an iterable of strings, as a tuple."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, Iterable):
+        raise ValueError(f"must be a list of {what}, got {value!r}")
+    items = tuple(value)
+    if not all(isinstance(item, str) and item.strip() for item in items):
+        raise ValueError(f"must be a list of {what}, got {value!r}")
+    return tuple(item.strip() for item in items)
+
+
+def _database_url(url: str) -> str:
+    from scalekit.db._config import parse_url, redact
+
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"must be a database URL such as mysql://user:pw@host/db, got {url!r}")
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a usable database URL ({redact(url)}): {exc}") from None
+    return url
+
+
+def _redis_url(url: object) -> str | None:
+    if url is None:
+        return None
+    from scalekit import _redis
+
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"must be a Redis URL such as redis://host:6379/0, got {url!r}")
+    try:
+        parsed = _redis.parse_url(url)
+        _check_redis(parsed)
+    except ValueError as exc:
+        raise ValueError(f"is not a usable Redis URL: {exc}") from None
+    return url
+
+
+def _check_redis(parsed: object) -> None:
+    """The URL options the client reads must convert (until ``_redis`` checks them itself)."""
+    options: dict[str, str] = getattr(parsed, "options", {})
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if name in options:
+            _seconds(_number(options[name], name), name)
+    if "retries" in options and not options["retries"].isdigit():
+        raise ValueError(f"retries must be a whole number, got {options['retries']!r}")
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
+
+
+def _seconds(value: object, what: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what + ' ' if what else ''}must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(
+            f"{what + ' ' if what else ''}must be a finite number of seconds >= 0, got {value!r}"
+        )
+    return float(value)
+
+
+def _proxy(entry: str) -> str:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"has {entry!r}, which is not an IP address or CIDR (write e.g. '10.0.0.0/8' or "
+            "'127.0.0.1'; several are separated by commas)"
+        ) from None
+    return entry
+
+
+def _rate(value: object) -> str | None:
+    if value is None:
+        return None
+    from scalekit._rates import RateSyntaxError, parse_rates
+
+    try:
+        parse_rates(cast(str, value))
+    except RateSyntaxError as exc:
+        raise ValueError(f"is not a rate limit: {exc}") from None
+    return cast(str, value)
+
+
+def _metrics_path(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or any(char in value for char in "{}?# \t\r\n")
+    ):
+        raise ValueError(
+            f"must start with '/' and be a fixed path (no parameters, query or spaces), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _choice(kind: type[enum.StrEnum]) -> Callable[[object], enum.StrEnum]:
+    def convert(value: object) -> enum.StrEnum:
+        try:
+            return kind(cast(str, value))
+        except ValueError:
+            allowed = " or ".join(repr(choice.value) for choice in kind)
+            raise ValueError(f"must be {allowed}, got {value!r}") from None
+
+    return convert
+
+
+def _forwarded_header(value: object) -> ForwardedHeader:
+    try:
+        return ForwardedHeader(cast(str, value))
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in ForwardedHeader)
+        raise ValueError(
+            f"must be one of {choices} (the header your proxy sets), got {value!r}"
+        ) from None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _shards(value: object) -> tuple[tuple[str, ...], ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(
+            f"must be a list of shards, each a list of URLs (primary first), got {value!r}"
+        )
+    # A bare string is a shard with no replicas: ("sqlite:///a.db", "sqlite:///b.db").
+    shards = tuple(
+        (shard,) if isinstance(shard, str) else tuple(cast(Iterable[str], shard)) for shard in value
+    )
+    if any(not shard or not all(shard) for shard in shards):
+        raise ValueError(f"must give every shard its primary's URL first, got {value!r}")
+    for shard in shards:
+        for url in shard:
+            _database_url(url)
+    return shards
+
+
+def _optional(check: Callable[[str], str]) -> Callable[[object], str | None]:
+    def convert(value: object) -> str | None:
+        return None if value is None else check(cast(str, value))
+
+    return convert
+
+
+_CHECKS: dict[str, Callable[[object], object]] = {
+    "database_url": _optional(_database_url),
+    "replica_urls": lambda value: tuple(
+        _database_url(url) for url in _strings(value, "database URLs")
+    ),
+    "redis_url": _redis_url,
+    "trusted_proxies": lambda value: tuple(
+        _proxy(entry) for entry in _strings(value, "IP addresses or CIDRs")
+    ),
+    "forwarded_header": _forwarded_header,
+    "rate_limit": _rate,
+    "max_lag": _seconds,
+    "pin_after_write": _seconds,
+    "access_log": _boolean,
+    "metrics_path": _metrics_path,
+    "shard_urls": _shards,
+    "shard_strategy": _choice(ShardStrategyName),
+    "env": _choice(Environment),
+}
+"""How each field is checked and normalised; ``from_env`` parses text first (``_FROM_TEXT``)."""
+
+
+def _float_text(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {text!r}") from None
+
+
+def _bool_text(text: str) -> bool:
+    if text.lower() not in _TRUE | _FALSE:
+        raise ValueError(f"must be true or false, got {text!r}")
+    return text.lower() in _TRUE
+
+
+def _shards_text(text: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(
+        tuple(url.strip() for url in shard.split(",") if url.strip())
+        for shard in text.split(";")
+        if shard.strip()
+    )
+
+
+_FROM_TEXT: dict[str, Callable[[str], object]] = {
+    "max_lag": _float_text,
+    "pin_after_write": _float_text,
+    "access_log": _bool_text,
+    "shard_urls": _shards_text,
+}
+"""Fields whose environment text is not already the keyword's value."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """What :func:`scalekit.install` sets up.
@@ -44,14 +275,16 @@ class Settings:
     Args:
         database_url: the primary, e.g. ``mysql://app:pw@db:3306/tasks`` or
             ``sqlite:///data/app.db``; ``None`` opens no pool.
-        replica_urls: read replicas of the primary.
+        replica_urls: read replicas of the primary (a list, or one string
+            separated by commas).
         redis_url: shared cache, rate-limit counters and read-your-writes marks;
-            ``None`` keeps them in process.
-        trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is believed.
+            ``None`` keeps them in process. Needs the ``redis`` extra.
+        trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is
+            believed (a list, or one string separated by commas).
         forwarded_header: the one header those proxies put the client address
             in: ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``.
-        rate_limit: a default rule for every request, e.g. ``"100/15 minutes"``;
-            ``None`` for none.
+        rate_limit: a default rule, e.g. ``"100/15 minutes"``, for the requests
+            no route-level rule covers; ``None`` for none.
         max_lag: seconds of replica lag beyond which a replica gets no reads.
         pin_after_write: seconds reads stay on the primary after a write.
         access_log: one structured access line per request.
@@ -62,6 +295,9 @@ class Settings:
         env: ``production`` (default) or ``development``; scalekit itself
             changes nothing by it, apps read it (the example task API accepts
             a missing JWT secret only in ``development``).
+
+    Raises:
+        SettingsError: a value is invalid; the message names the field and what it expects.
     """
 
     database_url: str | None = None
@@ -79,85 +315,87 @@ class Settings:
     env: Environment = Environment.PRODUCTION
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "forwarded_header", ForwardedHeader.parse(self.forwarded_header))
-        # A bare string is a shard with no replicas: ("sqlite:///a.db", "sqlite:///b.db").
-        shards = tuple(
-            (shard,) if isinstance(shard, str) else tuple(cast(Iterable[str], shard))
-            for shard in cast(tuple[object, ...], self.shard_urls)
-        )
-        if any(not shard or not all(shard) for shard in shards):
-            raise ValueError(
-                f"shard_urls={self.shard_urls!r}: every shard needs its primary's URL first"
-            )
-        object.__setattr__(self, "shard_urls", shards)
-        try:
-            object.__setattr__(self, "shard_strategy", ShardStrategyName(self.shard_strategy))
-        except ValueError:
-            raise ValueError(
-                f"shard_strategy={self.shard_strategy!r}: use 'jump-hash' or 'modulo'"
-            ) from None
-        try:
-            object.__setattr__(self, "env", Environment(self.env))
-        except ValueError:
-            raise ValueError(f"env={self.env!r}: use 'development' or 'production'") from None
+        for field in dataclasses.fields(self):
+            check = _CHECKS.get(field.name)
+            if check is None:
+                continue
+            try:
+                value = check(getattr(self, field.name))
+            except ValueError as exc:
+                raise SettingsError(field.name, str(exc)) from None
+            object.__setattr__(self, field.name, value)
         if self.pin_after_write <= self.max_lag:
-            raise ValueError(
-                f"pin_after_write={self.pin_after_write!r} must exceed max_lag={self.max_lag!r}"
+            raise SettingsError(
+                "pin_after_write",
+                f"({self.pin_after_write!r}) must exceed max_lag ({self.max_lag!r}): reads "
+                "return to replicas only once they have caught up with the write",
             )
         if self.replica_urls and not self.database_url:
-            raise ValueError("replica_urls need a database_url for the primary")
-        if not self.metrics_path.startswith("/"):
-            raise ValueError(f"metrics_path must start with '/', got {self.metrics_path!r}")
+            raise SettingsError("replica_urls", "need a database_url for the primary")
+
+    @classmethod
+    def known_variables(cls, prefix: str = "SCALEKIT_") -> tuple[str, ...]:
+        """The environment variables :meth:`from_env` reads."""
+        return tuple(prefix + field.name.upper() for field in dataclasses.fields(cls))
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, prefix: str = "SCALEKIT_"
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        prefix: str = "SCALEKIT_",
+        app_variables: Iterable[str] = (),
     ) -> Settings:
         """Settings from ``SCALEKIT_DATABASE_URL``, ``SCALEKIT_REPLICA_URLS`` (comma
         separated), ``SCALEKIT_REDIS_URL``, ``SCALEKIT_TRUSTED_PROXIES`` (comma
-        separated), ``SCALEKIT_FORWARDED_HEADER``, ``SCALEKIT_RATE_LIMIT``, ``SCALEKIT_MAX_LAG``,
-        ``SCALEKIT_PIN_AFTER_WRITE``, ``SCALEKIT_ACCESS_LOG``, ``SCALEKIT_METRICS_PATH``,
+        separated), ``SCALEKIT_FORWARDED_HEADER``, ``SCALEKIT_RATE_LIMIT``,
+        ``SCALEKIT_MAX_LAG``, ``SCALEKIT_PIN_AFTER_WRITE``, ``SCALEKIT_ACCESS_LOG``,
+        ``SCALEKIT_METRICS_PATH``,
         ``SCALEKIT_SHARD_URLS`` (shards separated by ``;``, each shard's primary
         then its replicas separated by ``,``), ``SCALEKIT_SHARD_STRATEGY``, ``SCALEKIT_ENV``.
 
+        An empty variable counts as unset.
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            prefix: the prefix of every variable.
+            app_variables: other variables with the prefix that your app reads
+                itself (``"SCALEKIT_JWT_SECRET"``), so they are not reported as unknown.
+
         Raises:
-            ValueError: a variable that does not parse; the message names it.
+            SettingsError: a variable that does not parse, or an unknown
+                variable with the prefix (a typo); the message names it.
         """
         env = os.environ if environ is None else environ
+        known = dict(zip(cls.known_variables(prefix), dataclasses.fields(cls), strict=True))
+        allowed = set(known) | set(app_variables)
+        for name in sorted(env):
+            if name.startswith(prefix) and name not in allowed:
+                # Compare without the prefix, which every name shares.
+                suffixes = [known_name.removeprefix(prefix) for known_name in known]
+                close = difflib.get_close_matches(name.removeprefix(prefix), suffixes, n=1)
+                hint = (
+                    f"did you mean {prefix + close[0]}?" if close else f"known: {', '.join(known)}"
+                )
+                raise SettingsError(
+                    name.removeprefix(prefix).lower(),
+                    f"is not a scalekit setting; {hint} (pass app_variables=[{name!r}] "
+                    "if your app reads it)",
+                    variable=name,
+                )
         values: dict[str, object] = {}
-        for field in dataclasses.fields(cls):
-            name = prefix + field.name.upper()
+        for name, field in known.items():
             raw = env.get(name)
             if raw is None or raw.strip() == "":
                 continue
             raw = raw.strip()
-            if field.name in ("replica_urls", "trusted_proxies"):
-                values[field.name] = tuple(part.strip() for part in raw.split(",") if part.strip())
-            elif field.name in ("max_lag", "pin_after_write"):
-                try:
-                    values[field.name] = float(raw)
-                except ValueError:
-                    raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-            elif field.name == "shard_urls":
-                values[field.name] = tuple(
-                    tuple(url.strip() for url in shard.split(",") if url.strip())
-                    for shard in raw.split(";")
-                    if shard.strip()
-                )
-            elif field.name in ("shard_strategy", "env"):
-                choices: type[enum.StrEnum] = (
-                    ShardStrategyName if field.name == "shard_strategy" else Environment
-                )
-                if raw not in set(choices):
-                    allowed = " or ".join(repr(choice.value) for choice in choices)
-                    raise ValueError(f"{name} must be {allowed}, got {raw!r}")
-                values[field.name] = choices(raw)
-            elif field.name == "forwarded_header":
-                values[field.name] = ForwardedHeader.parse(raw, setting=name)
-            elif field.name == "access_log":
-                if raw.lower() not in _TRUE | _FALSE:
-                    raise ValueError(f"{name} must be true or false, got {raw!r}")
-                values[field.name] = raw.lower() in _TRUE
-            else:
-                values[field.name] = raw
-        return cls(**values)  # type: ignore[arg-type]
+            parse = _FROM_TEXT.get(field.name)
+            try:
+                values[field.name] = parse(raw) if parse is not None else raw
+            except ValueError as exc:
+                raise SettingsError(field.name, str(exc), variable=name) from None
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except SettingsError as exc:
+            variable = prefix + exc.field.upper()
+            raise SettingsError(exc.field, exc.problem, variable=variable) from None

@@ -24,6 +24,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from scalekit._extras import require
 from scalekit.errors import ConfigurationError
 from scalekit.options import (
     CacheOptions,
@@ -256,7 +257,9 @@ def install(
     Raises:
         ConfigurationError: an app route already answers a path scalekit mounts,
             or an option is invalid (component errors are ``ValueError``\\ s too).
-        MissingExtraError: a setting needs an extra that is not installed.
+        MissingExtraError: a setting needs an extra that is not installed
+            (``redis_url`` without ``scalekit[redis]``, a MySQL URL without
+            ``scalekit[mysql]``).
     """
     from starlette.middleware.authentication import AuthenticationMiddleware
 
@@ -273,6 +276,9 @@ def install(
     )
 
     settings = settings or Settings()
+    if settings.redis_url:
+        # Fail the start-up, not the first request (or a health warn nobody reads).
+        require("redis.asyncio", "redis", feature="Settings.redis_url (SCALEKIT_REDIS_URL)")
     ratelimit = ratelimit or RateLimitOptions()
     cache = cache or CacheOptions()
     metrics = metrics or MetricsOptions()

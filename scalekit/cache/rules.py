@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from starlette.routing import compile_path
 
 from scalekit._routes import RouteTemplate, RouteTemplateError
 from scalekit.cache.errors import CacheConfigError
@@ -16,6 +20,40 @@ TagSource = Callable[[Any], Iterable[str]] | Iterable[str] | None
 ``{user}`` from the identity), or a callable taking a Starlette ``Request``."""
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _check_placeholders(path: str, tags: tuple[str, ...]) -> None:
+    """Every ``{name}`` in a tag is a path parameter of ``path`` or ``{user}``."""
+    params = set(compile_path(path)[2])
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise CacheConfigError(
+                f"CacheRule({path!r}): tags must be non-empty strings, got {tag!r}"
+            )
+        try:
+            fields = [
+                (name, spec, conversion)
+                for _, name, spec, conversion in string.Formatter().parse(tag)
+                if name is not None
+            ]
+        except ValueError as exc:
+            raise CacheConfigError(
+                f"CacheRule({path!r}): tag {tag!r} does not parse ({exc}); write literal "
+                "braces as {{ and }}"
+            ) from None
+        for name, spec, conversion in fields:
+            if name in params or name == "user":
+                if spec or conversion:
+                    raise CacheConfigError(
+                        f"CacheRule({path!r}): tag {tag!r}: write {{{name}}} without a "
+                        "format spec or conversion"
+                    )
+                continue
+            known = ", ".join(f"{{{param}}}" for param in sorted(params | {"user"}))
+            raise CacheConfigError(
+                f"CacheRule({path!r}): tag {tag!r} uses {{{name}}}, which is not a path "
+                f"parameter of the rule; use one of {known}"
+            )
 
 
 @dataclass(frozen=True)
@@ -61,12 +99,27 @@ class CacheRule:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not self.ttl > 0:
-            raise CacheConfigError(f"CacheRule({self.path!r}): ttl must be > 0 seconds")
-        if self.stale_ttl < 0:
-            raise CacheConfigError(f"CacheRule({self.path!r}): stale_ttl must be >= 0 seconds")
-        if self.max_body < 0:
-            raise CacheConfigError(f"CacheRule({self.path!r}): max_body must be >= 0 bytes")
+        for name, value, least in (("ttl", self.ttl, 0), ("stale_ttl", self.stale_ttl, -1)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not value > least
+            ):
+                bound = "> 0" if least == 0 else ">= 0"
+                raise CacheConfigError(
+                    f"CacheRule({self.path!r}): {name} must be {bound} seconds (a number), "
+                    f"got {value!r}"
+                )
+        if (
+            isinstance(self.max_body, bool)
+            or not isinstance(self.max_body, int)
+            or self.max_body < 0
+        ):
+            raise CacheConfigError(
+                f"CacheRule({self.path!r}): max_body must be a whole number of bytes >= 0, "
+                f"got {self.max_body!r}"
+            )
         statuses = frozenset(int(status) for status in self.statuses)
         if not statuses or any(not 200 <= status <= 599 for status in statuses):
             raise CacheConfigError(
@@ -94,19 +147,20 @@ class CacheRule:
                 "add tags=(...) to the rule"
             )
         set_(self, "invalidate_on", methods)
+        try:
+            set_(self, "pattern", RouteTemplate(self.path))
+        except RouteTemplateError as exc:
+            raise CacheConfigError(f"CacheRule path: {exc}") from exc
         if self.tags is not None and not callable(self.tags):
             tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
             if not tags:
                 raise CacheConfigError(f"CacheRule({self.path!r}): tags must not be empty")
+            _check_placeholders(self.path, tags)
             if "{user}" in "".join(tags) and not self.vary_user:
                 raise CacheConfigError(
                     f"CacheRule({self.path!r}): a tag uses {{user}}; set vary_user=True"
                 )
             set_(self, "tags", tags)
-        try:
-            set_(self, "pattern", RouteTemplate(self.path))
-        except RouteTemplateError as exc:
-            raise CacheConfigError(f"CacheRule path: {exc}") from exc
         set_(self, "name", self.name or self.path)
 
     def match(self, path: str, root_path: str = "") -> dict[str, Any] | None:

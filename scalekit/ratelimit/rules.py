@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from scalekit._extras import require
-from scalekit._routes import RouteTemplate, RouteTemplateError, route_methods
+from scalekit._rates import Rate, RateSyntaxError
+from scalekit._rates import parse_rates as _parse_rates
+from scalekit._routes import KNOWN_METHODS, RouteTemplate, RouteTemplateError, route_methods
 from scalekit.ratelimit.errors import RateLimitConfigError
 from scalekit.ratelimit.keys import KeyFunction, client_ip
 
 __all__ = ["Rate", "Rule", "parse_rates"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rate:
-    """One parsed rate: ``amount`` requests per ``window`` seconds."""
-
-    amount: int
-    window: int
-    text: str
-
-
 def parse_rates(limit: str) -> tuple[Rate, ...]:
-    """Parse ``"100/15 minutes"`` or ``"10/second;100/15 minutes"`` with ``limits``.
+    """Parse ``"100/15 minutes"`` or ``"10/second;100/15 minutes"`` (``limits``' grammar).
 
     Raises:
-        RateLimitConfigError: the text is not a rate ``limits`` understands.
+        RateLimitConfigError: the text is not a rate, or a rate admits nothing.
     """
-    limits = require("limits", "redis", feature="scalekit.ratelimit")
     try:
-        items = limits.parse_many(limit)
-    except ValueError as exc:
-        raise RateLimitConfigError(
-            f"Rule limit {limit!r} does not parse; write e.g. '100/15 minutes' or "
-            "'10/second;100/hour'"
-        ) from exc
-    return tuple(
-        Rate(int(item.amount), int(item.get_expiry()), str(item).replace(" per ", "/"))
-        for item in items
-    )
+        return _parse_rates(limit)
+    except RateSyntaxError as exc:
+        raise RateLimitConfigError(f"Rule limit: {exc}") from None
 
 
 class Rule:
@@ -125,6 +109,15 @@ class Rule:
             raise RateLimitConfigError(
                 f"Rule methods must be a list such as ['POST'], got the string {methods!r}"
             )
+        if methods is not None:
+            methods = list(methods)
+            for method in methods:
+                if not isinstance(method, str) or method.upper() not in KNOWN_METHODS:
+                    close = difflib.get_close_matches(str(method).upper(), KNOWN_METHODS, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else "use standard HTTP methods"
+                    raise RateLimitConfigError(
+                        f"Rule methods: {method!r} is not an HTTP method; {hint}"
+                    )
         self.limit = limit
         self.rates = parse_rates(limit)
         for rate in self.rates:
