@@ -1,0 +1,1 @@
+"""Examples built on scalekit (not part of the installed package)."""

@@ -1,0 +1,177 @@
+"""Authentication: argon2 password hashes, HS256 access tokens, a Starlette backend.
+
+The backend runs in scalekit's stack before the rate limiter and the cache,
+so both know the user (``scope["user"].identity`` is the user id). It never
+rejects a request itself: a missing or bad token leaves the request
+anonymous with the reason in the scope, and the routes that need a user
+answer 401 with a JSON body (:func:`examples.taskapi.app.current_user`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+from starlette.requests import HTTPConnection
+
+__all__ = [
+    "ALGORITHM",
+    "AUTH_ERROR_KEY",
+    "BearerBackend",
+    "Passwords",
+    "TaskUser",
+    "TokenError",
+    "Tokens",
+]
+
+ALGORITHM = "HS256"
+AUTH_ERROR_KEY = "taskapi.auth_error"
+"""Scope key holding why a request carrying a token is anonymous."""
+
+_CLOCK_SKEW = 30.0  # seconds a token's iat may lie ahead of our clock
+
+
+class TokenError(Exception):
+    """A token that does not authenticate; ``reason`` is safe to show the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Tokens:
+    """Issues and checks HS256 access tokens carrying ``sub`` (the user id), ``iat``, ``exp``.
+
+    The algorithm is pinned: a token whose header names another algorithm
+    (``none``, HS512, RS256 signed with anything) is rejected whatever its
+    signature. Expiry is checked against ``now`` (injectable for tests).
+
+    Args:
+        secret: the HMAC key.
+        ttl: seconds a token lives.
+        now: the clock, seconds since the epoch.
+    """
+
+    def __init__(self, secret: str, *, ttl: int, now: Callable[[], float] = time.time) -> None:
+        self._secret = secret
+        self.ttl = ttl
+        self._now = now
+
+    def issue(self, user_id: int) -> str:
+        """A signed token for ``user_id``."""
+        issued = int(self._now())
+        claims = {"sub": str(user_id), "iat": issued, "exp": issued + self.ttl}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> int:
+        """The user id in a valid token.
+
+        Raises:
+            TokenError: malformed, wrong algorithm, bad signature, expired,
+                issued in the future, or without a numeric ``sub``.
+        """
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    # Checked below against the injectable clock.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.InvalidTokenError:
+            raise TokenError("invalid token") from None
+        now = self._now()
+        exp, iat, sub = claims["exp"], claims["iat"], claims["sub"]
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in (exp, iat)):
+            raise TokenError("invalid token")
+        if exp <= now:
+            raise TokenError("token expired")
+        if iat > now + _CLOCK_SKEW:
+            raise TokenError("invalid token")
+        if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and 0 < len(sub) <= 19):
+            raise TokenError("invalid token")
+        return int(sub)
+
+
+class Passwords:
+    """argon2id hashing off the event loop.
+
+    Args:
+        hasher: an ``argon2.PasswordHasher`` (default parameters if None;
+            tests pass a cheap one).
+    """
+
+    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+        self._hasher = hasher or PasswordHasher()
+        # Verified when the user does not exist, so that an unknown email
+        # costs as much time as a wrong password.
+        self._dummy = self._hasher.hash("not a password of anyone")
+
+    async def hash(self, password: str) -> str:
+        """The argon2id hash of ``password`` (computed in a worker thread)."""
+        return await anyio.to_thread.run_sync(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Whether ``password`` matches; ``None`` (no such user) takes as long and is False."""
+
+        def check() -> bool:
+            try:
+                return self._hasher.verify(password_hash or self._dummy, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        matched = await anyio.to_thread.run_sync(check)
+        return matched and password_hash is not None
+
+
+class TaskUser(BaseUser):
+    """An authenticated user; ``identity`` (the id as text) keys the cache and the limits."""
+
+    def __init__(self, user_id: int) -> None:
+        self.id = user_id
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return str(self.id)
+
+    @property
+    def identity(self) -> str:
+        return str(self.id)
+
+
+class BearerBackend(AuthenticationBackend):
+    """``Authorization: Bearer <token>`` → :class:`TaskUser`; anything else stays anonymous."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        header = conn.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            conn.scope[AUTH_ERROR_KEY] = "expected 'Authorization: Bearer <token>'"
+            return None
+        try:
+            user_id = self.tokens.verify(token)
+        except TokenError as exc:
+            conn.scope[AUTH_ERROR_KEY] = exc.reason
+            return None
+        return AuthCredentials(["authenticated"]), TaskUser(user_id)

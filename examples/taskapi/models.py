@@ -1,0 +1,176 @@
+"""Request and response bodies (pydantic): what the API accepts and what it answers."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = [
+    "ErrorBody",
+    "FieldError",
+    "Login",
+    "Registration",
+    "Task",
+    "TaskCreate",
+    "TaskPage",
+    "TaskPatch",
+    "TaskReplace",
+    "TaskStatus",
+    "Token",
+    "User",
+]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task stands."""
+
+    TODO = "todo"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+def _storable(value: str) -> str:
+    # Both databases store any Unicode text, but not lone surrogates (which
+    # JSON's \ud800 escapes can produce) and not NUL in MariaDB's VARCHAR.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Title = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_storable)
+]
+Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    AfterValidator(lambda value: _storable(value).lower()),
+]
+Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+Password = Annotated[SecretStr, Field(min_length=8, max_length=256)]
+
+_strict = ConfigDict(extra="forbid")
+
+
+class Registration(BaseModel):
+    """``POST /api/v1/auth/register``."""
+
+    model_config = _strict
+    email: Email
+    username: Username
+    password: Password
+
+
+class Login(BaseModel):
+    """``POST /api/v1/auth/login``: the email and password given at registration."""
+
+    model_config = _strict
+    email: Email
+    password: Annotated[SecretStr, Field(min_length=1, max_length=256)]
+
+
+class Token(BaseModel):
+    """An access token for ``Authorization: Bearer …``."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="seconds until the token expires")
+
+
+class User(BaseModel):
+    """A registered user (never the password hash)."""
+
+    id: int
+    email: str
+    username: str
+    created_at: datetime
+
+
+class TaskCreate(BaseModel):
+    """``POST /api/v1/tasks``."""
+
+    model_config = _strict
+    title: Title
+    description: Description = ""
+    status: TaskStatus = TaskStatus.TODO
+
+
+class TaskReplace(BaseModel):
+    """``PUT /api/v1/tasks/{id}``: every field."""
+
+    model_config = _strict
+    title: Title
+    description: Description
+    status: TaskStatus
+
+
+class TaskPatch(BaseModel):
+    """``PATCH /api/v1/tasks/{id}``: the fields to change (at least one; none may be null)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    title: Title | None = None
+    description: Description | None = None
+    status: TaskStatus | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if not data:
+                raise ValueError("give at least one of title, description, status")
+            nulls = sorted(name for name, value in data.items() if value is None)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} cannot be null")
+        return data
+
+    def changes(self) -> dict[str, str]:
+        """The fields given, as column → value."""
+        return {
+            name: str(value)
+            for name, value in self.model_dump(exclude_unset=True).items()
+            if value is not None
+        }
+
+
+class Task(BaseModel):
+    """A task, as stored on its owner's shard."""
+
+    id: int
+    title: str
+    description: str
+    status: TaskStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    """One page of a user's tasks, newest first."""
+
+    items: list[Task]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+
+
+class FieldError(BaseModel):
+    """One invalid field of a 422."""
+
+    loc: list[str | int]
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable code, a sentence, and for 422 the fields."""
+
+    error: str = Field(description="a stable machine-readable code, e.g. not_found")
+    detail: str = Field(description="what went wrong, for a human")
+    fields: list[FieldError] | None = None
+    retry_after: int | None = None
