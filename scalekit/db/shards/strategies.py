@@ -30,10 +30,16 @@ _JUMP_SCALE = float(1 << 31)
 
 
 def key_bytes(key: object) -> bytes:
+    """The bytes :func:`hash_key` hashes: an int's decimal value, a str's UTF-8, bytes as given.
+
+    Raises:
+        TypeError: the key is a bool, or not an int, str or bytes.
+    """
     if isinstance(key, bool):
         raise TypeError(f"shard key {key!r} is a bool: pass an int, str or bytes key")
     if isinstance(key, int):
-        return str(key).encode("ascii")
+        # int.__repr__, not str(): an IntEnum or another int subclass hashes by its value.
+        return int.__repr__(key).encode("ascii")
     if isinstance(key, str):
         return key.encode("utf-8")
     if isinstance(key, bytes | bytearray | memoryview):
@@ -47,8 +53,9 @@ def key_bytes(key: object) -> bytes:
 def hash_key(key: object) -> int:
     """The stable 64-bit hash of a key: SHA-256's first 8 bytes, big-endian.
 
-    Integers hash as their decimal text (``hash_key(42) == hash_key("42")``),
-    ``str`` as UTF-8, ``bytes`` as they are.
+    Integers (``IntEnum`` members and other subclasses too, by value) hash as
+    their decimal text (``hash_key(42) == hash_key("42")``), ``str`` as UTF-8,
+    ``bytes`` as they are.
 
     Raises:
         TypeError: the key is not an int, str or bytes.
@@ -120,7 +127,7 @@ class Modulo(_CountStrategy):
     def shard_for(self, key: Any) -> int:
         """``key % n`` for an int, ``hash_key(key) % n`` otherwise."""
         if isinstance(key, int) and not isinstance(key, bool):
-            return key % self.n
+            return int(key) % self.n
         return hash_key(key) % self.n
 
     def shard_for_many(self, keys: Iterable[Any]) -> list[int]:
@@ -146,9 +153,10 @@ def jump_hash(key: int, n: int) -> int:
 class JumpHash(_CountStrategy):
     """Jump consistent hash (Lamping & Veach 2014): N → N+1 moves only 1/(N+1) of keys.
 
-    A non-negative integer key below 2**64 is the algorithm's 64-bit key
-    itself, so results match other implementations; str and bytes keys, and
-    integers outside that range, are hashed with :func:`hash_key` first.
+    A non-negative integer key below 2**64 (an ``IntEnum`` too, by value) is
+    the algorithm's 64-bit key itself, so results match other
+    implementations; str and bytes keys, and integers outside that range, are
+    hashed with :func:`hash_key` first. A bool is refused.
 
     Raises:
         ConfigError: ``n`` is not an integer of at least 1.
@@ -162,8 +170,8 @@ class JumpHash(_CountStrategy):
         Raises:
             TypeError: the key is not an int, str or bytes.
         """
-        if type(key) is int and 0 <= key <= _MASK64:
-            return jump_hash(key, self.n)
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= _MASK64:
+            return jump_hash(int(key), self.n)
         return jump_hash(hash_key(key), self.n)
 
     def shard_for_many(self, keys: Iterable[Any]) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -184,3 +185,37 @@ def test_shard_counts() -> None:
 
 def test_modulo_keeps_the_original_rule_for_integers() -> None:
     assert [Modulo(4).shard_for(user_id) for user_id in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+class _Number(enum.IntEnum):
+    SMALL = 5
+    LARGE = 2**63 + 11
+
+
+class _Text(int):
+    """An int subclass whose text is not its decimal value."""
+
+    def __str__(self) -> str:
+        return "not a number"
+
+
+@given(value=st.integers(), n=st.integers(min_value=1, max_value=500))
+def test_int_subclasses_route_by_their_value(value: int, n: int) -> None:
+    # Issue 11 point 15: JumpHash sent IntEnum(5) and 5 to different shards.
+    key = _Text(value)
+    for strategy in (JumpHash(n), Modulo(n), BucketMap(64, shards=n)):
+        assert strategy.shard_for(key) == strategy.shard_for(value)
+        assert strategy.shard_for_many([key]) == [strategy.shard_for(value)]
+    assert hash_key(key) == hash_key(value)
+
+
+def test_int_enums_route_like_their_value_and_bools_are_refused() -> None:
+    for member in _Number:
+        for strategy in (JumpHash(7), Modulo(7), BucketMap(64, shards=7)):
+            assert strategy.shard_for(member) == strategy.shard_for(member.value)
+            assert strategy.shard_for_many([member]) == [strategy.shard_for(member.value)]
+    for strategy in (JumpHash(7), Modulo(7), BucketMap(64, shards=7)):
+        with pytest.raises(TypeError, match="bool"):
+            strategy.shard_for(True)
+        with pytest.raises(TypeError, match="bool"):
+            strategy.shard_for_many([False])
