@@ -73,9 +73,9 @@ def test_install_builds_a_shard_set(tmp_path: Path, strategy: str, expected: typ
         assert isinstance(stack.shards.strategy, expected)
         assert len(stack.shards) == 2
         assert all(isinstance(shard, ReplicaSet) for shard in stack.shards.shards)
-        stack.shards.execute(7, "CREATE TABLE t (k INTEGER)")
-        stack.shards.execute(7, "INSERT INTO t (k) VALUES (%s)", [7])
-        assert stack.shards.query(7, "SELECT k FROM t") == [{"k": 7}]
+        stack.shards.execute("CREATE TABLE t (k INTEGER)", key=7)
+        stack.shards.execute("INSERT INTO t (k) VALUES (%s)", [7], key=7)
+        assert stack.shards.query("SELECT k FROM t", key=7) == [{"k": 7}]
         checks = [check.name for check in stack.health.checks]
         assert checks == ["shard0", "shard1"]
     finally:

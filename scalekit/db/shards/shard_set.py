@@ -8,8 +8,9 @@ import contextvars
 import functools
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ... import events
 from ..._clock import Clock, get_clock
@@ -20,6 +21,8 @@ from . import fence
 from .bucket_map import BucketMap
 from .dialect import identifier
 from .fence import FENCE_TABLE, Fenced, FenceState
+from .freshness import DEFAULT_REFRESH_INTERVAL, MapFollower
+from .map_store import MapStore
 from .strategies import JumpHash, ShardStrategy
 
 __all__ = ["ShardRow", "ShardSet"]
@@ -40,31 +43,165 @@ class ShardRow(dict[str, Any]):
         return f"ShardRow(shard={self.shard}, {dict.__repr__(self)})"
 
 
+class _Route:
+    """Where one attempt of a statement runs: the shard, and the bucket if it is guarded."""
+
+    __slots__ = ("bucket", "index", "replica_set")
+
+    def __init__(self, index: int, replica_set: ReplicaSet, bucket: int | None) -> None:
+        self.index = index
+        self.replica_set = replica_set
+        self.bucket = bucket
+
+
+class _FenceRetry:
+    """What a guarded statement does after meeting a fence: wait, reload, or give up."""
+
+    def __init__(self, shard_set: ShardSet) -> None:
+        self.shard_set = shard_set
+        self.deadline: float | None = None
+        self.delay = 0.005
+        self.reloads = 0
+
+    def after(self, fenced: Fenced, route: _Route) -> float:
+        """Seconds to wait before the next attempt (the caller reloads the map first).
+
+        Raises:
+            BucketMoved: frozen past ``freeze_timeout``, or moved and no way to reload.
+        """
+        shard_set, bucket, index = self.shard_set, route.bucket, route.index
+        assert bucket is not None
+        if events.bus.has_listeners(events.DbRouting):
+            events.emit(events.DbRouting(route.replica_set.name, f"bucket_{fenced.state}",
+                                         f"bucket {bucket}", index))  # fmt: skip
+        if fenced.state is FenceState.MOVED:
+            self.reloads += 1
+            if not shard_set.follows or self.reloads > 3:
+                raise BucketMoved(
+                    f"bucket {bucket} has moved away from shard {index} "
+                    + (
+                        "and reloading the map did not find its new shard"
+                        if shard_set.follows
+                        else "; pass map_store= (or reload=) to the ShardSet to follow moves"
+                    ),
+                    bucket=bucket,
+                    state=FenceState.MOVED.value,
+                ) from None
+            return 0.0
+        now = shard_set.clock.monotonic()
+        if self.deadline is None:
+            self.deadline = now + shard_set.freeze_timeout
+        if now >= self.deadline:
+            raise BucketMoved(
+                f"bucket {bucket} stayed frozen for a move longer than "
+                f"freeze_timeout={shard_set.freeze_timeout}s: is a mover stuck? rerun "
+                "`scalekit shards move` to finish it",
+                bucket=bucket,
+                state=FenceState.FROZEN.value,
+            ) from None
+        delay, self.delay = self.delay, min(self.delay * 2, 0.2)
+        return delay
+
+
+_MISSING: Any = object()
+
+
+def _statement(
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, str, Params, dict[str, Any]]:
+    """``(key, sql, params, options)`` from ``(sql, params, key=)`` or the old order."""
+    options = dict(kwargs)
+    key = options.pop("key", _MISSING)
+    names = ("sql", "params") if key is not _MISSING else ("key", "sql", "params")
+    if len(args) > len(names):
+        raise TypeError(f"ShardSet.{method}() takes (sql, params=None, *, key=...)")
+    values = dict(zip(names, args, strict=False))
+    for name in ("sql", "params"):
+        if name in options:
+            if name in values:
+                raise TypeError(f"ShardSet.{method}() got two values for {name!r}")
+            values[name] = options.pop(name)
+    if key is _MISSING:
+        if "key" not in values or not isinstance(values.get("sql"), str):
+            raise TypeError(
+                f"ShardSet.{method}() needs key=, the shard key: "
+                f"shards.{method}(sql, params, key=user_id)"
+            )
+        warnings.warn(
+            f"ShardSet.{method}(key, sql, params) is deprecated and goes in the next release: "
+            f"write shards.{method}(sql, params, key=key), as on ReplicaSet",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        key = values["key"]
+    if not isinstance(values.get("sql"), str):
+        raise TypeError(f"ShardSet.{method}() needs the SQL text: {method}(sql, params, key=...)")
+    return key, values["sql"], values.get("params"), options
+
+
+def _transaction(
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, Callable[[Cursor], Any], int]:
+    """``(key, fn, retries)`` from ``(fn, key=)`` or the old ``(key, fn)``."""
+    options = dict(kwargs)
+    retries = int(options.pop("retries", 0))
+    key = options.pop("key", _MISSING)
+    fn = options.pop("fn", _MISSING)
+    if options:
+        raise TypeError(f"ShardSet.{method}() got unexpected arguments {sorted(options)}")
+    if key is not _MISSING:
+        if len(args) + (fn is not _MISSING) != 1:
+            raise TypeError(f"ShardSet.{method}() takes (fn, *, key=..., retries=0)")
+        fn = args[0] if args else fn
+    elif len(args) + (fn is not _MISSING) == 2 and callable(fn if fn is not _MISSING else args[1]):
+        warnings.warn(
+            f"ShardSet.{method}(key, fn) is deprecated and goes in the next release: "
+            f"write shards.{method}(fn, key=key), as on ReplicaSet",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        key, fn = args[0], (fn if fn is not _MISSING else args[1])
+    else:
+        raise TypeError(f"ShardSet.{method}() needs key=, the shard key: {method}(fn, key=user_id)")
+    if not callable(fn):
+        raise TypeError(f"ShardSet.{method}() needs a function of a cursor, got {fn!r}")
+    return key, fn, retries
+
+
 class ShardSet:
     """Shards (each a ``ReplicaSet``) and the strategy that picks one per key.
 
     ``ShardSet([db0, db1, db2, db3], strategy=JumpHash(4))``. Statements run
     through the set (``query``, ``execute``, ``transaction``, ``query_all``
-    and their ``a``-prefixed async twins) report their shard index in
-    ``DbQuery.shard`` / ``DbRouting.shard``.
+    and their ``a``-prefixed async twins) take the shard key as ``key=``, as
+    ``ReplicaSet``'s do, and report their shard index in ``DbQuery.shard`` /
+    ``DbRouting.shard``.
 
     With a ``BucketMap``, ``execute`` and ``transaction`` are *guarded*: in
     the same transaction they first read the bucket's fence row on the shard
     (``SELECT ... LOCK IN SHARE MODE``, one more statement). A bucket frozen by
     a move makes them wait (up to ``freeze_timeout``); one that has moved
-    away makes them ``reload`` the map and run on the new shard. Writes sent
+    away makes them reload the map and run on the new shard. Writes sent
     straight to ``for_key(key)`` are not guarded.
+
+    With a ``map_store`` (or ``reload``), the set keeps its map fresh: every
+    ``refresh_interval`` seconds the next statement first reads the stored
+    version (one row) and reloads the map if it changed. See
+    :mod:`scalekit.db.shards.freshness` for the bound this gives.
 
     Args:
         shards: one ``ReplicaSet`` per shard, in shard order.
         strategy: ``JumpHash``, ``Modulo``, ``BucketMap`` or any
-            ``ShardStrategy``; default ``JumpHash(len(shards))``.
-        reload: returns the current strategy (e.g.
-            ``lambda: BucketMap.load_db(control)``); called when a guarded write
-            finds its bucket moved, and by ``reload()``.
+            ``ShardStrategy``; default the map in ``map_store``, else
+            ``JumpHash(len(shards))``.
+        map_store: where the ``BucketMap`` is stored; polled for its version.
+        reload: returns the current strategy; without ``map_store``, called to
+            poll and when a guarded write finds its bucket moved.
+        refresh_interval: seconds between polls of the stored map; None never
+            polls (then only fence hits reload, and reads can stay stale).
         freeze_timeout: seconds a guarded write waits for a frozen bucket.
         fence_table: the per-shard fence table name.
-        clock: the clock for ``freeze_timeout``.
+        clock: the clock for ``refresh_interval`` and ``freeze_timeout``.
 
     Raises:
         ConfigError: the strategy's shard count is not ``len(shards)``.
@@ -75,7 +212,9 @@ class ShardSet:
         shards: Sequence[ReplicaSet],
         strategy: ShardStrategy | None = None,
         *,
+        map_store: MapStore | None = None,
         reload: Callable[[], ShardStrategy] | None = None,
+        refresh_interval: float | None = DEFAULT_REFRESH_INTERVAL,
         freeze_timeout: float = 30.0,
         fence_table: str = FENCE_TABLE,
         clock: Clock | None = None,
@@ -85,12 +224,22 @@ class ShardSet:
             raise ConfigError("ShardSet needs at least one shard")
         if freeze_timeout < 0:
             raise ConfigError(f"freeze_timeout={freeze_timeout!r} must not be negative")
-        self.strategy: ShardStrategy = strategy or JumpHash(len(self.shards))
-        self._check(self.strategy)
-        self._reload = reload
+        if map_store is not None and reload is None:
+            reload = map_store.load
+        if strategy is None:
+            strategy = map_store.load() if map_store is not None else JumpHash(len(self.shards))
+        self._check(strategy)
         self.freeze_timeout = freeze_timeout
         self.fence_table = identifier(fence_table)
-        self._clock = clock or get_clock()
+        self.clock = clock or get_clock()
+        self._map = MapFollower(
+            strategy,
+            load=reload,
+            version=map_store.version if map_store is not None else None,
+            interval=refresh_interval,
+            clock=self.clock,
+            check=self._check,
+        )
         self._fences_ready: set[int] = set()
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -102,16 +251,31 @@ class ShardSet:
                 f"ShardSet has {len(self.shards)}: give one ReplicaSet per shard"
             )
 
+    @property
+    def strategy(self) -> ShardStrategy:
+        """The strategy routing now (without polling; statements poll when due)."""
+        return self._map.strategy
+
+    @property
+    def follows(self) -> bool:
+        """Whether the set can reload its map (``map_store`` or ``reload`` given)."""
+        return self._map.follows
+
+    @property
+    def map_polls(self) -> int:
+        """How many times the set has polled its map source."""
+        return self._map.polls
+
     def __len__(self) -> int:
         return len(self.shards)
 
     def shard_for(self, key: Any) -> int:
-        """The index of the shard that holds ``key``."""
-        return self.strategy.shard_for(key)
+        """The index of the shard that holds ``key`` (by a fresh map)."""
+        return self._map.current().shard_for(key)
 
     def for_key(self, key: Any) -> ReplicaSet:
-        """The ``ReplicaSet`` of the shard that holds ``key``."""
-        return self.shards[self.strategy.shard_for(key)]
+        """The ``ReplicaSet`` of the shard that holds ``key`` (by a fresh map)."""
+        return self.shards[self._map.current().shard_for(key)]
 
     @contextlib.contextmanager
     def using(self, key: Any) -> Iterator[ReplicaSet]:
@@ -120,7 +284,7 @@ class ShardSet:
         Statements run on ``db`` inside the block report the shard index in
         their events, as statements run through the set do.
         """
-        index = self.strategy.shard_for(key)
+        index = self._map.current().shard_for(key)
         token = events.current_shard.set(index)
         try:
             yield self.shards[index]
@@ -128,116 +292,130 @@ class ShardSet:
             events.current_shard.reset(token)
 
     def reload(self) -> ShardStrategy:
-        """Replace the strategy with what ``reload`` returns (e.g. a newer map).
+        """Load the stored map (or call ``reload``) now and route by it.
 
         Raises:
-            ConfigError: no ``reload`` was given, or the new strategy's shard
-                count does not match.
+            ConfigError: no ``map_store`` or ``reload`` was given, or the new
+                strategy's shard count does not match.
         """
-        if self._reload is None:
-            raise ConfigError("this ShardSet has no reload=: pass one to follow bucket moves")
-        strategy = self._reload()
-        self._check(strategy)
-        self.strategy = strategy
-        return strategy
+        return self._map.reload()
+
+    def _route(self, key: Any, strategy: ShardStrategy) -> _Route:
+        index = strategy.shard_for(key)
+        bucket = strategy.bucket_for(key) if isinstance(strategy, BucketMap) else None
+        if bucket is not None and index not in self._fences_ready:
+            token = events.current_shard.set(index)
+            try:
+                fence.ensure_fence_table(self.shards[index].primary, self.fence_table)
+            finally:
+                events.current_shard.reset(token)
+            self._fences_ready.add(index)
+        return _Route(index, self.shards[index], bucket)
+
+    def _guard(self, fn: Callable[[Cursor], T], route: _Route) -> Callable[[Cursor], T]:
+        if route.bucket is None:
+            return fn
+        return fence.guard(fn, route.replica_set.primary, route.bucket, self.fence_table)
 
     # -- statements on one shard ---------------------------------------------
-    def query(self, key: Any, sql: str, params: Params = None, **options: Any) -> list[Row]:
-        """``ReplicaSet.query`` on the key's shard (``key`` is also the read-your-writes key)."""
-        index = self.strategy.shard_for(key)
+    @overload
+    def query(
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        key: Any,
+        primary: bool = False,
+        after: str | None = None,
+    ) -> list[Row]: ...
+
+    @overload
+    def query(
+        self,
+        key: Any,
+        sql: str,
+        params: Params = None,
+        /,
+        *,
+        primary: bool = False,
+        after: str | None = None,
+    ) -> list[Row]: ...
+
+    def query(self, *args: Any, **kwargs: Any) -> list[Row]:
+        """``ReplicaSet.query(sql, params, key=key)`` on the key's shard.
+
+        ``key`` picks the shard and is the read-your-writes key. The old order
+        ``query(key, sql, params)`` still works, with a ``DeprecationWarning``.
+        """
+        key, sql, params, options = _statement("query", args, kwargs)
+        index = self._map.current().shard_for(key)
         token = events.current_shard.set(index)
         try:
-            options.setdefault("key", key)
-            return self.shards[index].query(sql, params, **options)
+            return self.shards[index].query(sql, params, key=key, **options)
         finally:
             events.current_shard.reset(token)
 
-    def execute(self, key: Any, sql: str, params: Params = None) -> Result:
-        """One write on the key's shard; guarded by the bucket fence under a ``BucketMap``."""
-        if not isinstance(self.strategy, BucketMap):
+    @overload
+    def execute(self, sql: str, params: Params = None, *, key: Any) -> Result: ...
+
+    @overload
+    def execute(self, key: Any, sql: str, params: Params = None, /) -> Result: ...
+
+    def execute(self, *args: Any, **kwargs: Any) -> Result:
+        """One write on the key's shard; guarded by the bucket fence under a ``BucketMap``.
+
+        The old order ``execute(key, sql, params)`` still works, with a
+        ``DeprecationWarning``.
+        """
+        key, sql, params, options = _statement("execute", args, kwargs)
+        if options:
+            raise TypeError(f"ShardSet.execute() got unexpected arguments {sorted(options)}")
+        if not isinstance(self._map.current(), BucketMap):
             index = self.strategy.shard_for(key)
             token = events.current_shard.set(index)
             try:
                 return self.shards[index].execute(sql, params, key=key)
             finally:
                 events.current_shard.reset(token)
+        return self._transact(key, _writer(sql, params), 0)
 
-        def write(cursor: Cursor) -> Result:
-            rowcount = cursor.execute(sql, params)
-            return Result(rowcount, cursor.lastrowid)
+    @overload
+    def transaction(self, fn: Callable[[Cursor], T], *, key: Any, retries: int = 0) -> T: ...
 
-        return self.transaction(key, write)
+    @overload
+    def transaction(self, key: Any, fn: Callable[[Cursor], T], /, *, retries: int = 0) -> T: ...
 
-    def transaction(self, key: Any, fn: Callable[[Cursor], T], *, retries: int = 0) -> T:
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(cursor)`` in a transaction on the key's shard and return its result.
 
         Under a ``BucketMap`` the transaction first checks the bucket's fence:
         frozen → roll back, wait and run again; moved → reload the map and
         run on the new shard. ``retries`` is passed to ``ReplicaSet.transaction``
-        (deadlocks and lock wait timeouts).
+        (deadlocks and lock wait timeouts). The old order ``transaction(key,
+        fn)`` still works, with a ``DeprecationWarning``.
 
         Raises:
             BucketMoved: still frozen after ``freeze_timeout``, or moved and no
-                ``reload`` was given.
+                ``map_store``/``reload`` was given.
         """
-        deadline: float | None = None
-        delay = 0.005
-        reloads = 0
+        key, fn, retries = _transaction("transaction", args, kwargs)
+        return self._transact(key, fn, retries)
+
+    def _transact(self, key: Any, fn: Callable[[Cursor], T], retries: int) -> T:
+        retry = _FenceRetry(self)
         while True:
-            strategy = self.strategy
-            index = strategy.shard_for(key)
-            replica_set = self.shards[index]
-            token = events.current_shard.set(index)
+            route = self._route(key, self._map.current())
+            token = events.current_shard.set(route.index)
             try:
-                if not isinstance(strategy, BucketMap):
-                    return replica_set.transaction(fn, retries=retries, key=key)
-                bucket = strategy.bucket_for(key)
-                self._ensure_fence(index)
-                guarded = fence.guard(fn, replica_set.primary, bucket, self.fence_table)
-                return replica_set.transaction(guarded, retries=retries, key=key)
+                guarded = self._guard(fn, route)
+                return route.replica_set.transaction(guarded, retries=retries, key=key)
             except Fenced as fenced:
-                if events.bus.has_listeners(events.DbRouting):
-                    events.emit(events.DbRouting(replica_set.name, f"bucket_{fenced.state}",
-                                                 f"bucket {bucket}", index))  # fmt: skip
-                if fenced.state is FenceState.MOVED:
-                    reloads += 1
-                    if self._reload is None or reloads > 3:
-                        raise BucketMoved(
-                            f"bucket {bucket} has moved away from shard {index} "
-                            + (
-                                "and reloading the map did not find its new shard"
-                                if self._reload
-                                else "; pass reload= to the ShardSet to follow moves"
-                            ),
-                            bucket=bucket,
-                            state="moved",
-                        ) from None
-                    self.reload()
-                    continue
-                now = self._clock.monotonic()
-                if deadline is None:
-                    deadline = now + self.freeze_timeout
-                if now >= deadline:
-                    raise BucketMoved(
-                        f"bucket {bucket} stayed frozen for a move longer than "
-                        f"freeze_timeout={self.freeze_timeout}s: is a mover stuck? rerun "
-                        "`scalekit shards move` to finish it",
-                        bucket=bucket,
-                        state="frozen",
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-                # The move may have flipped the map while we waited.
-                if self._reload is not None:
-                    self.reload()
+                delay = retry.after(fenced, route)
             finally:
                 events.current_shard.reset(token)
-
-    def _ensure_fence(self, index: int) -> None:
-        if index in self._fences_ready:
-            return
-        fence.ensure_fence_table(self.shards[index].primary, self.fence_table)
-        self._fences_ready.add(index)
+            time.sleep(delay)
+            if self.follows:  # the move may have flipped the map while we waited
+                self._map.reload()
 
     # -- fan-out ---------------------------------------------------------------
     def query_all(self, sql: str, params: Params = None, **options: Any) -> list[ShardRow]:
@@ -269,17 +447,99 @@ class ShardSet:
         return result
 
     # -- async ---------------------------------------------------------------------
-    async def aquery(self, key: Any, sql: str, params: Params = None, **options: Any) -> list[Row]:
+    async def _current(self) -> ShardStrategy:
+        """The strategy to route by; a due poll runs in a worker thread."""
+        if self._map.due():
+            return await _to_thread(self._map.current)
+        return self._map.strategy
+
+    @overload
+    async def aquery(
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        key: Any,
+        primary: bool = False,
+        after: str | None = None,
+    ) -> list[Row]: ...
+
+    @overload
+    async def aquery(
+        self,
+        key: Any,
+        sql: str,
+        params: Params = None,
+        /,
+        *,
+        primary: bool = False,
+        after: str | None = None,
+    ) -> list[Row]: ...
+
+    async def aquery(self, *args: Any, **kwargs: Any) -> list[Row]:
         """``query`` in a worker thread, so the event loop never blocks."""
-        return await _to_thread(functools.partial(self.query, key, sql, params, **options))
+        key, sql, params, options = _statement("aquery", args, kwargs)
+        index = (await self._current()).shard_for(key)
+        token = events.current_shard.set(index)
+        try:
+            return await self.shards[index].aquery(sql, params, key=key, **options)
+        finally:
+            events.current_shard.reset(token)
 
-    async def aexecute(self, key: Any, sql: str, params: Params = None) -> Result:
-        """``execute`` in a worker thread."""
-        return await _to_thread(functools.partial(self.execute, key, sql, params))
+    @overload
+    async def aexecute(self, sql: str, params: Params = None, *, key: Any) -> Result: ...
 
-    async def atransaction(self, key: Any, fn: Callable[[Cursor], T], *, retries: int = 0) -> T:
-        """``transaction`` in a worker thread."""
-        return await _to_thread(functools.partial(self.transaction, key, fn, retries=retries))
+    @overload
+    async def aexecute(self, key: Any, sql: str, params: Params = None, /) -> Result: ...
+
+    async def aexecute(self, *args: Any, **kwargs: Any) -> Result:
+        """``execute`` in a worker thread; reads later in the caller's context see the write."""
+        key, sql, params, options = _statement("aexecute", args, kwargs)
+        if options:
+            raise TypeError(f"ShardSet.aexecute() got unexpected arguments {sorted(options)}")
+        strategy = await self._current()
+        if not isinstance(strategy, BucketMap):
+            index = strategy.shard_for(key)
+            token = events.current_shard.set(index)
+            try:
+                return await self.shards[index].aexecute(sql, params, key=key)
+            finally:
+                events.current_shard.reset(token)
+        return await self._atransact(key, _writer(sql, params), 0)
+
+    @overload
+    async def atransaction(self, fn: Callable[[Cursor], T], *, key: Any, retries: int = 0) -> T: ...
+
+    @overload
+    async def atransaction(
+        self, key: Any, fn: Callable[[Cursor], T], /, *, retries: int = 0
+    ) -> T: ...
+
+    async def atransaction(self, *args: Any, **kwargs: Any) -> Any:
+        """``transaction`` in a worker thread; reads later in the caller's context see it."""
+        key, fn, retries = _transaction("atransaction", args, kwargs)
+        return await self._atransact(key, fn, retries)
+
+    async def _atransact(self, key: Any, fn: Callable[[Cursor], T], retries: int) -> T:
+        import anyio
+
+        retry = _FenceRetry(self)
+        strategy = await self._current()
+        while True:
+            route = await _to_thread(functools.partial(self._route, key, strategy))
+            token = events.current_shard.set(route.index)
+            try:
+                guarded = self._guard(fn, route)
+                # ReplicaSet.atransaction pins read-your-writes in this (the
+                # caller's) context, not in the worker thread's copy.
+                return await route.replica_set.atransaction(guarded, retries=retries, key=key)
+            except Fenced as fenced:
+                delay = retry.after(fenced, route)
+            finally:
+                events.current_shard.reset(token)
+            await anyio.sleep(delay)
+            if self.follows:  # the move may have flipped the map while we waited
+                strategy = await _to_thread(self._map.reload)
 
     async def aquery_all(self, sql: str, params: Params = None, **options: Any) -> list[ShardRow]:
         """``query_all`` from async code: the shards still run concurrently, off the loop."""
@@ -304,6 +564,14 @@ class ShardSet:
 
     def __repr__(self) -> str:
         return f"<ShardSet shards={len(self.shards)} strategy={self.strategy!r}>"
+
+
+def _writer(sql: str, params: Params) -> Callable[[Cursor], Result]:
+    def write(cursor: Cursor) -> Result:
+        rowcount = cursor.execute(sql, params)
+        return Result(rowcount, cursor.lastrowid)
+
+    return write
 
 
 async def _to_thread(call: Callable[[], T]) -> T:

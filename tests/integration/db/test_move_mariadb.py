@@ -138,7 +138,7 @@ class Writer:
                 return cursor.execute(sql, params)
 
             try:
-                self.shard_set.transaction(user, write)
+                self.shard_set.transaction(write, key=user)
             except Exception as exc:  # not acknowledged: its outcome is unknown
                 self.errors.append(exc)
                 self.uncertain.add(task_id)

@@ -12,9 +12,11 @@ import pytest
 from harness import MariaDBReplication
 
 from scalekit import events
+from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
     BucketMoved,
+    Cursor,
     JumpHash,
     MoveError,
     Pool,
@@ -56,8 +58,8 @@ def shard_pools(urls: tuple[str, list[str]]) -> Iterator[list[ReplicaSet]]:
 def test_rows_land_on_their_shard_and_query_all_fans_out(shard_pools: list[ReplicaSet]) -> None:
     shards = ShardSet(shard_pools, strategy=JumpHash(2))
     for user_id in range(40):
-        shards.execute(user_id, "INSERT INTO items (id, user_id, note) VALUES (%s, %s, 'n')",
-                       (user_id, user_id))  # fmt: skip
+        shards.execute("INSERT INTO items (id, user_id, note) VALUES (%s, %s, 'n')",
+                       (user_id, user_id), key=user_id)  # fmt: skip
     for index, replica_set in enumerate(shard_pools):
         users = {row["user_id"] for row in replica_set.query("SELECT user_id FROM items")}
         assert users == {u for u in range(40) if JumpHash(2).shard_for(u) == index}
@@ -81,11 +83,11 @@ def test_guarded_write_waits_for_a_frozen_bucket(
     shards = ShardSet(shard_pools, strategy=bucket_map, freeze_timeout=0.2)
     key = 5
     index, bucket = bucket_map.shard_for(key), bucket_map.bucket_for(key)
-    shards.execute(key, "INSERT INTO items VALUES (1, 5, 'before')")  # creates the fence table
+    shards.execute("INSERT INTO items VALUES (1, 5, 'before')", key=key)  # creates the fence table
     shard_pools[index].execute("INSERT INTO scalekit_bucket_fence VALUES (%s, 'frozen')",
                                (bucket,))  # fmt: skip
     with pytest.raises(BucketMoved) as caught:
-        shards.execute(key, "UPDATE items SET note = 'during' WHERE id = 1")
+        shards.execute("UPDATE items SET note = 'during' WHERE id = 1", key=key)
     assert caught.value.state == "frozen"
     assert shard_pools[index].query("SELECT note FROM items WHERE id = 1") == [{"note": "before"}]
 
@@ -103,3 +105,46 @@ def test_a_second_mover_on_the_same_bucket_is_refused(
             move_bucket(shard_pools, 3, 0, control=control,
                         tables=[ShardedTable("items", "user_id", "id")])  # fmt: skip
     control.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", [JumpHash(2), BucketMap(64, shards=2)], ids=repr)
+async def test_async_writes_pin_reads_in_the_callers_context(
+    mariadb_replication: MariaDBReplication, urls: tuple[str, list[str]], strategy: object
+) -> None:
+    """Issue 11 point 7: aexecute/atransaction pinned a copy of the context, not the caller's.
+
+    The replica applies nothing (its SQL thread is stopped after its lag was
+    probed, and the clock does not move), so a read that is not pinned to the
+    primary misses the write. Reads pass no key: only the
+    context pin, not the key's mark, can send them to the primary.
+    """
+    mariadb_replication.wait_caught_up()
+    replica_base = mariadb_replication.replica.url.rsplit("/", 1)[0]
+    clock = ManualClock()
+    sets = []
+    for index, url in enumerate(urls[1]):
+        primary = Pool.from_url(url, name=f"p{index}", acquire_timeout=30.0, clock=clock)
+        replica = Pool.from_url(f"{replica_base}/{DATABASES[index]}", name=f"r{index}",
+                                acquire_timeout=30.0, clock=clock)  # fmt: skip
+        sets.append(ReplicaSet(primary, [replica], clock=clock))
+    shards = ShardSet(sets, strategy=strategy, clock=clock)  # type: ignore[arg-type]
+    for replica_set in sets:  # each replica probed healthy and fresh; the clock stays put
+        assert replica_set.query("SELECT COUNT(*) AS n FROM items") == [{"n": 0}]
+    mariadb_replication.stop_replication(only="sql")
+    try:
+        await shards.aexecute("INSERT INTO items VALUES (1, 5, 'x')", key=5)
+        assert await shards.for_key(5).aquery("SELECT note FROM items WHERE id = 1") == [
+            {"note": "x"}
+        ]
+
+        def write(cursor: Cursor) -> int:
+            return cursor.execute("INSERT INTO items VALUES (2, 6, 'y')")
+
+        await shards.atransaction(write, key=6)
+        assert await shards.for_key(6).aquery("SELECT note FROM items WHERE id = 2") == [
+            {"note": "y"}
+        ]
+    finally:
+        mariadb_replication.start_replication()
+        shards.close()

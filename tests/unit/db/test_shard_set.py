@@ -43,8 +43,8 @@ def test_for_key_routes_by_the_strategy(tmp_path: Path) -> None:
 
 def _fill(shard_set: ShardSet, users: range) -> None:
     for user_id in users:
-        shard_set.execute(user_id, "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, %s)",
-                          (user_id, user_id, f"t{user_id}"))  # fmt: skip
+        shard_set.execute("INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, %s)",
+                          (user_id, user_id, f"t{user_id}"), key=user_id)  # fmt: skip
 
 
 def test_query_all_runs_on_every_shard_and_tags_rows(tmp_path: Path) -> None:
@@ -82,8 +82,8 @@ def test_shard_index_reaches_db_events(tmp_path: Path) -> None:
     got: list[events.DbQuery] = []
     unsubscribe = events.subscribe(got.append, events.DbQuery)
     try:
-        shard_set.execute(6, "INSERT INTO tasks (id, user_id, title) VALUES (6, 6, 'x')")
-        shard_set.query(6, "SELECT * FROM tasks WHERE user_id = %s", (6,))
+        shard_set.execute("INSERT INTO tasks (id, user_id, title) VALUES (6, 6, 'x')", key=6)
+        shard_set.query("SELECT * FROM tasks WHERE user_id = %s", (6,), key=6)
         shard_set.query_all("SELECT COUNT(*) AS n FROM tasks")
         shard_set.for_key(6).query("SELECT 1")  # outside the set: no shard
         with shard_set.using(7) as db:
@@ -107,13 +107,15 @@ def test_guarded_write_on_a_frozen_bucket_waits_then_raises(tmp_path: Path) -> N
     ensure_fence_table(shards[index].primary)
     shards[index].execute("INSERT INTO scalekit_bucket_fence VALUES (%s, 'frozen')", (bucket,))
     with pytest.raises(BucketMoved, match="frozen") as caught:
-        shard_set.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+        shard_set.execute("INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')", key=key)
     assert caught.value.state == "frozen"
     assert shards[index].query("SELECT COUNT(*) AS n FROM tasks")[0]["n"] == 0
     # Other buckets on the same shard are not affected.
     other = next(k for k in range(100) if bucket_map.shard_for(k) == index
                  and bucket_map.bucket_for(k) != bucket)  # fmt: skip
-    shard_set.execute(other, "INSERT INTO tasks (id, user_id, title) VALUES (2, %s, 'y')", (other,))
+    shard_set.execute(
+        "INSERT INTO tasks (id, user_id, title) VALUES (2, %s, 'y')", (other,), key=other
+    )
 
 
 def test_guarded_write_on_a_moved_bucket_reloads_the_map(tmp_path: Path) -> None:
@@ -128,10 +130,10 @@ def test_guarded_write_on_a_moved_bucket_reloads_the_map(tmp_path: Path) -> None
 
     stale = ShardSet(shards, strategy=old)
     with pytest.raises(BucketMoved, match="reload="):
-        stale.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+        stale.execute("INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')", key=key)
 
     following = ShardSet(shards, strategy=old, reload=lambda: new)
-    following.execute(key, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+    following.execute("INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')", key=key)
     assert following.strategy is new
     assert shards[1 - source].query("SELECT user_id FROM tasks") == [{"user_id": 7}]
     assert shards[source].query("SELECT user_id FROM tasks") == []
@@ -154,8 +156,8 @@ def test_transaction_returns_the_function_result(tmp_path: Path) -> None:
             "INSERT INTO tasks (id, user_id, title) VALUES (3, 3, 'z')"
         )
 
-    assert shard_set.transaction(3, write) == 1
-    assert shard_set.query(3, "SELECT title FROM tasks WHERE id = 3") == [{"title": "z"}]
+    assert shard_set.transaction(write, key=3) == 1
+    assert shard_set.query("SELECT title FROM tasks WHERE id = 3", key=3) == [{"title": "z"}]
 
 
 @pytest.mark.anyio
@@ -164,15 +166,15 @@ async def test_async_twins(tmp_path: Path) -> None:
     seen: list[int | None] = []
     unsubscribe = events.subscribe(lambda event: seen.append(event.shard), events.DbQuery)
     try:
-        await shard_set.aexecute(5, "INSERT INTO tasks (id, user_id, title) VALUES (5, 5, 'a')")
-        assert await shard_set.aquery(5, "SELECT title FROM tasks") == [{"title": "a"}]
+        await shard_set.aexecute("INSERT INTO tasks (id, user_id, title) VALUES (5, 5, 'a')", key=5)
+        assert await shard_set.aquery("SELECT title FROM tasks", key=5) == [{"title": "a"}]
         rows = await shard_set.aquery_all("SELECT user_id FROM tasks")
         assert [(row.shard, row["user_id"]) for row in rows] == [(shard_set.shard_for(5), 5)]
 
         def count(cursor: Cursor) -> int:
             return len(cursor.query("SELECT id FROM tasks"))
 
-        assert await shard_set.atransaction(5, count) == 1
+        assert await shard_set.atransaction(count, key=5) == 1
     finally:
         unsubscribe()
         shard_set.close()
@@ -190,9 +192,59 @@ def test_fenced_writes_are_reported_as_routing_events(tmp_path: Path) -> None:
     unsubscribe = events.subscribe(got.append, events.DbRouting)
     try:
         with pytest.raises(BucketMoved):
-            shard_set.execute(7, "INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')")
+            shard_set.execute("INSERT INTO tasks (id, user_id, title) VALUES (1, 7, 'x')", key=7)
     finally:
         unsubscribe()
     assert [(e.decision, e.reason, e.shard) for e in got] == [
         ("bucket_frozen", f"bucket {bucket}", index)
     ]
+
+
+def test_statements_take_the_key_as_a_keyword_like_replica_set(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=Modulo(2))
+    insert = "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, 'n')"
+    assert shard_set.execute(insert, (1, 3), key=3).rowcount == 1
+    assert shard_set.query("SELECT id FROM tasks", key=3) == [{"id": 1}]
+    assert shard_set.query("SELECT id FROM tasks", key=3, primary=True) == [{"id": 1}]
+    assert shard_set.transaction(lambda cursor: cursor.query("SELECT id FROM tasks"), key=3) == [
+        {"id": 1}
+    ]
+    assert shard_set.query("SELECT id FROM tasks", key=4) == []  # the other shard
+
+
+def test_the_old_argument_order_works_with_a_deprecation_warning(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=Modulo(2))
+    insert = "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, 'n')"
+    with pytest.warns(DeprecationWarning, match=r"shards\.execute\(sql, params, key=key\)"):
+        shard_set.execute(3, insert, (1, 3))
+    with pytest.warns(DeprecationWarning, match=r"shards\.query\(sql, params, key=key\)"):
+        assert shard_set.query(3, "SELECT id FROM tasks") == [{"id": 1}]
+    with pytest.warns(DeprecationWarning, match=r"shards\.query"):
+        assert shard_set.query("user-3", "SELECT id FROM tasks", params=None) == []  # type: ignore[call-overload]
+    with pytest.warns(DeprecationWarning, match=r"shards\.transaction\(fn, key=key\)"):
+        assert shard_set.transaction(3, lambda cursor: 7) == 7
+
+
+@pytest.mark.anyio
+async def test_the_old_argument_order_of_the_async_twins_warns(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=BucketMap(8, shards=2))
+    insert = "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, 'n')"
+    with pytest.warns(DeprecationWarning, match=r"shards\.aexecute\(sql, params, key=key\)"):
+        await shard_set.aexecute(3, insert, (1, 3))
+    with pytest.warns(DeprecationWarning, match=r"shards\.aquery\(sql, params, key=key\)"):
+        assert await shard_set.aquery(3, "SELECT id FROM tasks") == [{"id": 1}]
+    with pytest.warns(DeprecationWarning, match=r"shards\.atransaction\(fn, key=key\)"):
+        assert await shard_set.atransaction(3, lambda cursor: 7) == 7
+    shard_set.close()
+
+
+def test_a_statement_without_a_key_is_a_type_error_naming_the_fix(tmp_path: Path) -> None:
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=Modulo(2))
+    with pytest.raises(TypeError, match=r"needs key=, the shard key"):
+        shard_set.query("SELECT 1", [])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"needs key="):
+        shard_set.execute("SELECT 1")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"needs key="):
+        shard_set.transaction(lambda cursor: 1)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="two values"):
+        shard_set.query("SELECT 1", [], key=1, params=[])  # type: ignore[call-overload]
