@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,7 +124,9 @@ def test_growing_four_to_five_moves_a_fifth_with_jump_and_most_with_modulo(
     assert 0.195 <= jump.fraction <= 0.205
     assert {new for _, new in jump.keys.values()} == {4}
     modulo = plan(Modulo(4), Modulo(5), keys)
-    assert modulo.fraction >= 0.75
+    if strings or math.gcd(stride, 20) == 1:
+        # Integer keys in a stride sharing a factor with 4 or 5 fall on few residues.
+        assert modulo.fraction >= 0.75
 
 
 @settings(max_examples=50, deadline=None)
