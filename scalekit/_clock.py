@@ -7,11 +7,20 @@ a ``clock=`` argument) instead of :mod:`time`, so tests move time forward with
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "get_clock", "set_clock"]
+__all__ = [
+    "Clock",
+    "ManualClock",
+    "SleepingClock",
+    "SystemClock",
+    "get_clock",
+    "set_clock",
+    "sleep",
+]
 
 
 @runtime_checkable
@@ -27,6 +36,15 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
+class SleepingClock(Clock, Protocol):
+    """A clock that background tasks can also wait on (``await clock.sleep(s)``)."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once ``seconds`` have passed on this clock."""
+        ...
+
+
 class SystemClock:
     """The real clock: :func:`time.monotonic` and :func:`time.time`."""
 
@@ -37,6 +55,9 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -54,6 +75,7 @@ class ManualClock:
         self._lock = threading.Lock()
         self._monotonic = float(start)
         self._wall = float(wall)
+        self._sleepers: list[tuple[float, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def monotonic(self) -> float:
         return self._monotonic
@@ -68,9 +90,39 @@ class ManualClock:
         with self._lock:
             self._monotonic += seconds
             self._wall += seconds
+            due = [sleeper for sleeper in self._sleepers if sleeper[0] <= self._monotonic]
+            self._sleepers = [sleeper for sleeper in self._sleepers if sleeper[0] > self._monotonic]
+        for _, loop, future in due:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, future)
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once :meth:`advance` has moved this clock ``seconds`` forward.
+
+        What background tasks (the circuit breaker's probe) wait on, so a test
+        runs them by advancing the clock instead of sleeping.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            deadline = self._monotonic + seconds
+            if seconds <= 0:
+                future.set_result(None)
+            else:
+                self._sleepers.append((deadline, loop, future))
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._sleepers = [entry for entry in self._sleepers if entry[2] is not future]
 
     def __repr__(self) -> str:
         return f"ManualClock(monotonic={self._monotonic!r}, wall={self._wall!r})"
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _default: Clock = SystemClock()
@@ -86,3 +138,16 @@ def set_clock(clock: Clock) -> Clock:
     global _default
     previous, _default = _default, clock
     return previous
+
+
+async def sleep(seconds: float, clock: Clock | None = None) -> None:
+    """Wait ``seconds`` on ``clock`` (default: the process clock).
+
+    A clock without a ``sleep`` method (a user's own :class:`Clock`) is
+    waited on with :func:`asyncio.sleep`.
+    """
+    clock = clock or get_clock()
+    if isinstance(clock, SleepingClock):
+        await clock.sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)

@@ -23,7 +23,8 @@ Event types::
     ├── DbPoolStats        a pool's connection counts changed
     ├── CacheEvent         hit, miss, stale, bypass, store, skip, error, invalidate
     ├── RateLimitDecision  allowed, limited, error
-    └── BackendError       a backend (redis, db, …) failed and was degraded around
+    ├── BackendError       one call to a backend (a Redis round trip, …) failed
+    └── DegradedRequest    a request was served without its backend (bypass, fail open/closed)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "DbPoolStats",
     "DbQuery",
     "DbRouting",
+    "DegradedRequest",
     "Event",
     "EventBus",
     "RateLimitDecision",
@@ -133,11 +135,31 @@ class RateLimitDecision(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendError(Event):
-    """A backend failed and the component degraded around it (bypass, fail open, fallback)."""
+    """One call to a backend failed: a Redis round trip errored or timed out.
+
+    Emitted once per failed call by the code that made it, whatever number
+    of requests the call served (a pipeline of 50 rate-limit checks that
+    times out is one event). Calls the circuit breaker refused were never
+    made and are not counted here; the requests they leave without a backend
+    are :class:`DegradedRequest` events.
+    """
 
     component: str
     operation: str = ""
     error: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DegradedRequest(Event):
+    """A request was served without its backend (failed call or open breaker).
+
+    Once per request and component. ``mode`` says how it was served:
+    ``"bypass"`` (the cache passed it to the app), ``"fail_open"`` (the rate
+    limiter let it through unchecked) or ``"fail_closed"`` (it answered 503).
+    """
+
+    component: str
+    mode: str
 
 
 E = TypeVar("E", bound=Event)

@@ -471,9 +471,13 @@ def _rate_limited(
     from scalekit.ratelimit import RateLimitMiddleware, backend_from_url
 
     storage = options.storage
+    breaker = options.breaker
     if storage is None or isinstance(storage, str):
-        storage = backend_from_url(storage or settings.redis_url or "memory://", clock=clock)
+        storage = backend_from_url(
+            storage or settings.redis_url or "memory://", clock=clock, breaker=breaker
+        )
         stack._closers.append(storage.aclose)
+        breaker = None  # the backend has it
     stack.ratelimit = storage
     limited: ASGIApp = RateLimitMiddleware(
         app,  # type: ignore[arg-type]
@@ -487,7 +491,7 @@ def _rate_limited(
         legacy_headers=options.legacy_headers,
         ipv6_prefix=options.ipv6_prefix,
         clock=clock,
-        breaker=options.breaker,
+        breaker=breaker,
         key_prefix=options.key_prefix,
     )  # type: ignore[assignment]
     return limited

@@ -13,14 +13,14 @@ import asyncio
 import collections
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from scalekit import _redis, events
-from scalekit._breaker import CircuitBreaker
+from scalekit._breaker import CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnavailable
@@ -340,7 +340,8 @@ class RedisCache:
         self.client = client
         self.sync_client = sync_client
         self.prefix = prefix
-        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.breaker = breaker or CircuitBreaker(name="cache", clock=clock)
+        self.breaker.set_probe(self._ping)
         self.calls = 0
         """Calls that reached (or tried to reach) Redis."""
         self.errors = 0
@@ -381,7 +382,7 @@ class RedisCache:
             client,
             prefix=prefix,
             breaker=CircuitBreaker(
-                failure_threshold=failure_threshold, cooldown=cooldown, clock=clock
+                failure_threshold=failure_threshold, cooldown=cooldown, name="cache", clock=clock
             ),
         )
         backend._sync_url = (url, options)
@@ -404,22 +405,29 @@ class RedisCache:
         same = [key for key in version_keys if _key_slot(key) == slot]
         return same, [key for key in version_keys if _key_slot(key) != slot]
 
-    async def _call(self, operation: str, coroutine: Any, *, gate: bool = True) -> Any:
-        if gate and not self.breaker.allow():
-            coroutine.close()
-            raise CacheUnavailable(f"Redis cache skipped for a cool-down ({operation})")
-        self.calls += 1
+    async def _call(
+        self, operation: str, call: Callable[[], Awaitable[Any]], *, gate: bool = True
+    ) -> Any:
+        # ``call`` makes the round trip only once the breaker admitted it, so
+        # nothing is scheduled (or left to close) when the breaker refuses.
         try:
-            result = await coroutine
+            with self.breaker.guard(failures=self._errors, force=not gate):
+                self.calls += 1
+                try:
+                    return await call()
+                except self._errors as exc:
+                    self.errors += 1
+                    error = f"{type(exc).__name__}: {exc}"
+                    events.emit(events.BackendError("cache", operation, error))
+                    _logger.warning("redis cache call failed", operation=operation, error=error)
+                    raise
+        except CircuitOpen:
+            raise CacheUnavailable(f"Redis cache skipped for a cool-down ({operation})") from None
         except self._errors as exc:
-            self.errors += 1
-            self.breaker.record_failure()
-            error = f"{type(exc).__name__}: {exc}"
-            events.emit(events.BackendError("cache", operation, error))
-            _logger.warning("redis cache call failed", operation=operation, error=error)
             raise CacheBackendError(f"Redis cache {operation} failed: {exc}") from exc
-        self.breaker.record_success()
-        return result
+
+    async def _ping(self) -> None:
+        await self.client.ping()
 
     async def lookup(
         self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
@@ -436,7 +444,7 @@ class RedisCache:
         if other:
             result, extra = await self._call(
                 "lookup",
-                asyncio.gather(
+                lambda: asyncio.gather(
                     self._lookup(keys=script_keys, args=args),
                     self.client.mget_nonatomic(other),
                 ),
@@ -445,7 +453,7 @@ class RedisCache:
             ordered.update(zip(other, extra, strict=True))
             current = _joined([ordered.get(key) for key in (*same, *other)])
         else:
-            result = await self._call("lookup", self._lookup(keys=script_keys, args=args))
+            result = await self._call("lookup", lambda: self._lookup(keys=script_keys, args=args))
             current = (result[4] or b"").decode()
         data, fresh_until, entry_versions, marker = result[:4]
         return Lookup(
@@ -473,7 +481,7 @@ class RedisCache:
         marker = ",".join(keys.vary) if keys.variant != keys.base else ""
         stored = await self._call(
             "store",
-            self._store(
+            lambda: self._store(
                 keys=[self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same],
                 args=[
                     data,
@@ -488,7 +496,9 @@ class RedisCache:
         return bool(stored)
 
     async def release(self, keys: EntryKeys, lock_token: str) -> None:
-        await self._call("release", self._release(keys=[self._key(keys.lock)], args=[lock_token]))
+        await self._call(
+            "release", lambda: self._release(keys=[self._key(keys.lock)], args=[lock_token])
+        )
 
     async def invalidate(self, *tags: str) -> None:
         if not tags:
@@ -496,7 +506,7 @@ class RedisCache:
         pipe = self.client.pipeline(transaction=False)
         for tag in tags:
             pipe.incr(self._tag_key(tag))
-        await self._call("invalidate", pipe.execute(), gate=False)
+        await self._call("invalidate", pipe.execute, gate=False)
         events.emit(events.CacheEvent(",".join(tags), "invalidate"))
 
     def invalidate_sync(self, *tags: str) -> None:
@@ -514,13 +524,13 @@ class RedisCache:
         client = self._sync()
         self.calls += 1
         try:
-            pipe = client.pipeline(transaction=False)
-            for tag in tags:
-                pipe.incr(self._tag_key(tag))
-            pipe.execute()
+            with self.breaker.guard(failures=self._errors, force=True):
+                pipe = client.pipeline(transaction=False)
+                for tag in tags:
+                    pipe.incr(self._tag_key(tag))
+                pipe.execute()
         except self._errors as exc:
             self.errors += 1
-            self.breaker.record_failure()
             events.emit(events.BackendError("cache", "invalidate", f"{type(exc).__name__}: {exc}"))
             raise CacheBackendError(f"Redis cache invalidate failed: {exc}") from exc
         events.emit(events.CacheEvent(",".join(tags), "invalidate"))
@@ -538,7 +548,8 @@ class RedisCache:
             return self.sync_client
 
     async def aclose(self) -> None:
-        """Close the Redis clients."""
+        """Stop the breaker's probe and close the Redis clients."""
+        await self.breaker.aclose()
         await self.client.aclose()
         if self.sync_client is not None:
             self.sync_client.close()

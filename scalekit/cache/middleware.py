@@ -269,6 +269,8 @@ class CacheMiddleware:
         self, rule: CacheRule, reason: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         _emit(rule, "bypass", reason)
+        if reason == "backend":  # Redis failed or its breaker is open
+            events.emit(events.DegradedRequest("cache", "bypass"))
         header = cache_status("fwd=bypass", f"detail={reason}")
 
         async def send_with_status(message: Message) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar, overload
 
 from .. import events
-from .._breaker import CircuitBreaker
+from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
 from .errors import (
     ConfigError,
@@ -202,15 +202,15 @@ class ReplicaSet:
             gtid = merge_gtids(gtid, pin[1])
         mark_key = str(key) if key is not None else _bound_key.get()
         if mark_key is not None:
-            if not self._marks_breaker.allow():
+            try:
+                with self._marks_breaker.guard(failures=(MarkStoreUnavailable,)):
+                    mark = self._marks.lookup(mark_key)
+            except CircuitOpen:
                 self.marks_unavailable += 1
                 return True, None, "marks_unavailable"
-            try:
-                mark = self._marks.lookup(mark_key)
             except MarkStoreUnavailable as exc:
                 self._marks_failed("lookup", exc)
                 return True, None, "marks_unavailable"
-            self._marks_breaker.record_success()
             if mark is not None:
                 if not (self.causal and mark.gtid):
                     return True, None, "pinned"
@@ -443,19 +443,16 @@ class ReplicaSet:
     def _mark(self, key: str | None, gtid: str | None) -> None:
         if key is None:
             return
-        if not self._marks_breaker.allow():
-            self.marks_unavailable += 1
-            return
         try:
-            self._marks.mark(key, self.pin_after_write, gtid)
+            with self._marks_breaker.guard(failures=(MarkStoreUnavailable,)):
+                self._marks.mark(key, self.pin_after_write, gtid)
+        except CircuitOpen:
+            self.marks_unavailable += 1
         except MarkStoreUnavailable as exc:
             self._marks_failed("mark", exc)
-        else:
-            self._marks_breaker.record_success()
 
     def _marks_failed(self, operation: str, exc: Exception) -> None:
         self.marks_unavailable += 1
-        self._marks_breaker.record_failure()
         events.emit(events.BackendError("db.marks", operation, str(exc)))
 
     # -- async -------------------------------------------------------------

@@ -10,6 +10,7 @@ events, and :func:`subscribe_component_metrics` turns those into series::
     scalekit_cache_events_total{rule,event}              counter     CacheEvent
     scalekit_ratelimit_decisions_total{rule,decision}    counter     RateLimitDecision
     scalekit_backend_errors_total{component}             counter     BackendError
+    scalekit_degraded_requests_total{component,mode}     counter     DegradedRequest
 
 ``state`` is ``in_use``, ``idle`` or ``waiting``.
 """
@@ -29,6 +30,7 @@ from scalekit.events import (
     DbPoolStats,
     DbQuery,
     DbRouting,
+    DegradedRequest,
     EventBus,
     RateLimitDecision,
 )
@@ -91,8 +93,16 @@ class ComponentMetrics:
         )
         self.backend_errors = Counter(
             "scalekit_backend_errors",
-            "Backend failures a component degraded around, by component (redis, db, ...).",
+            "Failed backend calls (one per Redis round trip that errored or timed out), "
+            "by component; calls the circuit breaker refused are not calls.",
             ("component",),
+            registry=registry,
+        )
+        self.degraded_requests = Counter(
+            "scalekit_degraded_requests",
+            "Requests served without their backend, by component and mode "
+            "(bypass, fail_open, fail_closed).",
+            ("component", "mode"),
             registry=registry,
         )
 
@@ -123,6 +133,10 @@ class ComponentMetrics:
         """Record a :class:`~scalekit.events.BackendError`."""
         self.backend_errors.labels(event.component).inc()
 
+    def on_degraded_request(self, event: DegradedRequest) -> None:
+        """Record a :class:`~scalekit.events.DegradedRequest`."""
+        self.degraded_requests.labels(event.component, event.mode).inc()
+
     def subscribe(self, bus: EventBus | None = None) -> Callable[[], None]:
         """Subscribe every listener to ``bus`` (default: the process-wide bus).
 
@@ -137,6 +151,7 @@ class ComponentMetrics:
             (self.on_cache_event, CacheEvent),
             (self.on_ratelimit_decision, RateLimitDecision),
             (self.on_backend_error, BackendError),
+            (self.on_degraded_request, DegradedRequest),
         ]
         removers = [target.subscribe(listener, event_type) for listener, event_type in listeners]
 

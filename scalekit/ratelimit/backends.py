@@ -24,10 +24,14 @@ import dataclasses
 import hashlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import structlog
+
+from scalekit import events
+from scalekit._breaker import CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit._redis import from_url, redis_errors
@@ -50,6 +54,9 @@ STRATEGIES = {
     "moving-window": "moving",
 }
 MODES = ("hit", "peek", "add", "refund")
+
+_logger = structlog.get_logger("scalekit.ratelimit")
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,6 +216,11 @@ def _load_script() -> str:
 class RedisBackend:
     """Counters in Redis (standalone, Sentinel or Cluster): one script call per check.
 
+    A circuit breaker guards every round trip (a pipeline of many checks is
+    one round trip, so one failure); while it is open, checks raise
+    :class:`BackendUnavailable` without touching Redis, and a background
+    ``PING`` per second closes it as soon as Redis answers.
+
     Args:
         url: a Redis URL (see :mod:`scalekit._redis`), or an existing asyncio
             client passed as ``client=``.
@@ -216,6 +228,8 @@ class RedisBackend:
         socket_timeout: seconds a call may take before it counts as a failure.
         batching: send the checks issued in the same event-loop turn in one
             pipeline (each still one atomic script); not on Cluster.
+        breaker: the circuit breaker (default: 5 failed round trips, 5 s cool-down).
+        clock: the clock the default breaker reads.
     """
 
     def __init__(
@@ -225,11 +239,15 @@ class RedisBackend:
         client: Any = None,
         socket_timeout: float = 0.05,
         batching: bool = True,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if client is None:
             if url is None:
                 raise RateLimitConfigError("RedisBackend needs a url or a client")
             client = from_url(url, socket_timeout=socket_timeout)
+        self.breaker = breaker or CircuitBreaker(name="ratelimit", clock=clock)
+        self.breaker.set_probe(self._ping)
         self._client = client
         self._owns_client = url is not None
         self._script = _load_script()
@@ -270,12 +288,12 @@ class RedisBackend:
                 check.mode,
             ]
         try:
-            if not self._ready:
-                await self._initialize()
             if self._batching:
                 raw = await self._batched(keys, args)
             else:
-                raw = await self._run(keys, args)
+                raw = await self._round_trip(self._run, keys, args)
+        except CircuitOpen as exc:
+            raise BackendUnavailable(f"Redis rate-limit check skipped: {exc}") from exc
         except self._errors as exc:
             raise BackendUnavailable(f"Redis rate-limit check failed: {exc!r}") from exc
         values = [int(value) for value in raw]
@@ -284,6 +302,25 @@ class RedisBackend:
             for i in range(2, len(values), 3)
         )
         return Verdict(values[0] == 1, values[1] / 1000, results)
+
+    async def _round_trip(self, call: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        # The one place a round trip meets the breaker: one failure per round
+        # trip whatever number of checks it carried, reported once.
+        with self.breaker.guard(failures=self._errors):
+            try:
+                if not self._ready:
+                    await self._initialize()
+                return await call(*args)
+            except self._errors as exc:
+                error = repr(exc)
+                events.emit(events.BackendError("ratelimit", "check", error))
+                _logger.warning(
+                    "ratelimit_backend_error", error=error, breaker=self.breaker.state.value
+                )
+                raise
+
+    async def _ping(self) -> None:
+        await self._client.ping()
 
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -318,14 +355,14 @@ class RedisBackend:
 
     async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._on_connection(pending)
+            results = await self._round_trip(self._on_connection, pending)
             missing = [i for i, result in enumerate(results) if isinstance(result, self._no_script)]
             if missing:
                 # the script cache was emptied (restart, failover): EVAL runs a
                 # lone check and caches the script again; a batch sends SCRIPT
                 # LOAD ahead of its checks in the same write. One call either way.
                 retry = [pending[i] for i in missing]
-                again = await self._on_connection(retry, reload=True)
+                again = await self._round_trip(self._on_connection, retry, True)
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         except BaseException as exc:
@@ -400,7 +437,8 @@ class RedisBackend:
                 self._ready = True
 
     async def aclose(self) -> None:
-        """Close the client if this backend built it."""
+        """Stop the breaker's probe; close the client if this backend built it."""
+        await self.breaker.aclose()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await self._client.connection_pool.release(connection)
@@ -408,8 +446,15 @@ class RedisBackend:
             await self._client.aclose()
 
 
-def backend_from_url(storage: str, *, clock: Clock | None = None) -> MemoryBackend | RedisBackend:
+def backend_from_url(
+    storage: str, *, clock: Clock | None = None, breaker: CircuitBreaker | None = None
+) -> MemoryBackend | RedisBackend:
     """``memory://`` -> :class:`MemoryBackend`; a Redis URL -> :class:`RedisBackend`.
+
+    Args:
+        storage: the URL.
+        clock: the clock the memory backend's windows and the Redis breaker read.
+        breaker: the Redis backend's circuit breaker (ignored for ``memory://``).
 
     Raises:
         RateLimitConfigError: the URL is neither.
@@ -417,7 +462,7 @@ def backend_from_url(storage: str, *, clock: Clock | None = None) -> MemoryBacke
     if storage.startswith("memory://"):
         return MemoryBackend(clock=clock)
     try:
-        return RedisBackend(storage)
+        return RedisBackend(storage, breaker=breaker, clock=clock)
     except ValueError as exc:
         raise RateLimitConfigError(
             f"storage must be 'memory://' or a Redis URL (redis://, redis+sentinel://, "

@@ -22,7 +22,7 @@ from scalekit.ratelimit.backends import (
     Verdict,
     backend_from_url,
 )
-from scalekit.ratelimit.errors import RateLimitConfigError
+from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
 from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of, identity_tag
 from scalekit.ratelimit.rules import Rate, Rule
 
@@ -83,8 +83,9 @@ class RateLimitMiddleware:
         headers: send ``RateLimit-Policy`` and ``RateLimit`` on covered responses.
         legacy_headers: also send ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``.
         ipv6_prefix: IPv6 clients are keyed by this prefix (default /64).
-        clock: the clock the memory backend and the breaker read.
-        breaker: the circuit breaker in front of the backend.
+        clock: the clock the memory backend and the Redis backend's breaker read.
+        breaker: the circuit breaker of the Redis backend built from ``storage``
+            (a backend object passed as ``storage`` brings its own).
         key_prefix: prefix of every Redis key.
 
     Raises:
@@ -129,6 +130,11 @@ class RateLimitMiddleware:
             )
         if "{" in key_prefix or "}" in key_prefix:
             raise RateLimitConfigError(f"key_prefix must not contain braces, got {key_prefix!r}")
+        if breaker is not None and not isinstance(storage, str):
+            raise RateLimitConfigError(
+                "breaker= configures the Redis backend built from a storage URL; "
+                "pass it to the backend instead: RedisBackend(url, breaker=...)"
+            )
         self.app = app
         self.rules = rules
         self.strategy = strategy
@@ -137,9 +143,12 @@ class RateLimitMiddleware:
         self.legacy_headers = legacy_headers
         self.key_prefix = key_prefix
         self.backend: Backend = (
-            backend_from_url(storage, clock=clock) if isinstance(storage, str) else storage
+            backend_from_url(storage, clock=clock, breaker=breaker)
+            if isinstance(storage, str)
+            else storage
         )
-        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.breaker: CircuitBreaker | None = getattr(self.backend, "breaker", None)
+        """The backend's circuit breaker, if it has one (the Redis backend does)."""
         try:
             header = ForwardedHeader.parse(forwarded_header)
             self._client_ip = ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix, header=header)
@@ -191,6 +200,7 @@ class RateLimitMiddleware:
             groups.setdefault(identity, []).extend(self._limits[id(rule)])
 
         done: list[tuple[str, _Checked]] = []
+        failed_open = False
         for identity, limits in groups.items():
             tag = identity_tag(identity)
             checks = [
@@ -208,9 +218,11 @@ class RateLimitMiddleware:
             if verdict is None:
                 self._decide({limit.rule.name for limit in limits}, "error")
                 if any(self._policy(limit.rule) == "deny" for limit in limits):
+                    events.emit(events.DegradedRequest("ratelimit", "fail_closed"))
                     await self._refund(done)
                     await _send_json(send, 503, _unavailable_body(), [])
                     return
+                failed_open = True
                 continue
             if not verdict.allowed:
                 await self._refund(done)
@@ -218,6 +230,8 @@ class RateLimitMiddleware:
                 return
             done.append((identity, _Checked(limits, checks, verdict)))
 
+        if failed_open:
+            events.emit(events.DegradedRequest("ratelimit", "fail_open"))
         if events.bus.has_listeners(events.RateLimitDecision):
             self._decide({limit.rule.name for _, c in done for limit in c.limits}, "allowed")
         extra = self._headers_for(done) if self.headers else []
@@ -254,22 +268,19 @@ class RateLimitMiddleware:
         return rule.on_backend_error or self.on_backend_error
 
     async def _call(self, checks: list[Check], at: float | None = None) -> Verdict | None:
-        """One backend call behind the breaker; ``None`` when the backend is unavailable."""
-        if not self.breaker.allow():
-            if events.bus.has_listeners(events.BackendError):
-                events.emit(events.BackendError("ratelimit", "check", "circuit open"))
-            return None
+        """One backend call; ``None`` when the backend is unavailable.
+
+        The backend's breaker and its failure reports (one per failed round
+        trip) live in the backend: a request here is not a round trip.
+        """
         try:
-            verdict = await self.backend.check(checks, at)
-        except Exception as exc:  # any backend failure degrades; never a 500
-            self.breaker.record_failure()
-            _logger.warning(
-                "ratelimit_backend_error", error=repr(exc), breaker=self.breaker.state.value
-            )
+            return await self.backend.check(checks, at)
+        except BackendUnavailable:
+            return None
+        except Exception as exc:  # a backend's own bug degrades too; never a 500
+            _logger.warning("ratelimit_backend_error", error=repr(exc))
             events.emit(events.BackendError("ratelimit", "check", repr(exc)))
             return None
-        self.breaker.record_success()
-        return verdict
 
     async def _refund(self, done: list[tuple[str, _Checked]]) -> None:
         for _, checked in done:

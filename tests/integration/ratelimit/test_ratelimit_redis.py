@@ -230,7 +230,7 @@ async def test_frozen_redis_breaker_lets_one_call_per_cooldown(
                 proxy.reset()
                 for _ in range(10):
                     assert (await http.get("/")).status_code == 200
-                assert proxy.round_trips <= 1
+                assert proxy.round_trips <= 2  # the trial, and the probe's one PING
             # each call that reached Redis cost one socket timeout, no more
             assert time.monotonic() - started < 10
     finally:

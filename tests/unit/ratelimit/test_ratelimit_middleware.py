@@ -8,6 +8,7 @@ from typing import Any
 import http_sfv
 import pytest
 from fastapi import FastAPI
+from redis import exceptions as redis_exceptions
 from rl_helpers import client, make_app
 
 from scalekit import events
@@ -19,6 +20,7 @@ from scalekit.ratelimit import (
     MemoryBackend,
     RateLimitConfigError,
     RateLimitMiddleware,
+    RedisBackend,
     Rule,
     Verdict,
     header,
@@ -314,7 +316,7 @@ class _BrokenBackend:
 async def test_backend_down_fail_open_and_fail_closed_per_rule() -> None:
     clock = ManualClock()
     seen: list[events.Event] = []
-    unsubscribe = events.subscribe(seen.append, events.RateLimitDecision, events.BackendError)
+    unsubscribe = events.subscribe(seen.append, events.RateLimitDecision, events.DegradedRequest)
     try:
         app = RateLimitMiddleware(
             make_app(),
@@ -335,23 +337,61 @@ async def test_backend_down_fail_open_and_fail_closed_per_rule() -> None:
     finally:
         unsubscribe()
     assert events.RateLimitDecision("root", "error") in seen
-    assert any(isinstance(e, events.BackendError) and e.component == "ratelimit" for e in seen)
+    degraded = [e for e in seen if isinstance(e, events.DegradedRequest)]
+    assert degraded == [
+        events.DegradedRequest("ratelimit", "fail_open"),
+        events.DegradedRequest("ratelimit", "fail_closed"),
+    ]
+
+
+class _DeadRedis:
+    """An asyncio Redis client whose every command fails to connect."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute_command(self, *args: Any) -> Any:
+        self.calls += 1
+        raise redis_exceptions.ConnectionError("Redis is down")
+
+    async def ping(self) -> bool:
+        raise redis_exceptions.ConnectionError("Redis is down")
+
+    async def aclose(self) -> None:
+        pass
 
 
 async def test_breaker_lets_one_call_per_cooldown_through() -> None:
     clock = ManualClock()
-    backend = _BrokenBackend()
+    dead = _DeadRedis()
     breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
-    app = RateLimitMiddleware(make_app(), backend, [Rule("5/minute")], clock=clock, breaker=breaker)
-    async with client(app) as http:
-        for _ in range(20):
-            assert (await http.get("/")).status_code == 200
-        assert backend.calls == 3
-        for _ in range(4):
-            clock.advance(5.0)
-            for _ in range(10):
+    backend = RedisBackend(client=dead, batching=False, breaker=breaker)
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append, events.BackendError, events.DegradedRequest)
+    app = RateLimitMiddleware(make_app(), backend, [Rule("5/minute")], clock=clock)
+    try:
+        assert app.breaker is breaker
+        async with client(app) as http:
+            for _ in range(20):
                 assert (await http.get("/")).status_code == 200
-        assert backend.calls == 3 + 4
+            assert dead.calls == 3
+            for _ in range(4):
+                clock.advance(5.0)
+                for _ in range(10):
+                    assert (await http.get("/")).status_code == 200
+            assert dead.calls == 3 + 4
+    finally:
+        unsubscribe()
+    # one backend error per failed call, one degraded request per request
+    assert sum(isinstance(e, events.BackendError) for e in seen) == 3 + 4
+    assert seen.count(events.DegradedRequest("ratelimit", "fail_open")) == 20 + 40
+
+
+def test_breaker_belongs_to_the_backend() -> None:
+    with pytest.raises(RateLimitConfigError, match="pass it to the backend"):
+        RateLimitMiddleware(
+            make_app(), MemoryBackend(), [Rule("5/minute")], breaker=CircuitBreaker()
+        )
 
 
 async def test_decisions_are_events() -> None:
