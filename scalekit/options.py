@@ -142,11 +142,14 @@ class MetricsOptions:
         exclude_paths: paths not counted, on top of the health and metrics
             paths ``install()`` mounts (which are never counted).
         max_routes: a hard cap on distinct ``route`` label values; None for none.
+        created_series: export the ``*_created`` samples of counters and
+            histograms (off: they are a quarter of all samples and rarely queried).
     """
 
     buckets: Sequence[float] = DEFAULT_METRICS_BUCKETS
     exclude_paths: Sequence[str] = ()
     max_routes: int | None = None
+    created_series: bool = False
 
     def __post_init__(self) -> None:
         buckets = tuple(self.buckets)

@@ -261,6 +261,7 @@ def install(
             (``redis_url`` without ``scalekit[redis]``, a MySQL URL without
             ``scalekit[mysql]``).
     """
+    from prometheus_client import REGISTRY
     from starlette.middleware.authentication import AuthenticationMiddleware
 
     from scalekit.cache import MemoryCache, RedisCache
@@ -274,6 +275,7 @@ def install(
         metrics_endpoint_for,
         subscribe_component_metrics,
     )
+    from scalekit.observability.state_metrics import StateMetrics
 
     settings = settings or Settings()
     if settings.redis_url:
@@ -368,6 +370,20 @@ def install(
             clock=clock,
         )
     chain = _rate_limited(chain, stack, settings, list(rate_rules), ratelimit, clock)
+    state = StateMetrics.for_registry(registry if registry is not None else REGISTRY)
+    watched: list[object] = [stack.health]
+    state.watch_health(stack.health)
+    for backend, owner in (("ratelimit", chain), ("cache", cache_backend)):
+        breaker = getattr(owner, "breaker", None)
+        if breaker is not None:
+            state.watch_breaker(backend, breaker)
+            watched.append(breaker)
+
+    def forget_state() -> None:
+        for source in watched:
+            state.forget(source)
+
+    stack._closers.append(forget_state)
     if auth_backend is not None:
         chain = AuthenticationMiddleware(chain, backend=auth_backend)
 
@@ -399,7 +415,12 @@ def install(
     ours = [
         Route(health.live_path, stack.health.live),
         Route(health.ready_path, stack.health.ready),
-        Route(settings.metrics_path, metrics_endpoint_for(registry)),
+        Route(
+            settings.metrics_path,
+            metrics_endpoint_for(
+                registry, created_series=metrics.created_series, process_collectors=[state]
+            ),
+        ),
     ]
     # In front of the app's routes: a catch-all (an SPA's /{path:path}) must not answer probes.
     app.router.routes[0:0] = ours

@@ -541,6 +541,14 @@ class Health:
         """Undo :meth:`start_draining`."""
         self._draining = False
 
+    @property
+    def last_report(self) -> HealthReport | None:
+        """The latest readiness answer without running a check (None before the first run)."""
+        if self._draining:
+            return self._draining_report()
+        cached = self._cached
+        return None if cached is None else cached[1]
+
     # -- running -----------------------------------------------------------
     async def report(self) -> HealthReport:
         """The readiness report: cached, or one shared run of every check."""

@@ -19,17 +19,21 @@ child-exit hook.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,6 +47,7 @@ from scalekit._routes import (
     normalise_method,
     route_path,
 )
+from scalekit.options import DEFAULT_METRICS_BUCKETS
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -60,10 +65,9 @@ __all__ = [
     "render_metrics",
 ]
 
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)  # fmt: skip
-"""Histogram buckets in seconds, from 5 ms to 10 s (Prometheus' defaults)."""
+DEFAULT_BUCKETS: tuple[float, ...] = DEFAULT_METRICS_BUCKETS
+"""Histogram buckets in seconds, from 1 ms to 10 s: a cache hit or a 429 lands in
+the first buckets instead of all under Prometheus' 5 ms default."""
 
 REGISTRY_SCOPE_KEY = "scalekit.metrics_registry"
 """The ASGI scope key where ``MetricsMiddleware`` leaves its registry for ``metrics_endpoint``."""
@@ -265,39 +269,84 @@ def cleanup_dead_workers(path: str | None = None) -> list[int]:
     return dead
 
 
+class _WithoutCreated:
+    """A view of a registry without the ``*_created`` samples (a quarter of all samples)."""
+
+    def __init__(self, source: Collector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.source.collect():
+            samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
+            if len(samples) != len(metric.samples):
+                metric = copy.copy(metric)
+                metric.samples = samples
+            yield metric
+
+
 def render_metrics(
-    registry: CollectorRegistry | None = None, accept: str | None = None
+    registry: CollectorRegistry | None = None,
+    accept: str | None = None,
+    *,
+    created_series: bool = False,
+    process_collectors: Sequence[Collector] = (),
 ) -> tuple[bytes, str]:
     """The exposition text of ``registry`` (or of all workers in multiprocess mode).
 
     Blocking (reads files in multiprocess mode): the endpoint runs it in a thread.
 
+    Args:
+        registry: the registry (default: the global one).
+        accept: the request's ``Accept`` header (text or OpenMetrics).
+        created_series: keep the ``*_created`` samples of counters and
+            histograms (off by default: they are a quarter of all samples and
+            rarely queried).
+        process_collectors: collectors of this process's state (breaker
+            state, readiness) to add to the workers' sum in multiprocess mode;
+            in single-process mode they are expected in ``registry`` already.
+
     Returns:
         ``(body, content_type)``.
     """
     directory = multiprocess_dir()
+    source: Collector
     if directory is not None and (registry is None or registry is REGISTRY):
         cleanup_dead_workers(directory)
-        source = CollectorRegistry()
-        MultiProcessCollector(source, path=directory)  # type: ignore[no-untyped-call]
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=directory)  # type: ignore[no-untyped-call]
+        for collector in process_collectors:
+            summed.register(collector)
+        source = summed
     else:
         source = registry if registry is not None else REGISTRY
+    if not created_series:
+        source = _WithoutCreated(source)
     encoder, content_type = choose_encoder(accept or "")
     return encoder(source), content_type
 
 
 def metrics_endpoint_for(
     registry: CollectorRegistry | None = None,
+    *,
+    created_series: bool = False,
+    process_collectors: Sequence[Collector] = (),
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint serving ``registry`` (see :func:`metrics_endpoint`).
 
     In multiprocess mode only the global ``REGISTRY`` (or None) is summed
     across workers; another registry is served as this process sees it.
+    ``created_series`` and ``process_collectors`` as in :func:`render_metrics`.
     """
 
     async def endpoint(request: Request) -> Response:
         body, content_type = await run_in_threadpool(
-            render_metrics, registry, request.headers.get("accept")
+            partial(
+                render_metrics,
+                registry,
+                request.headers.get("accept"),
+                created_series=created_series,
+                process_collectors=process_collectors,
+            )
         )
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Router
 
 from scalekit import events
-from scalekit.observability import ComponentMetrics, MetricsMiddleware
+from scalekit.observability import ComponentMetrics, HealthReport, MetricsMiddleware
 from scalekit.observability.metrics import render_metrics
+from scalekit.observability.state_metrics import StateMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "examples" / "grafana" / "scalekit-dashboard.json"
 PROMQL_FUNCTIONS = {"sum", "rate", "histogram_quantile", "by", "le"}
@@ -31,6 +32,16 @@ def exported_sample_names() -> set[str]:
     metrics.on_cache_event(events.CacheEvent(rule="r", event="hit"))
     metrics.on_ratelimit_decision(events.RateLimitDecision(rule="r", decision="allowed"))
     metrics.on_backend_error(events.BackendError(component="redis"))
+    state = StateMetrics.for_registry(registry)
+
+    class Breaker:
+        state = "closed"
+
+    class Ready:
+        last_report = HealthReport("pass", 200, {})
+
+    state.watch_breaker("cache", Breaker())
+    state.watch_health(Ready())
     body, _ = render_metrics(registry)
     return {
         sample.name
@@ -68,6 +79,8 @@ def test_every_metric_the_dashboard_uses_exists() -> None:
         "scalekit_cache_events_total",
         "scalekit_ratelimit_decisions_total",
         "scalekit_backend_errors_total",
+        "scalekit_circuit_breaker_state",
+        "scalekit_ready",
     ):
         assert family in names, family
 
@@ -79,3 +92,26 @@ def test_dashboard_is_importable_json() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+
+
+def test_dashboard_can_be_provisioned_from_a_file_and_filters_by_instance() -> None:
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
+    # File provisioning has no import step to fill ${DS_...} inputs: a datasource variable.
+    assert "__inputs" not in dashboard
+    assert "DS_PROMETHEUS" not in text
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert {"job", "instance"} <= set(variables)
+    for expr in expressions(dashboard["panels"]):
+        assert 'instance=~"$instance"' in expr, expr
+    provisioning = DASHBOARD.parent / "provisioning"
+    assert (provisioning / "dashboards" / "scalekit.yaml").is_file()
+    assert (provisioning / "datasources" / "prometheus.yaml").is_file()
+
+
+def test_cache_hit_ratio_counts_bypasses() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Cache hit ratio by rule"]
+    denominator = panel["targets"][0]["expr"].split(" / ")[1]
+    assert "bypass" in denominator
