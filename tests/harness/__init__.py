@@ -28,6 +28,9 @@ Fixtures (session-scoped unless noted):
   ``stop_replication(only=None|"sql"|"io")``, ``start_replication()``,
   ``wait_replicating(timeout)``, ``wait_caught_up(timeout)``,
   ``replication_status()`` (``SHOW SLAVE STATUS`` as a dict).
+- ``NginxServer(workdir, upstreams)`` (no fixture; tests/e2e builds one): real
+  nginx running ``examples/deploy/nginx.conf`` with only its ``# templated``
+  lines rendered (``render_nginx_conf``): port, upstream addresses, paths.
 - ``counting_proxy`` (function-scoped): ``factory(host, port, **options)``
   returns a ``CountingProxy`` (``port``, ``url_for(url)``, ``round_trips``,
   ``reset()``, ``drops``, ``close()``), closed when the test ends. How it
@@ -51,6 +54,7 @@ A missing binary skips the test (``apt-get install ...``); under
 """
 
 from .mariadb_servers import APP_DATABASE, APP_PASSWORD, APP_USER, MariaDBReplication, MariaDBServer
+from .nginx_server import NginxServer, render_nginx_conf
 from .ports import HOST, free_port, wait_until
 from .process import HarnessResource, ServerExited, ServerProcess
 from .proxy import CountingProxy
@@ -67,6 +71,7 @@ __all__ = [
     "HarnessResource",
     "MariaDBReplication",
     "MariaDBServer",
+    "NginxServer",
     "RedisCluster",
     "RedisSentinel",
     "RedisServer",
@@ -74,6 +79,7 @@ __all__ = [
     "ServerExited",
     "ServerProcess",
     "free_port",
+    "render_nginx_conf",
     "require_binary",
     "wait_until",
 ]
