@@ -148,18 +148,18 @@ class Storage:
             where += " AND status = %s"
             params.append(status.value)
         rows = await self.shards.aquery(
-            user_id,
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {where} ORDER BY id DESC LIMIT %s OFFSET %s",
             (*params, limit + 1, offset),
+            key=user_id,
         )
         return [_task(row) for row in rows[:limit]], len(rows) > limit
 
     async def task(self, user_id: int, task_id: int) -> Task | None:
         """One of the user's tasks; another user's id is None, like a missing one."""
         rows = await self.shards.aquery(
-            user_id,
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = %s AND user_id = %s",
             (task_id, user_id),
+            key=user_id,
         )
         return _task(rows[0]) if rows else None
 
@@ -169,10 +169,10 @@ class Storage:
         """Insert a task on the user's shard."""
         now = _now()
         result = await self.shards.aexecute(
-            user_id,
             "INSERT INTO tasks (user_id, title, description, status, created_at, updated_at) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
             (user_id, title, description, status.value, now, now),
+            key=user_id,
         )
         if result.lastrowid is None:  # pragma: no cover - both drivers report it
             raise RuntimeError("the database did not report the new task's id")
@@ -209,11 +209,11 @@ class Storage:
             )
             return _task(rows[0]) if rows else None
 
-        return await self.shards.atransaction(user_id, update)
+        return await self.shards.atransaction(update, key=user_id)
 
     async def delete_task(self, user_id: int, task_id: int) -> bool:
         """Delete one of the user's tasks; False if it has no such task."""
         result = await self.shards.aexecute(
-            user_id, "DELETE FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id)
+            "DELETE FROM tasks WHERE id = %s AND user_id = %s", (task_id, user_id), key=user_id
         )
         return result.rowcount > 0
