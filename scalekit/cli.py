@@ -7,6 +7,7 @@
         --shard mysql://.../s0 --shard mysql://.../s1 ... --table tasks:user_id:id [--dry-run]
 
 A progress bar (rich, from the ``cli`` extra) on a terminal, plain log lines otherwise.
+Every error is one line on stderr saying what to fix, and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 if TYPE_CHECKING:
     from .db.shards import Checkpoint
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _STRATEGIES = ("jump", "modulo", "bucket")
+
+
+class _UsageError(Exception):
+    """Arguments that do not fit together; reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each error as one line naming the fix instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _strategy(name: str, shards: int, buckets: int) -> Any:
@@ -38,11 +50,17 @@ def _strategy(name: str, shards: int, buckets: int) -> Any:
 def _plan(args: argparse.Namespace, out: TextIO) -> int:
     from .db.shards import BucketMap, plan
 
-    current = (
-        BucketMap.load(args.map)
-        if args.map
-        else _strategy(args.strategy, getattr(args, "from"), args.buckets)
-    )
+    if args.save and not args.map and args.strategy != "bucket":
+        raise _UsageError("--save writes a BucketMap: add --strategy bucket (or --map FILE)")
+    if args.map:
+        try:
+            current: Any = BucketMap.load(args.map)
+        except OSError as exc:
+            raise _UsageError(f"--map {args.map}: {exc.strerror or exc}") from None
+    elif getattr(args, "from") is None:
+        raise _UsageError("give the shard count now: --from N (or the current map: --map FILE)")
+    else:
+        current = _strategy(args.strategy, getattr(args, "from"), args.buckets)
     if isinstance(current, BucketMap):
         proposed: Any = current.rebalance(args.to)
     else:
@@ -57,10 +75,7 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         moves = " ".join(f"{bucket}:{old}->{new}" for bucket, (old, new) in
                          sorted(result.buckets.items()))  # fmt: skip
         print(f"bucket moves (bucket:from->to): {moves}", file=out)
-    if args.save:
-        if not isinstance(proposed, BucketMap):
-            print("--save only applies to --strategy bucket", file=sys.stderr)
-            return 2
+    if args.save and isinstance(proposed, BucketMap):
         proposed.save(args.save)
         print(f"proposed map (version {proposed.version}) saved to {args.save}", file=out)
     return 0
@@ -113,12 +128,20 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
     from .db.shards import ShardedTable, abort_move, move_bucket, plan_move
 
     if not args.shard:
-        print("give every shard's URL, in order: --shard URL --shard URL ...", file=sys.stderr)
-        return 2
+        raise _UsageError("give every shard's URL, in order: --shard URL --shard URL ...")
+    if args.to is None and not args.abort:
+        raise _UsageError("give the target shard: --to SHARD (only --abort needs none)")
+    if args.abort and args.dry_run:
+        raise _UsageError("--abort and --dry-run do not go together: choose one")
     tables = [ShardedTable.parse(text) for text in args.table]
-    control = Pool.from_url(args.control, name="control")
-    shards = [Pool.from_url(url, name=f"shard{index}") for index, url in enumerate(args.shard)]
+    pools: list[Pool] = []
     try:
+        control = Pool.from_url(args.control, name="control")
+        pools.append(control)
+        shards = []
+        for index, url in enumerate(args.shard):
+            shards.append(Pool.from_url(url, name=f"shard{index}"))
+            pools.append(shards[-1])
         if args.abort:
             deleted = abort_move(shards, args.bucket, tables=tables, control=control,
                                  batch_size=args.batch_size)  # fmt: skip
@@ -153,21 +176,20 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
             )
         return 0
     finally:
-        control.close()
-        for pool in shards:
+        for pool in pools:
             pool.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scalekit`` argument parser."""
-    parser = argparse.ArgumentParser(prog="scalekit", description="scalekit operations")
+    parser = _Parser(prog="scalekit", description="scalekit operations")
     commands = parser.add_subparsers(dest="command", required=True)
     shards = commands.add_parser("shards", help="shard planning and bucket moves")
     actions = shards.add_subparsers(dest="action", required=True)
 
     plan = actions.add_parser("plan", help="what growing (or shrinking) the shard count moves")
     plan.add_argument("--strategy", choices=_STRATEGIES, default="jump")
-    plan.add_argument("--from", type=int, required=True, metavar="N", help="shards now")
+    plan.add_argument("--from", type=int, metavar="N", help="shards now (not with --map)")
     plan.add_argument("--to", type=int, required=True, metavar="M", help="shards after")
     plan.add_argument(
         "--keys",
@@ -182,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     move = actions.add_parser("move", help="move one bucket of a BucketMap to another shard")
     move.add_argument("--bucket", type=int, required=True)
-    move.add_argument("--to", type=int, required=True, metavar="SHARD")
+    move.add_argument("--to", type=int, metavar="SHARD", help="target shard (not with --abort)")
     move.add_argument("--control", required=True,
                       help="database URL holding the bucket map and move records")  # fmt: skip
     move.add_argument("--shard", action="append", default=[], metavar="URL",
@@ -205,20 +227,22 @@ def main(argv: Sequence[str] | None = None, *, checkpoint: Checkpoint | None = N
         checkpoint: passed to ``move_bucket`` by ``shards move`` (see
             ``scalekit.db.shards.Checkpoint``).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out = sys.stdout
     from .db.errors import DatabaseError
 
     try:
         if args.action == "plan":
             if args.keys and args.keys < 0:
-                print("--keys must be positive", file=sys.stderr)
-                return 2
+                raise _UsageError(f"--keys {args.keys}: give a positive number of ids")
             return _plan(args, out)
         return _move(args, out, checkpoint)
-    except DatabaseError as exc:
-        print(f"scalekit: {exc}", file=sys.stderr)
-        return 1
+    except (_UsageError, DatabaseError, ValueError) as exc:
+        # ConfigError and MoveError are DatabaseErrors; a bad JSON map is a ValueError.
+        message = " ".join(str(exc).split())
+        print(f"scalekit shards {args.action}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

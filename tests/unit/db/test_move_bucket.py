@@ -253,12 +253,12 @@ def test_abort_after_the_flip_is_refused(setup: Setup) -> None:
 def test_cli_abort(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(_Crash):
         setup.move(checkpoint=crash_at(Step.SYNC, 0))
-    argv = ["shards", "move", "--bucket", str(setup.bucket), "--to", "1", "--abort",
+    argv = ["shards", "move", "--bucket", str(setup.bucket), "--abort",
             "--control", f"sqlite:///{setup.tmp_path}/control.db",
             "--shard", f"sqlite:///{setup.tmp_path}/shard0.db",
             "--shard", f"sqlite:///{setup.tmp_path}/shard1.db",
             "--table", "tasks:user_id:id"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "rolled back: 300 copied rows deleted" in capsys.readouterr().out
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert "no unfinished move" in capsys.readouterr().err

@@ -37,9 +37,62 @@ def test_plan_bucket_lists_buckets_and_saves_the_map(
     assert (saved.shard_count, saved.version) == (5, 2)
 
 
-def test_bad_arguments_exit_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+def _one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "error: " in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         cli.main(["shards", "plan", "--strategy", "ring", "--from", "4", "--to", "5"])
     assert caught.value.code == 2
-    assert cli.main(["shards", "plan", "--from", "0", "--to", "5"]) == 1
-    assert "shard count" in capsys.readouterr().err
+    _one_line_error(capsys, "ring", "--help")
+    assert cli.main(["shards", "plan", "--from", "0", "--to", "5"]) == 2
+    _one_line_error(capsys, "shard count")
+
+
+def test_plan_with_a_missing_map_file_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 11 point 16.
+    missing = tmp_path / "missing.json"
+    assert cli.main(["shards", "plan", "--map", str(missing), "--to", "5"]) == 2
+    _one_line_error(capsys, "missing.json", "No such file")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    assert cli.main(["shards", "plan", "--map", str(broken), "--to", "5"]) == 2
+    _one_line_error(capsys)
+    other = tmp_path / "other.json"
+    other.write_text('{"format": "x"}', encoding="utf-8")
+    assert cli.main(["shards", "plan", "--map", str(other), "--to", "5"]) == 2
+    _one_line_error(capsys, "not a scalekit bucket map")
+
+
+def test_plan_from_a_map_needs_no_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 11 point 16: --from was required even with --map.
+    path = tmp_path / "map.json"
+    BucketMap.uniform(4).save(path)
+    assert cli.main(["shards", "plan", "--map", str(path), "--to", "5"]) == 0
+    assert "204 of 1024 buckets move" in capsys.readouterr().out
+    assert cli.main(["shards", "plan", "--to", "5"]) == 2
+    _one_line_error(capsys, "--from N", "--map FILE")
+    assert cli.main(["shards", "plan", "--from", "4", "--to", "5", "--save", "x.json"]) == 2
+    _one_line_error(capsys, "--strategy bucket")
+
+
+def test_move_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["shards", "move", "--bucket", "3", "--control", "sqlite:///:memory:",
+            "--table", "tasks:user_id:id"]  # fmt: skip
+    assert cli.main([*base, "--to", "1"]) == 2
+    _one_line_error(capsys, "--shard URL")
+    assert cli.main([*base, "--shard", "sqlite:///:memory:"]) == 2
+    _one_line_error(capsys, "--to SHARD")
+    assert cli.main([*base, "--to", "1", "--shard", "sqlite:///:memory:", "--table", "x"]) == 2
+    _one_line_error(capsys, "table:shard_key:primary_key")
+    assert cli.main([*base, "--to", "1", "--shard", "nosuch://x"]) == 2
+    _one_line_error(capsys)
