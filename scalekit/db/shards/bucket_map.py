@@ -48,7 +48,7 @@ class BucketMap:
             a shard outside ``range(shards)``, or neither it nor ``shards`` is given.
     """
 
-    __slots__ = ("_assignment", "buckets", "shard_count", "version")
+    __slots__ = ("_assignment", "_derived_from", "_stored", "buckets", "shard_count", "version")
 
     def __init__(
         self,
@@ -96,6 +96,8 @@ class BucketMap:
         self._assignment = table
         self.shard_count = count
         self.version = version
+        self._derived_from: tuple[int, str] | None = None
+        self._stored = False
 
     @classmethod
     def uniform(cls, shards: int, buckets: int = 1024) -> BucketMap:
@@ -141,6 +143,33 @@ class BucketMap:
         """The buckets assigned to ``shard``, ascending."""
         return [bucket for bucket, owner in enumerate(self._assignment) if owner == shard]
 
+    @property
+    def digest(self) -> str:
+        """A short hash of the shard count and assignment: which map this is, not its version."""
+        data = json.dumps([self.shard_count, self._assignment], separators=(",", ":"))
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    @property
+    def derived_from(self) -> tuple[int, str] | None:
+        """``(version, digest)`` of the map ``reassign``/``rebalance`` derived this one from.
+
+        None for a map built directly.
+
+        ``save_db`` stores a derived map only while the table still holds that
+        map (compare-and-set), so a map derived from an old version cannot undo
+        a move that was stored since.
+        """
+        return self._derived_from
+
+    def _child(self, table: Sequence[int], shards: int) -> BucketMap:
+        child = BucketMap(self.buckets, table, shards=shards, version=self.version + 1)
+        # A chain of changes not saved in between still derives from the stored map.
+        if self._stored or self._derived_from is None:
+            child._derived_from = (self.version, self.digest)
+        else:
+            child._derived_from = self._derived_from
+        return child
+
     def reassign(self, moves: Mapping[int, int], *, shards: int | None = None) -> BucketMap:
         """A new map, ``version + 1``, with ``moves`` (bucket → new shard) applied.
 
@@ -152,11 +181,8 @@ class BucketMap:
             if not 0 <= bucket < self.buckets:
                 raise ConfigError(f"bucket {bucket} is outside 0..{self.buckets - 1}")
             table[bucket] = shard
-        return BucketMap(
-            self.buckets,
-            table,
-            shards=self.shard_count if shards is None else max(shards, self.shard_count),
-            version=self.version + 1,
+        return self._child(
+            table, self.shard_count if shards is None else max(shards, self.shard_count)
         )
 
     def rebalance(self, shards: int) -> BucketMap:
@@ -189,18 +215,24 @@ class BucketMap:
         table = list(self._assignment)
         for bucket, shard in moves.items():
             table[bucket] = shard
-        return BucketMap(self.buckets, table, shards=shards, version=self.version + 1)
+        return self._child(table, shards)
 
     # -- JSON ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """``{"format": "scalekit.bucketmap/1", "version", "buckets", "shards", "assignment"}``."""
-        return {
+        """``{"format": "scalekit.bucketmap/1", "version", "buckets", "shards", "assignment"}``.
+
+        A derived map also carries ``"derived_from": [version, digest]``.
+        """
+        data: dict[str, Any] = {
             "format": "scalekit.bucketmap/1",
             "version": self.version,
             "buckets": self.buckets,
             "shards": self.shard_count,
             "assignment": list(self._assignment),
         }
+        if self._derived_from is not None:
+            data["derived_from"] = list(self._derived_from)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BucketMap:
@@ -215,12 +247,16 @@ class BucketMap:
                 "'scalekit.bucketmap/1' as written by BucketMap.save()"
             )
         try:
-            return cls(
+            bucket_map = cls(
                 int(data["buckets"]),
                 [int(shard) for shard in data["assignment"]],
                 shards=int(data["shards"]),
                 version=int(data["version"]),
             )
+            if data.get("derived_from") is not None:
+                version, digest = data["derived_from"]
+                bucket_map._derived_from = (int(version), str(digest))
+            return bucket_map
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad bucket map data: {exc!r}") from exc
 
@@ -259,11 +295,14 @@ class BucketMap:
         MapStore(db, table).ensure_table()
 
     def save_db(self, db: Pool | ReplicaSet, table: str | None = None) -> None:
-        """Store the map in a database table (created if missing), in one transaction.
+        """Store the map in a database table (created if missing): compare-and-set.
+
+        An empty table takes any map; otherwise the table must still hold the
+        map this one was derived from (``derived_from``), or this very map.
 
         Raises:
-            ConfigError: the table already holds a newer version, or the same
-                version with a different assignment.
+            ConfigError: the table holds another map (a move or another save
+                happened since this map was derived): load it, change it, save.
         """
         from .map_store import MapStore
 

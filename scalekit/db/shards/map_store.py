@@ -58,7 +58,9 @@ class MapStore:
             raise ConfigError(
                 f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"
             )
-        return self._from_rows(rows)
+        bucket_map = self._from_rows(rows)
+        bucket_map._stored = True
+        return bucket_map
 
     def version(self) -> int:
         """The stored map's version: one row, for instances that poll for changes.
@@ -74,11 +76,15 @@ class MapStore:
         return int(rows[0]["version"])
 
     def save(self, bucket_map: BucketMap) -> None:
-        """Store ``bucket_map`` (creating the table if missing), in one transaction.
+        """Store ``bucket_map`` (creating the table if missing): compare-and-set, one transaction.
+
+        An empty table takes any map. Otherwise the table must hold the map
+        ``bucket_map`` was derived from (its ``derived_from``: the same version
+        and digest), or ``bucket_map`` itself (then nothing changes).
 
         Raises:
-            ConfigError: the table already holds a newer version, or the same
-                version with a different assignment.
+            ConfigError: the table holds another map: a move or another save
+                changed it since ``bucket_map`` was derived.
         """
         self.ensure_table()
         with self.pool.connection() as conn:
@@ -90,17 +96,23 @@ class MapStore:
                 )
                 if rows:
                     stored = self._from_rows(rows)
-                    if stored.version > bucket_map.version or (
-                        stored.version == bucket_map.version and stored != bucket_map
-                    ):
+                    if stored.version == bucket_map.version and stored == bucket_map:
+                        conn.rollback()
+                        bucket_map._stored = True
+                        return
+                    if bucket_map.derived_from != (stored.version, stored.digest):
+                        base = bucket_map.derived_from
                         raise ConfigError(
                             f"table {self.table} holds bucket map version {stored.version}; "
-                            f"refusing to overwrite it with version {bucket_map.version}: load "
-                            "it, change it with reassign(), then save"
+                            f"refusing to overwrite it with version {bucket_map.version}, "
+                            + (
+                                f"derived from version {base[0]} ({base[1]})"
+                                if base
+                                else "which was not derived from it"
+                            )
+                            + ": load the stored map, change it with reassign() or "
+                            "rebalance(), then save"
                         )
-                    if stored == bucket_map:
-                        conn.rollback()
-                        return
                 cursor.execute(f"DELETE FROM {self.table}")
                 version = bucket_map.version
                 values = [(-1, bucket_map.shard_count, version)]
@@ -117,6 +129,7 @@ class MapStore:
                 conn.rollback()
                 raise
             conn.commit()
+        bucket_map._stored = True
 
     def _from_rows(self, rows: Iterable[Row]) -> BucketMap:
         meta: Row | None = None

@@ -16,6 +16,7 @@ from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
     BucketMoved,
+    ConfigError,
     Cursor,
     JumpHash,
     MoveError,
@@ -148,3 +149,27 @@ async def test_async_writes_pin_reads_in_the_callers_context(
     finally:
         mariadb_replication.start_replication()
         shards.close()
+
+
+def test_a_stale_derived_map_cannot_undo_a_finished_move(
+    urls: tuple[str, list[str]], shard_pools: list[ReplicaSet]
+) -> None:
+    """Issue 11 point 12: save_db took a map derived from an older version (compare-and-set)."""
+    control = Pool.from_url(urls[0])
+    BucketMap(64, shards=2).save_db(control)
+    stale = BucketMap.load_db(control)  # an operator's copy, loaded before the move
+    shards = ShardSet(shard_pools, strategy=stale)
+    key = next(k for k in range(100) if stale.shard_for(k) == 0)
+    bucket = stale.bucket_for(key)
+    shards.execute("INSERT INTO items VALUES (1, %s, 'n')", (key,), key=key)
+    move_bucket(shard_pools, bucket, 1, control=control,
+                tables=[ShardedTable("items", "user_id", "id")])  # fmt: skip
+    other = next(b for b in range(64) if b != bucket and stale.shard_of_bucket(b) == 0)
+    planned = stale.reassign({other: 1}).reassign({other + 2: 1})  # version 3, from version 1
+    with pytest.raises(ConfigError, match="derived from version 1"):
+        planned.save_db(control)
+    stored = BucketMap.load_db(control)
+    assert (stored.version, stored.shard_of_bucket(bucket)) == (2, 1)  # the move stands
+    assert shard_pools[1].query("SELECT user_id FROM items") == [{"user_id": key}]
+    control.close()
+    shards.close()

@@ -83,3 +83,42 @@ def test_database_round_trip_and_stale_saves_refused(tmp_path: Path) -> None:
         first.save_db(control)
     second.save_db(control)  # saving the same map again is a no-op
     control.close()
+
+
+def test_a_map_derived_from_an_old_version_cannot_undo_a_newer_one(tmp_path: Path) -> None:
+    # Issue 11 point 12: save_db accepted v3 derived from v1 over a stored v2.
+    control = control_pool(tmp_path)
+    BucketMap(32, shards=2).save_db(control)
+    stale = BucketMap.load_db(control)
+    moved = stale.reassign({3: 0})  # what a mover's flip stores
+    moved.save_db(control)
+    derived = stale.reassign({5: 0}).reassign({7: 0})  # version 3, derived from version 1
+    assert derived.derived_from == (1, stale.digest)
+    with pytest.raises(ConfigError, match=r"derived from version 1 .*load the stored map"):
+        derived.save_db(control)
+    with pytest.raises(ConfigError, match="not derived from it"):
+        BucketMap(32, shards=2, version=9).save_db(control)
+    assert BucketMap.load_db(control) == moved
+    assert BucketMap.load_db(control).shard_of_bucket(3) == 0
+
+    fresh = BucketMap.load_db(control).reassign({5: 0}).reassign({7: 0})  # a chain from v2
+    assert fresh.derived_from == (2, moved.digest)
+    fresh.save_db(control)
+    then = fresh.reassign({9: 0})  # saved in between: derives from what it saved
+    then.save_db(control)
+    stored = BucketMap.load_db(control)
+    assert (stored.version, [stored.shard_of_bucket(b) for b in (3, 5, 7, 9)]) == (5, [0] * 4)
+    control.close()
+
+
+def test_derived_from_survives_json(tmp_path: Path) -> None:
+    control = control_pool(tmp_path)
+    current = BucketMap.uniform(4, buckets=64)
+    current.save_db(control)
+    path = tmp_path / "next.json"
+    current.rebalance(5).save(path)  # what `scalekit shards plan --save` writes
+    planned = BucketMap.load(path)
+    assert planned.derived_from == (1, current.digest)
+    planned.save_db(control)
+    assert BucketMap.load_db(control).shard_count == 5
+    control.close()
