@@ -500,8 +500,8 @@ def _rate_limited(
         stack._closers.append(storage.aclose)
         breaker = None  # the backend has it
     stack.ratelimit = storage
-    limited: ASGIApp = RateLimitMiddleware(
-        app,  # type: ignore[arg-type]
+    return RateLimitMiddleware(
+        app,
         storage=storage,
         rules=rules,
         strategy=options.strategy,
@@ -514,5 +514,4 @@ def _rate_limited(
         clock=clock,
         breaker=breaker,
         key_prefix=options.key_prefix,
-    )  # type: ignore[assignment]
-    return limited
+    )

@@ -9,11 +9,16 @@
         Rule("5/15 minutes", path="/api/v1/auth/login", methods=["POST"], count="failures"),
     ], trusted_proxies=["10.0.0.0/8"])
 
+Closed sets are StrEnums that also accept their string values:
+:class:`Strategy`, :class:`Count`, :class:`OnBackendError`,
+:class:`ForwardedHeader` and :class:`Mode`.
+
 Errors::
 
-    RateLimitError
-    ├── RateLimitConfigError (also a ValueError)
-    └── BackendUnavailable
+    ScalekitError
+    └── RateLimitError
+        ├── RateLimitConfigError (also a ConfigurationError, a ValueError)
+        └── BackendUnavailable
 """
 
 from scalekit._net import ForwardedHeader
@@ -22,29 +27,35 @@ from scalekit.ratelimit.backends import (
     Check,
     CheckResult,
     MemoryBackend,
+    Mode,
     RedisBackend,
+    Strategy,
     Verdict,
     backend_from_url,
 )
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, RateLimitError
 from scalekit.ratelimit.keys import KeyFunction, client_ip, header, identity_tag, user
 from scalekit.ratelimit.middleware import RateLimitMiddleware
-from scalekit.ratelimit.rules import Rate, Rule, parse_rates
+from scalekit.ratelimit.rules import Count, OnBackendError, Rate, Rule, parse_rates
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
     "Check",
     "CheckResult",
+    "Count",
     "ForwardedHeader",
     "KeyFunction",
     "MemoryBackend",
+    "Mode",
+    "OnBackendError",
     "Rate",
     "RateLimitConfigError",
     "RateLimitError",
     "RateLimitMiddleware",
     "RedisBackend",
     "Rule",
+    "Strategy",
     "Verdict",
     "backend_from_url",
     "client_ip",

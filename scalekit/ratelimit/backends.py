@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import hashlib
 import math
 import threading
@@ -38,22 +39,54 @@ from scalekit._redis import from_url, redis_errors
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
 
 __all__ = [
-    "STRATEGIES",
     "Backend",
     "Check",
     "CheckResult",
     "MemoryBackend",
+    "Mode",
     "RedisBackend",
+    "Strategy",
     "Verdict",
     "backend_from_url",
 ]
 
-STRATEGIES = {
-    "fixed-window": "fixed",
-    "sliding-window-counter": "sliding",
-    "moving-window": "moving",
-}
-MODES = ("hit", "peek", "add", "refund")
+
+class Strategy(enum.StrEnum):
+    """How a limit counts, with the meanings of the ``limits`` package.
+
+    Also accepts the short names (``"fixed"``, ``"sliding"``, ``"moving"``)
+    that counter keys and the Lua script use.
+    """
+
+    FIXED_WINDOW = "fixed-window"
+    SLIDING_WINDOW_COUNTER = "sliding-window-counter"
+    MOVING_WINDOW = "moving-window"
+
+    @property
+    def short(self) -> str:
+        """``"fixed"``, ``"sliding"`` or ``"moving"``: the name in keys and in the script."""
+        return _SHORT_NAMES[self]
+
+    @classmethod
+    def _missing_(cls, value: object) -> Strategy | None:
+        return next((member for member, short in _SHORT_NAMES.items() if short == value), None)
+
+
+_SHORT_NAMES = {member: member.value.split("-", 1)[0] for member in Strategy}
+
+
+class Mode(enum.StrEnum):
+    """What a check does to its counter."""
+
+    HIT = "hit"
+    """Check, and consume if every check of the call passes."""
+    PEEK = "peek"
+    """Check only (``count="failures"`` before the response)."""
+    ADD = "add"
+    """Consume without checking (a failure is counted after the response)."""
+    REFUND = "refund"
+    """Give back a hit made at the call's timestamp."""
+
 
 _logger = structlog.get_logger("scalekit.ratelimit")
 _T = TypeVar("_T")
@@ -63,16 +96,25 @@ _T = TypeVar("_T")
 class Check:
     """One limit to check for one request: ``limit`` per ``window`` seconds on ``key``.
 
-    ``mode``: ``"hit"`` checks and consumes, ``"peek"`` only checks, ``"add"``
-    consumes without checking, ``"refund"`` gives back a hit.
+    ``strategy`` and ``mode`` take a :class:`Strategy` / :class:`Mode` or
+    their string values.
+
+    Raises:
+        ValueError: an unknown strategy or mode.
     """
 
     key: str
-    strategy: str
+    strategy: Strategy
     limit: int
     window: int
     cost: int = 1
-    mode: str = "hit"
+    mode: Mode = Mode.HIT
+
+    def __post_init__(self) -> None:
+        if type(self.strategy) is not Strategy:
+            object.__setattr__(self, "strategy", Strategy(self.strategy))
+        if type(self.mode) is not Mode:
+            object.__setattr__(self, "mode", Mode(self.mode))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,9 +183,9 @@ class MemoryBackend:
 
     def _evaluate(self, check: Check, now: float) -> CheckResult:
         limit, window, cost = check.limit, check.window, check.cost
-        checking = check.mode in ("hit", "peek")
-        consuming = check.cost if check.mode in ("hit", "add") else 0
-        if check.strategy == "fixed":
+        checking = check.mode is Mode.HIT or check.mode is Mode.PEEK
+        consuming = check.cost if check.mode is Mode.HIT or check.mode is Mode.ADD else 0
+        if check.strategy is Strategy.FIXED_WINDOW:
             used, expires = self._fixed.get(check.key, (0, 0.0))
             if expires <= now:
                 used, expires = 0, now + window
@@ -151,7 +193,7 @@ class MemoryBackend:
                 # failures counted after admission ("add") can pass the limit
                 return CheckResult(False, max(0, limit - used), expires - now)
             return CheckResult(True, max(0, limit - used - consuming), expires - now)
-        if check.strategy == "sliding":
+        if check.strategy is Strategy.SLIDING_WINDOW_COUNTER:
             _, current, previous = self._sliding_state(check.key, window, now)
             # the same expression as limits' MemoryStorage, so both agree to the bit
             left = (1 - (((now - window) / window) % 1)) * window
@@ -181,26 +223,27 @@ class MemoryBackend:
         return index, 0, 0
 
     def _apply(self, check: Check, now: float) -> None:
-        if check.mode == "peek":
+        if check.mode is Mode.PEEK:
             return
         cost = check.cost
-        if check.strategy == "fixed":
+        refund = check.mode is Mode.REFUND
+        if check.strategy is Strategy.FIXED_WINDOW:
             used, expires = self._fixed.get(check.key, (0, 0.0))
             if expires <= now:
                 used, expires = 0, now + check.window
-            if check.mode == "refund":
+            if refund:
                 self._fixed[check.key] = (max(0, used - cost), expires)
             else:
                 self._fixed[check.key] = (used + cost, expires)
-        elif check.strategy == "sliding":
+        elif check.strategy is Strategy.SLIDING_WINDOW_COUNTER:
             index, current, previous = self._sliding_state(check.key, check.window, now)
-            if check.mode == "refund":
+            if refund:
                 self._sliding[check.key] = (index, max(0, current - cost), previous)
             else:
                 self._sliding[check.key] = (index, current + cost, previous)
         else:
             entries = self._moving.setdefault(check.key, [])
-            if check.mode == "refund":
+            if refund:
                 for _ in range(cost):
                     if now in entries:
                         entries.remove(now)
@@ -281,11 +324,11 @@ class RedisBackend:
         args: list[Any] = [len(checks), round(at * 1000) if at is not None else 0]
         for check in checks:
             args += [
-                STRATEGIES.get(check.strategy, check.strategy),
+                check.strategy.short,
                 check.limit,
                 check.window * 1000,
                 check.cost,
-                check.mode,
+                check.mode.value,
             ]
         try:
             if self._batching:

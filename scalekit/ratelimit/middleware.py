@@ -1,61 +1,41 @@
-"""``RateLimitMiddleware``: pure ASGI rate limiting with IETF ``RateLimit`` headers."""
+"""``RateLimitMiddleware``: pure ASGI rate limiting with IETF ``RateLimit`` headers.
+
+A request passes three stages, each in its own module:
+
+1. **plan** (:mod:`~scalekit.ratelimit.plan`): which limits cover it,
+   grouped by the identity they count against — pure, no I/O;
+2. **enforce** (here): one backend call per identity, behind the circuit
+   breaker; the :mod:`~scalekit.ratelimit.outcomes` are admitted,
+   rejected (earlier hits refunded) or unavailable (a rule fails closed);
+3. **respond** (:mod:`~scalekit.ratelimit.responses`): the 429, the 503, or
+   the app's response with the ``RateLimit`` fields, after which a failed
+   response is counted against the ``count="failures"`` rules.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit import events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock
 from scalekit._net import ClientIP, ForwardedHeader
-from scalekit.ratelimit.backends import (
-    STRATEGIES,
-    Backend,
-    Check,
-    CheckResult,
-    Verdict,
-    backend_from_url,
-)
-from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
-from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of, identity_tag
-from scalekit.ratelimit.rules import Rate, Rule
+from scalekit.ratelimit import responses
+from scalekit.ratelimit.backends import Backend, Check, Mode, Strategy, Verdict, backend_from_url
+from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, choice
+from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY
+from scalekit.ratelimit.outcomes import Admitted, Checked, Outcome, Rejected, Unavailable
+from scalekit.ratelimit.plan import Plan, Planner
+from scalekit.ratelimit.rules import OnBackendError, Rule
 
 __all__ = ["RateLimitMiddleware"]
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[Message], Any]
-ASGIApp = Callable[[Scope, Receive, Send], Any]
-
 _logger = structlog.get_logger("scalekit.ratelimit")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Limit:
-    """One rate of one rule, with its policy name and key suffix."""
-
-    rule: Rule
-    rate: Rate
-    policy: str
-    suffix: str
-    mode: str  # "hit" for count="all", "peek" for count="failures"
-    policy_field: bytes  # the whole RateLimit-Policy value, fixed per limit
-
-
-@dataclasses.dataclass(slots=True)
-class _Checked:
-    """The result of one backend call for one identity's limits."""
-
-    limits: list[_Limit]
-    checks: list[Check]
-    verdict: Verdict
 
 
 class RateLimitMiddleware:
@@ -72,14 +52,16 @@ class RateLimitMiddleware:
         storage: ``"memory://"``, a Redis URL (``redis://``, ``rediss://``,
             ``redis+sentinel://…``, ``redis+cluster://…``) or a backend object.
         rules: the :class:`Rule` list.
-        strategy: ``"sliding-window-counter"`` (default), ``"fixed-window"``
-            or ``"moving-window"``, as the ``limits`` package defines them.
+        strategy: a :class:`~scalekit.ratelimit.Strategy` or its value:
+            ``"sliding-window-counter"`` (default), ``"fixed-window"`` or
+            ``"moving-window"``, as the ``limits`` package defines them.
         trusted_proxies: CIDRs of the proxies whose ``forwarded_header`` is believed.
         forwarded_header: the one header your proxy puts the client address in:
             ``"x-forwarded-for"`` (default), ``"forwarded"`` or ``"x-real-ip"``;
             other forwarding headers in a request are ignored.
         on_backend_error: ``"allow"`` (fail open, the default) or ``"deny"``
-            (503) when the backend fails; a rule may override it.
+            (503 with ``Retry-After``) when the backend fails; a rule may
+            override it.
         headers: send ``RateLimit-Policy`` and ``RateLimit`` on covered responses.
         legacy_headers: also send ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``.
         ipv6_prefix: IPv6 clients are keyed by this prefix (default /64).
@@ -98,10 +80,10 @@ class RateLimitMiddleware:
         storage: str | Backend,
         rules: Sequence[Rule],
         *,
-        strategy: str = "sliding-window-counter",
+        strategy: Strategy | str = Strategy.SLIDING_WINDOW_COUNTER,
         trusted_proxies: Iterable[str] = (),
         forwarded_header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
-        on_backend_error: str = "allow",
+        on_backend_error: OnBackendError | str = OnBackendError.ALLOW,
         headers: bool = True,
         legacy_headers: bool = False,
         ipv6_prefix: int | None = 64,
@@ -109,25 +91,9 @@ class RateLimitMiddleware:
         breaker: CircuitBreaker | None = None,
         key_prefix: str = "rl",
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise RateLimitConfigError(
-                f"strategy must be one of {', '.join(sorted(STRATEGIES))}, got {strategy!r}"
-            )
-        if on_backend_error not in ("allow", "deny"):
-            raise RateLimitConfigError(
-                f"on_backend_error must be 'allow' or 'deny', got {on_backend_error!r}"
-            )
-        rules = list(rules)
-        for rule in rules:
-            if not isinstance(rule, Rule):
-                raise RateLimitConfigError(f"rules must be Rule objects, got {rule!r}")
-        names = [rule.name for rule in rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise RateLimitConfigError(
-                f"rule names must be unique (they name counters and headers): {duplicates}; "
-                "pass name= to tell them apart"
-            )
+        self.strategy = choice(Strategy, strategy, "strategy")
+        self.on_backend_error = choice(OnBackendError, on_backend_error, "on_backend_error")
+        self.rules = _checked_rules(rules)
         if "{" in key_prefix or "}" in key_prefix:
             raise RateLimitConfigError(f"key_prefix must not contain braces, got {key_prefix!r}")
         if breaker is not None and not isinstance(storage, str):
@@ -135,12 +101,12 @@ class RateLimitMiddleware:
                 "breaker= configures the Redis backend built from a storage URL; "
                 "pass it to the backend instead: RedisBackend(url, breaker=...)"
             )
+        try:
+            header = ForwardedHeader.parse(forwarded_header)
+            client_ip = ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix, header=header)
+        except ValueError as exc:
+            raise RateLimitConfigError(str(exc)) from exc
         self.app = app
-        self.rules = rules
-        self.strategy = strategy
-        self.on_backend_error = on_backend_error
-        self.headers = headers
-        self.legacy_headers = legacy_headers
         self.key_prefix = key_prefix
         self.backend: Backend = (
             backend_from_url(storage, clock=clock, breaker=breaker)
@@ -149,125 +115,78 @@ class RateLimitMiddleware:
         )
         self.breaker: CircuitBreaker | None = getattr(self.backend, "breaker", None)
         """The backend's circuit breaker, if it has one (the Redis backend does)."""
-        try:
-            header = ForwardedHeader.parse(forwarded_header)
-            self._client_ip = ClientIP(trusted_proxies, ipv6_prefix=ipv6_prefix, header=header)
-        except ValueError as exc:
-            raise RateLimitConfigError(str(exc)) from exc
-        self._short_strategy = STRATEGIES[strategy]
-        self._limits: dict[int, list[_Limit]] = {}
-        for rule in rules:
-            self._limits[id(rule)] = [
-                _Limit(
-                    rule,
-                    rate,
-                    policy,
-                    f"{rule.name}:{rate.amount}/{rate.window}:{self._short_strategy}",
-                    "hit" if rule.count == "all" else "peek",
-                    f'"{policy}";q={rate.amount};w={rate.window}'.encode(),
-                )
-                for index, rate in enumerate(rule.rates)
-                for policy in [rule.name if index == 0 else f"{rule.name}-{index + 1}"]
-            ]
-        self._counts_failures = any(rule.count == "failures" for rule in rules)
+        self.fields = responses.HeaderFields(enabled=headers, legacy=legacy_headers)
+        self._planner = Planner(
+            self.rules, strategy=self.strategy, key_prefix=key_prefix, client_ip=client_ip
+        )
 
     async def aclose(self) -> None:
         """Close the backend's connections (also done at lifespan shutdown)."""
         await self.backend.aclose()
 
+    def plan(self, scope: Scope) -> Plan:
+        """Which limits cover this request, per identity (pure: no backend call)."""
+        return self._planner.plan(scope)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
-            else:
-                await self.app(scope, receive, send)
+            await self._not_http(scope, receive, send)
             return
-        method = scope["method"]
-        path, root_path = scope["path"], scope.get("root_path", "")
-        matched = [
-            rule
-            for rule in self.rules
-            if rule.matches(method, path, root_path)
-            and not (rule.exempt is not None and rule.exempt(scope))
-        ]
-        if not matched:
+        plan = self._planner.plan(scope)
+        if not plan.groups:
             await self.app(scope, receive, send)
             return
-        ip = scope[CLIENT_IP_SCOPE_KEY] = self._client_ip(scope)
-        groups: dict[str, list[_Limit]] = {}
-        for rule in matched:
-            identity = "ip:" + ip if rule.key is client_ip else identity_of(rule.key, scope)
-            groups.setdefault(identity, []).extend(self._limits[id(rule)])
+        scope[CLIENT_IP_SCOPE_KEY] = plan.client_ip
+        outcome = await self._enforce(plan)
+        if isinstance(outcome, Rejected):
+            await responses.send_too_many_requests(send, outcome, self.fields)
+        elif isinstance(outcome, Unavailable):
+            await responses.send_unavailable(send, self._retry_after_unavailable())
+        else:
+            await self._serve(scope, receive, send, outcome)
 
-        done: list[tuple[str, _Checked]] = []
+    async def _enforce(self, plan: Plan) -> Outcome:
+        """One backend call per identity, in rule order; stop at the first no."""
+        passed: list[Checked] = []
         failed_open = False
-        for identity, limits in groups.items():
-            tag = identity_tag(identity)
-            checks = [
-                Check(
-                    f"{self.key_prefix}:{tag}:{limit.suffix}",
-                    self._short_strategy,
-                    limit.rate.amount,
-                    limit.rate.window,
-                    limit.rule.cost,
-                    limit.mode,
-                )
-                for limit in limits
-            ]
-            verdict = await self._call(checks)
+        for group in plan.groups:
+            verdict = await self._call(group.checks)
             if verdict is None:
-                self._decide({limit.rule.name for limit in limits}, "error")
-                if any(self._policy(limit.rule) == "deny" for limit in limits):
+                self._decide(group.rule_names, "error")
+                if group.fails_closed(self.on_backend_error):
                     events.emit(events.DegradedRequest("ratelimit", "fail_closed"))
-                    await self._refund(done)
-                    await _send_json(send, 503, _unavailable_body(), [])
-                    return
+                    await self._refund(passed)
+                    return Unavailable(group)
                 failed_open = True
-                continue
-            if not verdict.allowed:
-                await self._refund(done)
-                await self._reject(send, limits, verdict, done)
-                return
-            done.append((identity, _Checked(limits, checks, verdict)))
-
+            elif not verdict.allowed:
+                await self._refund(passed)
+                rejected = Rejected(Checked(group, verdict), tuple(passed))
+                self._decide_rejection(rejected)
+                return rejected
+            else:
+                passed.append(Checked(group, verdict))
         if failed_open:
             events.emit(events.DegradedRequest("ratelimit", "fail_open"))
         if events.bus.has_listeners(events.RateLimitDecision):
-            self._decide({limit.rule.name for _, c in done for limit in c.limits}, "allowed")
-        extra = self._headers_for(done) if self.headers else []
-        failures = (
-            [
-                (identity, checked)
-                for identity, checked in done
-                if any(limit.mode == "peek" for limit in checked.limits)
-            ]
-            if self._counts_failures
-            else []
-        )
-        if not extra and not failures:
+            self._decide({name for one in passed for name in one.group.rule_names}, "allowed")
+        return Admitted(tuple(passed), failed_open)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, admitted: Admitted) -> None:
+        """The app's response with the ``RateLimit`` fields; a failure counted afterwards."""
+        fields = self.fields.most_restrictive(admitted.checked)
+        counted_on_failure = admitted.counted_on_failure()
+        if not fields and not counted_on_failure:
             await self.app(scope, receive, send)
             return
-
-        status = 500
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if extra:
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
+        response = responses.ResponseWatcher(send, fields)
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, response)
         finally:
-            if failures and status >= 400:
-                await self._count_failures(failures)
+            if counted_on_failure and response.failed:
+                for checked in counted_on_failure:
+                    await self._call(checked.group.failure_counts())
 
-    def _policy(self, rule: Rule) -> str:
-        return rule.on_backend_error or self.on_backend_error
-
-    async def _call(self, checks: list[Check], at: float | None = None) -> Verdict | None:
+    async def _call(self, checks: Sequence[Check], at: float | None = None) -> Verdict | None:
         """One backend call; ``None`` when the backend is unavailable.
 
         The backend's breaker and its failure reports (one per failed round
@@ -282,116 +201,64 @@ class RateLimitMiddleware:
             events.emit(events.BackendError("ratelimit", "check", repr(exc)))
             return None
 
-    async def _refund(self, done: list[tuple[str, _Checked]]) -> None:
-        for _, checked in done:
+    async def _refund(self, passed: list[Checked]) -> None:
+        """Give back the hits of identities checked before a rejection or a 503."""
+        for checked in passed:
             refunds = [
-                dataclasses.replace(check, mode="refund")
-                for check in checked.checks
-                if check.mode == "hit"
+                dataclasses.replace(check, mode=Mode.REFUND)
+                for check in checked.group.checks
+                if check.mode is Mode.HIT
             ]
             if refunds:
                 await self._call(refunds, at=checked.verdict.at)
 
-    async def _count_failures(self, failures: list[tuple[str, _Checked]]) -> None:
-        for _, checked in failures:
-            adds = [
-                dataclasses.replace(check, mode="add")
-                for check, limit in zip(checked.checks, checked.limits, strict=True)
-                if limit.rule.count == "failures"
-            ]
-            await self._call(adds)
+    def _retry_after_unavailable(self) -> int:
+        # An open breaker's probe tries Redis every probe_interval and closes
+        # it on the first answer; without a breaker, one second.
+        if self.breaker is None:
+            return 1
+        return max(1, math.ceil(min(self.breaker.probe_interval, self.breaker.cooldown)))
 
-    async def _reject(
-        self,
-        send: Send,
-        limits: list[_Limit],
-        verdict: Verdict,
-        done: list[tuple[str, _Checked]],
-    ) -> None:
-        failed = [
-            (limit, result)
-            for limit, result in zip(limits, verdict.results, strict=True)
-            if not result.ok
-        ]
-        limit, result = max(failed, key=lambda pair: pair[1].reset)
-        retry_after = max(1, math.ceil(result.reset))
-        self._decide({limit.rule.name for limit, _ in failed}, "limited")
-        passed = {limit.rule.name for limit in limits} - {limit.rule.name for limit, _ in failed}
-        self._decide(passed | {lim.rule.name for _, c in done for lim in c.limits}, "allowed")
-        headers = [(b"retry-after", str(retry_after).encode())]
-        if self.headers:
-            headers += self._header_fields(limit, result.remaining, retry_after)
-        body = {
-            "error": "rate_limited",
-            "detail": f"Rate limit {limit.rate.text} exceeded ({limit.rule.name}); "
-            f"retry in {retry_after} s",
-            "retry_after": retry_after,
+    def _decide_rejection(self, rejected: Rejected) -> None:
+        if not events.bus.has_listeners(events.RateLimitDecision):
+            return
+        limited = {
+            limit.rule.name for limit, result in rejected.rejecting.results() if not result.ok
         }
-        await _send_json(send, 429, body, headers)
-
-    def _headers_for(self, done: list[tuple[str, _Checked]]) -> list[tuple[bytes, bytes]]:
-        best: tuple[_Limit, CheckResult] | None = None
-        for _, checked in done:
-            for limit, result in zip(checked.limits, checked.verdict.results, strict=True):
-                if best is None or (result.remaining, -result.reset) < (
-                    best[1].remaining,
-                    -best[1].reset,
-                ):
-                    best = (limit, result)
-        if best is None:
-            return []
-        limit, result = best
-        return self._header_fields(limit, result.remaining, max(0, math.ceil(result.reset)))
-
-    def _header_fields(
-        self, limit: _Limit, remaining: int, reset: int
-    ) -> list[tuple[bytes, bytes]]:
-        fields = [
-            (b"ratelimit-policy", limit.policy_field),
-            (b"ratelimit", f'"{limit.policy}";r={remaining};t={reset}'.encode()),
-        ]
-        if self.legacy_headers:
-            fields += [
-                (b"x-ratelimit-limit", str(limit.rate.amount).encode()),
-                (b"x-ratelimit-remaining", str(remaining).encode()),
-                (b"x-ratelimit-reset", str(reset).encode()),
-            ]
-        return fields
+        allowed = rejected.rejecting.group.rule_names - limited
+        for checked in rejected.passed:
+            allowed |= checked.group.rule_names
+        self._decide(limited, "limited")
+        self._decide(allowed, "allowed")
 
     def _decide(self, rule_names: set[str], decision: str) -> None:
         if rule_names and events.bus.has_listeners(events.RateLimitDecision):
             for name in sorted(rule_names):
                 events.emit(events.RateLimitDecision(name, decision))
 
-    def _lifespan_send(self, send: Send) -> Send:
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
                 await self.aclose()
             await send(message)
 
-        return lifespan_send
+        await self.app(scope, receive, lifespan_send)
 
 
-def _unavailable_body() -> dict[str, Any]:
-    return {
-        "error": "rate_limit_unavailable",
-        "detail": "The rate limiter's backend is unavailable and this route fails closed.",
-    }
-
-
-async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+def _checked_rules(rules: Sequence[Rule]) -> list[Rule]:
+    checked = list(rules)
+    for rule in checked:
+        if not isinstance(rule, Rule):
+            raise RateLimitConfigError(f"rules must be Rule objects, got {rule!r}")
+    names = [rule.name for rule in checked]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RateLimitConfigError(
+            f"rule names must be unique (they name counters and headers): {duplicates}; "
+            "pass name= to tell them apart"
+        )
+    return checked

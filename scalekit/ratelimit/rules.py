@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import difflib
+import enum
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from scalekit._rates import Rate, RateSyntaxError
 from scalekit._rates import parse_rates as _parse_rates
 from scalekit._routes import KNOWN_METHODS, RouteTemplate, RouteTemplateError, route_methods
-from scalekit.ratelimit.errors import RateLimitConfigError
+from scalekit.ratelimit.errors import RateLimitConfigError, choice
 from scalekit.ratelimit.keys import KeyFunction, client_ip
 
-__all__ = ["Rate", "Rule", "parse_rates"]
+__all__ = ["Count", "OnBackendError", "Rate", "Rule", "parse_rates"]
+
+
+class Count(enum.StrEnum):
+    """Which requests a rule counts."""
+
+    ALL = "all"
+    """Every request it admits."""
+    FAILURES = "failures"
+    """Only responses with status >= 400 (or an exception); successes are free."""
+
+
+class OnBackendError(enum.StrEnum):
+    """What a rule does when its counters cannot be reached."""
+
+    ALLOW = "allow"
+    """Fail open: the request goes through, unlimited and without headers."""
+    DENY = "deny"
+    """Fail closed: 503 with ``Retry-After``."""
 
 
 def parse_rates(limit: str) -> tuple[Rate, ...]:
@@ -43,12 +62,13 @@ class Rule:
             (default), :func:`~scalekit.ratelimit.user`,
             :func:`~scalekit.ratelimit.header` or any callable taking the ASGI
             scope and returning a string (``None`` falls back to the client IP).
-        count: ``"all"`` counts every request; ``"failures"`` admits requests
-            while the window has room and counts only responses with status >= 400.
+        count: :class:`Count` or its value: ``"all"`` counts every request;
+            ``"failures"`` admits requests while the window has room and counts
+            only responses with status >= 400.
         cost: how much one request uses up.
         exempt: a callable taking the ASGI scope; ``True`` skips this rule.
-        on_backend_error: ``"allow"`` or ``"deny"`` when the backend fails;
-            ``None`` takes the middleware's setting.
+        on_backend_error: :class:`OnBackendError` or its value, ``"allow"`` or
+            ``"deny"``, when the backend fails; ``None`` takes the middleware's.
         name: the policy name in the ``RateLimit`` headers and events; defaults
             to ``"default"`` for a rule without a path, else the path.
 
@@ -77,10 +97,10 @@ class Rule:
         path: str | None = None,
         methods: Iterable[str] | None = None,
         key: KeyFunction = client_ip,
-        count: str = "all",
+        count: Count | str = Count.ALL,
         cost: int = 1,
         exempt: Callable[[Any], bool] | None = None,
-        on_backend_error: str | None = None,
+        on_backend_error: OnBackendError | str | None = None,
         name: str | None = None,
     ) -> None:
         if not isinstance(limit, str):
@@ -91,14 +111,14 @@ class Rule:
             path_template = RouteTemplate(path) if path is not None else None
         except RouteTemplateError as exc:
             raise RateLimitConfigError(f"Rule path: {exc}") from exc
-        if count not in ("all", "failures"):
-            raise RateLimitConfigError(f"Rule count must be 'all' or 'failures', got {count!r}")
+        counted = choice(Count, count, "Rule count")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise RateLimitConfigError(f"Rule cost must be a whole number >= 1, got {cost!r}")
-        if on_backend_error not in (None, "allow", "deny"):
-            raise RateLimitConfigError(
-                f"Rule on_backend_error must be 'allow', 'deny' or None, got {on_backend_error!r}"
-            )
+        when_down = (
+            None
+            if on_backend_error is None
+            else choice(OnBackendError, on_backend_error, "Rule on_backend_error", none=True)
+        )
         if not callable(key):
             raise RateLimitConfigError(
                 f"Rule key must be client_ip, user, header(...) or a callable, got {key!r}"
@@ -128,10 +148,10 @@ class Rule:
         self.path = path
         self.methods = route_methods(methods)
         self.key = key
-        self.count = count
+        self.count = counted
         self.cost = cost
         self.exempt = exempt
-        self.on_backend_error = on_backend_error
+        self.on_backend_error = when_down
         self.name = name or (path if path else "default")
         if (
             not (self.name.isascii() and self.name.isprintable())
@@ -150,4 +170,7 @@ class Rule:
         return self._path_template is None or self._path_template.match(path, root_path) is not None
 
     def __repr__(self) -> str:
-        return f"Rule({self.limit!r}, name={self.name!r}, path={self.path!r}, count={self.count!r})"
+        return (
+            f"Rule({self.limit!r}, name={self.name!r}, path={self.path!r}, "
+            f"count={self.count.value!r})"
+        )

@@ -198,6 +198,9 @@ async def test_redis_killed_fail_open_fail_closed_then_restarted(
                 closed = await http.get("/other")
                 assert closed.status_code == 503
                 assert closed.json()["error"] == "rate_limit_unavailable"
+                # the breaker's probe tries Redis every second
+                assert closed.headers["retry-after"] == "1"
+                assert closed.json()["retry_after"] == 1
             redis_server.start()  # an empty Redis: no scripts, no counters
             clock.advance(5.0)
             assert (await http.get("/")).status_code == 200  # the breaker's trial closes it

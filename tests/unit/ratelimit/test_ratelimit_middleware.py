@@ -334,6 +334,10 @@ async def test_backend_down_fail_open_and_fail_closed_per_rule() -> None:
             closed = await http.get("/other")
             assert closed.status_code == 503
             assert closed.json()["error"] == "rate_limit_unavailable"
+            assert closed.headers["content-type"] == "application/json"
+            # when to come back: a backend without a breaker is tried again at once
+            assert closed.headers["retry-after"] == "1"
+            assert closed.json()["retry_after"] == 1
     finally:
         unsubscribe()
     assert events.RateLimitDecision("root", "error") in seen
