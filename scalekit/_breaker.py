@@ -142,6 +142,11 @@ class CircuitBreaker:
             return self._state
 
     @property
+    def trial_in_flight(self) -> bool:
+        """Whether a half-open trial call has been let through and not settled yet."""
+        return self._trial is not None
+
+    @property
     def generation(self) -> int:
         """How many times the breaker has opened."""
         return self._generation
