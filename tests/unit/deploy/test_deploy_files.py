@@ -197,6 +197,9 @@ def test_configured_variables_are_ones_the_app_reads() -> None:
     assert set(env) <= known
     parsed = TaskApiConfig.from_env({**env, "TASKAPI_JWT_SECRET": "y" * 48})
     assert parsed.settings.redis_url == "redis://redis:6379/0"
+    # nginx appends to X-Forwarded-For: that, and only that, carries the client
+    assert parsed.settings.forwarded_header == "x-forwarded-for"
+    assert config["SCALEKIT_FORWARDED_HEADER"] == "x-forwarded-for"
     assert [len(shard) for shard in parsed.settings.shard_urls] == [2, 2]
     assert not parsed.embedded
 
@@ -257,6 +260,10 @@ def test_dockerfile_is_slim_non_root_with_a_healthcheck() -> None:
     command = yaml.safe_load(dict(instructions)["CMD"])  # a JSON array
     assert command[:2] == ["uvicorn", "examples.taskapi.app:app"]
     assert command[command.index("--port") + 1] == "8000"
+    # uvicorn must not rewrite the client address from X-Forwarded-For itself:
+    # SCALEKIT_TRUSTED_PROXIES and SCALEKIT_FORWARDED_HEADER decide it
+    assert "--no-proxy-headers" in command
+    assert not any(argument.startswith("--forwarded-allow-ips") for argument in command)
 
 
 def test_nginx_conf_balances_three_instances_and_forwards_the_client() -> None:
