@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -120,51 +121,93 @@ def _joined(versions: Sequence[int | bytes | str | None]) -> str:
 class MemoryCache:
     """An in-process, bounded LRU backend: the embedded default and the tests' backend.
 
-    Tag versions are never evicted (an evicted counter would make old entries
-    current again); they are one integer per tag ever invalidated.
+    The least recently used entries are dropped when there are more than
+    ``max_entries`` or their bytes (bodies, headers and keys) exceed
+    ``max_bytes``; an entry bigger than ``max_bytes`` alone is not stored.
+    Tag versions are never evicted (an evicted counter would make old
+    entries current again); they are one integer per tag ever invalidated.
+    Fill locks are dropped once expired.
 
     Args:
         max_entries: entries kept before the least recently used is dropped.
+        max_bytes: bytes kept before the least recently used is dropped.
         clock: the clock expiry reads (default: the process clock).
 
     Raises:
-        CacheConfigError: ``max_entries`` < 1.
+        CacheConfigError: ``max_entries`` or ``max_bytes`` < 1.
     """
 
-    def __init__(self, *, max_entries: int = 10_000, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Clock | None = None,
+    ) -> None:
         if max_entries < 1:
             raise CacheConfigError(f"MemoryCache max_entries must be >= 1, got {max_entries!r}")
+        if max_bytes < 1:
+            raise CacheConfigError(f"MemoryCache max_bytes must be >= 1, got {max_bytes!r}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> (expires_at, fields)
-        self._entries: collections.OrderedDict[str, tuple[float, dict[str, Any]]] = (
+        # key -> (expires_at, size, fields), least recently used first
+        self._entries: collections.OrderedDict[str, tuple[float, int, dict[str, Any]]] = (
             collections.OrderedDict()
         )
+        self._bytes = 0
         self._versions: dict[str, int] = {}
-        self._locks: dict[str, tuple[float, str]] = {}
+        # lock key -> (expires_at, token), oldest first: expired ones are pruned from the front
+        self._locks: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
 
     def _now(self) -> float:
         return (self._clock or get_clock()).time()
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the stored entries take (bodies, headers and keys)."""
+        return self._bytes
+
+    def _drop(self, key: str) -> None:
+        _, size, _ = self._entries.pop(key)
+        self._bytes -= size
 
     def _get(self, key: str, now: float) -> dict[str, Any]:
         found = self._entries.get(key)
         if found is None:
             return {}
         if found[0] <= now:
-            del self._entries[key]
+            self._drop(key)
             return {}
         self._entries.move_to_end(key)
-        return found[1]
+        return found[2]
 
     def _put(self, key: str, fields: dict[str, Any], expires_at: float) -> None:
-        self._entries[key] = (expires_at, fields)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        if key in self._entries:
+            self._drop(key)
+        size = len(key) + sum(len(value) for value in fields.values() if isinstance(value, bytes))
+        self._entries[key] = (expires_at, size, fields)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def _current(self, tags: Sequence[str]) -> str:
         return _joined([self._versions.get(tag, 0) for tag in tags])
+
+    def _take_lock(self, key: str, ttl: float, now: float) -> str | None:
+        while self._locks:
+            oldest = next(iter(self._locks))
+            if self._locks[oldest][0] > now:
+                break
+            del self._locks[oldest]
+        held = self._locks.get(key)
+        if held is not None and held[0] > now:
+            return None
+        token = uuid.uuid4().hex
+        self._locks[key] = (now + ttl, token)
+        self._locks.move_to_end(key)
+        return token
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -187,10 +230,7 @@ class MemoryCache:
             fresh = data is not None and entry["v"] == versions and entry["t"] >= now
             token = None
             if lock_ttl is not None and final and not fresh:
-                held = self._locks.get(keys.lock)
-                if held is None or held[0] <= clock_now:
-                    token = uuid.uuid4().hex
-                    self._locks[keys.lock] = (clock_now + lock_ttl, token)
+                token = self._take_lock(keys.lock, lock_ttl, clock_now)
             return Lookup(data, entry.get("t", 0.0), entry.get("v"), versions, marker, final, token)
 
     async def store(
@@ -207,6 +247,8 @@ class MemoryCache:
         with self._lock:
             self._release(keys, lock_token)
             if self._current(tags) != versions:
+                return False
+            if len(keys.variant) + len(data) > self.max_bytes:
                 return False
             expires_at = self._now() + expire
             if keys.variant != keys.base:
@@ -235,75 +277,33 @@ class MemoryCache:
         """Drop every entry (tag versions are kept, see the class docstring)."""
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
             self._locks.clear()
 
     async def aclose(self) -> None:
         return None
 
     def __repr__(self) -> str:
-        return f"MemoryCache(entries={len(self._entries)}, max_entries={self.max_entries})"
+        return (
+            f"MemoryCache(entries={len(self._entries)}, max_entries={self.max_entries}, "
+            f"bytes={self._bytes}, max_bytes={self.max_bytes})"
+        )
 
 
-_LOOKUP = """
-local base = redis.call('HMGET', KEYS[1], 'd', 't', 'v', 'm')
-local entry = base
-local final = 1
-if base[4] then
-  if base[4] == ARGV[4] then
-    entry = redis.call('HMGET', KEYS[2], 'd', 't', 'v', 'm')
-  else
-    entry = {false, false, false, false}
-    final = 0
-  end
-end
-local versions = {}
-for i = 4, #KEYS do
-  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
-end
-local current = table.concat(versions, ',')
-local token = false
-if ARGV[2] ~= '' and final == 1 then
-  local same = entry[3] and (entry[3] == current or
-    (current ~= '' and string.sub(entry[3], 1, #current + 1) == current .. ','))
-  local fresh = entry[1] and same and tonumber(entry[2]) >= tonumber(ARGV[1])
-  if not fresh and redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
-    token = ARGV[2]
-  end
-end
-return {entry[1], entry[2], entry[3], base[4], current, final, token}
-"""
+def _script(name: str) -> str:
+    return resources.files("scalekit.cache").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
-_STORE = """
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then
-  redis.call('DEL', KEYS[3])
-end
-local versions = {}
-for i = 4, #KEYS do
-  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
-end
-local current = table.concat(versions, ',')
-if not (ARGV[4] == current or
-    (current ~= '' and string.sub(ARGV[4], 1, #current + 1) == current .. ',')) then
-  return 0
-end
-if ARGV[6] ~= '' then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'm', ARGV[6])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-elseif KEYS[2] == KEYS[1] then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('HSET', KEYS[2], 'd', ARGV[1], 't', ARGV[2], 'v', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+def _number(value: bytes | str | None) -> float:
+    """A number the script returned; 0 for anything else (a foreign or corrupt field)."""
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 class RedisCache:
@@ -348,9 +348,9 @@ class RedisCache:
         """Calls that failed."""
         self._errors: tuple[type[BaseException], ...] = _redis.redis_errors()
         self._cluster = type(client).__name__ == "RedisCluster"
-        self._lookup = client.register_script(_LOOKUP)
-        self._store = client.register_script(_STORE)
-        self._release = client.register_script(_RELEASE)
+        self._lookup = client.register_script(_script("lookup"))
+        self._store = client.register_script(_script("store"))
+        self._release = client.register_script(_script("release"))
         self._sync_lock = threading.Lock()
 
     @classmethod
@@ -442,13 +442,14 @@ class RedisCache:
         ]
         script_keys = [self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same]
         if other:
-            result, extra = await self._call(
-                "lookup",
-                lambda: asyncio.gather(
+
+            async def both() -> tuple[Any, Any]:
+                return await asyncio.gather(
                     self._lookup(keys=script_keys, args=args),
                     self.client.mget_nonatomic(other),
-                ),
-            )
+                )
+
+            result, extra = await self._call("lookup", both)
             ordered = dict(zip(same, (result[4] or b"").split(b","), strict=False))
             ordered.update(zip(other, extra, strict=True))
             current = _joined([ordered.get(key) for key in (*same, *other)])
@@ -458,10 +459,10 @@ class RedisCache:
         data, fresh_until, entry_versions, marker = result[:4]
         return Lookup(
             data=data,
-            fresh_until=int(fresh_until or 0) / 1000,
-            entry_versions=entry_versions.decode() if entry_versions is not None else None,
+            fresh_until=_number(fresh_until) / 1000,
+            entry_versions=_text(entry_versions),
             versions=current,
-            marker=marker.decode() if marker is not None else None,
+            marker=_text(marker),
             final=bool(result[5]),
             lock_token=token if len(result) > 6 and result[6] else None,
         )
@@ -507,7 +508,6 @@ class RedisCache:
         for tag in tags:
             pipe.incr(self._tag_key(tag))
         await self._call("invalidate", pipe.execute, gate=False)
-        events.emit(events.CacheEvent(",".join(tags), "invalidate"))
 
     def invalidate_sync(self, *tags: str) -> None:
         """Blocking, thread-safe :meth:`invalidate` for code in worker threads.
@@ -533,7 +533,6 @@ class RedisCache:
             self.errors += 1
             events.emit(events.BackendError("cache", "invalidate", f"{type(exc).__name__}: {exc}"))
             raise CacheBackendError(f"Redis cache invalidate failed: {exc}") from exc
-        events.emit(events.CacheEvent(",".join(tags), "invalidate"))
 
     def _sync(self) -> Any:
         with self._sync_lock:

@@ -47,13 +47,17 @@ class Entry:
         """
         try:
             (length,) = _LENGTH.unpack_from(data)
+            if 4 + length > len(data):
+                raise ValueError("the head is longer than the data")
             status, headers, etag, stored_at = json.loads(data[4 : 4 + length])
+            if not isinstance(status, int) or not 100 <= status <= 599:
+                raise ValueError(f"status {status!r}")
             return cls(
-                int(status),
+                status,
                 tuple((key.encode("latin-1"), value.encode("latin-1")) for key, value in headers),
                 bytes(data[4 + length :]),
                 str(etag),
                 float(stored_at),
             )
-        except (struct.error, ValueError, TypeError) as exc:
+        except (struct.error, ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"not a scalekit cache entry: {exc}") from exc

@@ -1,9 +1,12 @@
-"""Cache keys: method class + path + normalised query + vary values.
+"""Cache keys: what selects an entry, so no two different answers share one.
 
-A key never depends on the order of query parameters, and an absent request
-header keys differently from an empty one. The tag versions an entry was
-computed under are stored with it and compared on every read, which is the
-same as making them part of the key without a second lookup.
+A key is made of: the method class (GET and HEAD share entries), the rule,
+the scheme, the host, the ``root_path``, the path, the query (parameters
+sorted by name, repeats kept in their order), the identity, and the values
+of the vary headers. An absent request header keys differently from an
+empty one. The tag versions an entry was computed under are stored with it
+and compared on every read, which is the same as making them part of the key
+without a second lookup.
 """
 
 from __future__ import annotations
@@ -11,22 +14,70 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
+
+from starlette.types import Scope
 
 from scalekit._redis import hash_tag
 
-__all__ = ["EntryKeys", "base_digest", "entry_keys", "normalise_query", "vary_values"]
+__all__ = [
+    "EntryKeys",
+    "RequestTarget",
+    "base_digest",
+    "entry_keys",
+    "normalise_query",
+    "request_target",
+    "vary_values",
+]
 
 _ABSENT = "\x00absent"
 _SEPARATOR = "\x1f"
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def normalise_query(query_string: bytes) -> str:
-    """The query string with parameters sorted (repeats and blank values kept)."""
+    """The query string with its parameters in a canonical order.
+
+    Parameters are sorted by their decoded name only; parameters of the same
+    name keep their order (``?page=2&page=1`` and ``?page=1&page=2`` are
+    different requests). The raw bytes are kept as they came, so two queries
+    an app could tell apart never share a key.
+    """
     if not query_string:
         return ""
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    return urlencode(sorted(pairs))
+    parts = [part for part in query_string.decode("latin-1").split("&") if part]
+    parts.sort(key=lambda part: unquote_plus(part.partition("=")[0], encoding="latin-1"))
+    return "&".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTarget:
+    """Where a request went: scheme, host (lower-case), ``root_path``, path."""
+
+    scheme: str
+    host: str
+    root_path: str
+    path: str
+
+
+def request_target(scope: Scope) -> RequestTarget:
+    """The target of ``scope`` as Starlette's ``Request.url`` sees it.
+
+    The host is the first ``Host`` header (lower-cased), else the server
+    address; the port is dropped when it is the scheme's default.
+    """
+    scheme = str(scope.get("scheme", "http"))
+    host = ""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"host":
+            host = value.decode("latin-1").lower()
+            break
+    else:
+        server = scope.get("server")
+        if server:
+            name, port = server[0], server[1]
+            host = name if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{name}:{port}"
+    return RequestTarget(scheme, host, str(scope.get("root_path", "")), str(scope["path"]))
 
 
 def vary_values(headers: Sequence[tuple[bytes, bytes]], names: Sequence[str]) -> list[str]:
@@ -45,7 +96,7 @@ def _digest(parts: Sequence[str]) -> str:
 
 def base_digest(
     rule: str,
-    path: str,
+    target: RequestTarget,
     query: str,
     user: str | None,
     vary: Sequence[str],
@@ -53,7 +104,19 @@ def base_digest(
     """The digest of everything that selects an entry before the response's own Vary."""
     method_class = "GET"  # GET and HEAD share entries; only GET responses are stored
     who = _ABSENT if user is None else f"user={user}"
-    return _digest((method_class, rule, path, query, who, *vary))
+    return _digest(
+        (
+            method_class,
+            rule,
+            target.scheme,
+            target.host,
+            target.root_path,
+            target.path,
+            query,
+            who,
+            *vary,
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,55 +1,64 @@
-"""The response cache middleware (pure ASGI).
+"""The response cache middleware (pure ASGI): what each request gets.
 
-Per request it decides *what* to do: pass through, serve a stored entry,
-fill one (once per key: single flight in the process, a short backend lock
-across instances), or invalidate tags after a successful write. The backend
-(:mod:`scalekit.cache.backends`) knows how entries are stored.
+One request, stage by stage:
+
+1. **match** the first rule whose path matches (no rule: the app, untouched);
+2. **plan**: bypass (credentials, no identity, a request directive the rule
+   honours) or compute the request's keys once;
+3. **look up** (one backend call): a fresh entry is served, a stale one is
+   served and then refreshed by the request that took the fill lock;
+4. on a **miss**, single flight (:mod:`~scalekit.cache.flight`) says whether
+   to lead the fill, follow another request's, or compute alone;
+5. **fill**: the app writes into a :class:`~scalekit.cache.capture.ResponseCapture`;
+   a storable response is shared with the followers, stored, then sent.
+
+Unsafe methods listed in a rule's ``invalidate_on`` invalidate its tags
+before their response starts. Answers are written by
+:mod:`~scalekit.cache.respond`; storage is the backend's business.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
 import structlog
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit import events
 from scalekit._clock import Clock, get_clock
+from scalekit.cache import respond
 from scalekit.cache.backends import CacheBackend, Lookup
+from scalekit.cache.capture import Captured, ResponseCapture
 from scalekit.cache.entry import Entry
 from scalekit.cache.errors import CacheBackendError, CacheConfigError
+from scalekit.cache.flight import Alone, Flight, Follow, Lead, Shared, SingleFlight, Unshared
 from scalekit.cache.headers import (
+    RequestDirective,
     cache_control,
-    cache_status,
-    etag_for,
-    header_values,
-    if_none_match_matches,
-    vary_names,
+    request_directive,
+    revalidation_required,
 )
-from scalekit.cache.keys import EntryKeys, base_digest, entry_keys, normalise_query, vary_values
+from scalekit.cache.keys import (
+    EntryKeys,
+    base_digest,
+    entry_keys,
+    normalise_query,
+    request_target,
+    vary_values,
+)
 from scalekit.cache.rules import CacheRule
 
 __all__ = ["CacheMiddleware", "IdentityFunction", "user_identity"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 IdentityFunction = Callable[[Scope], str | None]
 
 _logger = structlog.get_logger("scalekit.cache")
-_CREDENTIALS = (b"authorization", b"cookie")
-# Never replayed from a stored response: hop-by-hop, per-response and per-server headers.
-_UNSTORED = frozenset(
-    {b"age", b"cache-status", b"connection", b"date", b"keep-alive", b"server", b"set-cookie"}
-    | {b"transfer-encoding", b"upgrade", b"proxy-connection", b"trailer", b"te"}
-)
-_NOT_MODIFIED_HEADERS = frozenset({b"etag", b"cache-control", b"vary", b"expires", b"date"})
+_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
 
 
 def user_identity(scope: Scope) -> str | None:
@@ -73,8 +82,8 @@ async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-@dataclass(slots=True)
-class _Request:
+@dataclass(frozen=True, slots=True)
+class CacheRequest:
     """Everything one cacheable GET/HEAD request needs, computed once."""
 
     rule: CacheRule
@@ -85,106 +94,58 @@ class _Request:
     keys: EntryKeys
     head: bool
 
+    def with_vary(self, vary: tuple[str, ...]) -> CacheRequest:
+        """This request keyed on the values of the request headers ``vary`` names."""
+        if vary == self.keys.vary:
+            return self
+        values = vary_values(self.headers, vary)
+        return replace(self, keys=entry_keys(self.digest, self.tags, vary, values))
 
-class _Capture:
-    """A send wrapper that buffers a response up to ``max_body`` to store it.
 
-    A response that may not be stored, or grows past ``max_body``, is passed
-    on as it comes (the part already buffered first); ``entry`` stays None.
-    """
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """The request goes to the app, past the cache, for ``reason``."""
 
-    def __init__(self, rule: CacheRule, send: Send | None, status_params: tuple[str, ...]) -> None:
-        self.rule = rule
-        self.send = send
-        self.status_params = status_params
-        self.start: Message | None = None
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.passing = False
-        self.complete = False
-        self.skip_reason = ""
-        self.vary: tuple[str, ...] = ()
+    reason: str
 
-    def _reason(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> str:
-        rule = self.rule
-        if status not in rule.statuses:
-            return "status"
-        if any(key.lower() == b"set-cookie" for key, _ in headers):
-            return "set-cookie"
-        directives = cache_control(headers)
-        if "no-store" in directives:
-            return "no-store"
-        if "private" in directives and not rule.vary_user:
-            return "private"
-        self.vary = vary_names(headers)
-        if "*" in self.vary:
-            return "vary-star"
-        for key, value in headers:
-            if key.lower() == b"content-length" and value.isdigit() and int(value) > rule.max_body:
-                return "too-large"
-        return ""
 
-    async def _pass_on(self, reason: str) -> None:
-        self.passing = True
-        self.skip_reason = reason
-        _emit(self.rule, "skip", reason)
-        if self.send is None:
-            return
-        assert self.start is not None
-        start = dict(self.start)
-        start["headers"] = [
-            *self.start.get("headers", ()),
-            cache_status(*self.status_params, f"detail={reason}"),
-        ]
-        await self.send(start)
-        if self.chunks:
-            await self.send(
-                {"type": "http.response.body", "body": b"".join(self.chunks), "more_body": True}
-            )
-            self.chunks = []
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """A fresh entry: serve it."""
 
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.start = message
-            reason = self._reason(message["status"], message.get("headers", ()))
-            if reason:
-                await self._pass_on(reason)
-            return
-        if message["type"] != "http.response.body":
-            if self.send is not None:
-                await self.send(message)
-            return
-        if self.passing:
-            if self.send is not None:
-                await self.send(message)
-            return
-        body = message.get("body", b"")
-        self.size += len(body)
-        self.chunks.append(body)
-        more = message.get("more_body", False)
-        if self.size > self.rule.max_body:
-            await self._pass_on("too-large")
-            if not more and self.send is not None:
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        if not more:
-            self.complete = True
+    entry: Entry
 
-    def entry(self, now: float) -> Entry | None:
-        """The response as an entry, once complete and storable."""
-        if not self.complete or self.passing or self.start is None:
-            return None
-        body = b"".join(self.chunks)
-        headers = tuple(
-            (key.lower(), value)
-            for key, value in self.start.get("headers", ())
-            if key.lower() not in _UNSTORED
-        )
-        etags = [value for key, value in headers if key == b"etag"]
-        etag = etags[0].decode("latin-1") if etags else etag_for(body)
-        if not etags:
-            headers += ((b"etag", etag.encode("latin-1")),)
-        return Entry(self.start["status"], headers, body, etag, now)
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """An entry ``-ttl`` seconds stale, still inside the rule's stale window."""
+
+    entry: Entry
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """No entry to serve (none, expired, invalidated, or ``"corrupt"``)."""
+
+    reason: str
+
+
+def classify(found: Lookup, now: float, rule: CacheRule) -> Fresh | Stale | Missing:
+    """What a lookup found, at ``now``; an entry that cannot be read is a miss."""
+    if not found.usable or found.data is None:
+        return Missing("")
+    try:
+        entry = Entry.decode(found.data)
+    except ValueError:
+        return Missing("corrupt")
+    if now <= found.fresh_until:
+        return Fresh(entry)
+    if now <= found.fresh_until + rule.stale_ttl and not revalidation_required(
+        cache_control(entry.headers)
+    ):
+        return Stale(entry, int(found.fresh_until - now))
+    return Missing("")
 
 
 class CacheMiddleware:
@@ -196,10 +157,11 @@ class CacheMiddleware:
         rules: the cacheable routes; the first rule whose path matches applies.
         identity: ``callable(scope) -> str | None`` for ``vary_user`` rules
             (default :func:`user_identity`: Starlette's authenticated user).
+            A request with an identity bypasses rules without ``vary_user``.
         lock: take a short backend lock on a miss so one instance fills a key.
         lock_timeout: seconds the lock lives (a crashed filler frees it then).
         lock_wait: seconds another instance waits for the filler's result
-            before serving stale (if any) or computing itself.
+            before computing itself.
         poll_interval: seconds between looks while waiting.
         clock: the clock TTLs and stale windows read (default: the process clock).
 
@@ -231,11 +193,8 @@ class CacheMiddleware:
             )
         self.identity = identity or user_identity
         self.lock_timeout = lock_timeout if lock else None
-        self.lock_wait = lock_wait
-        self.poll_interval = poll_interval
+        self.flights = SingleFlight(locking=lock, lock_wait=lock_wait, poll_interval=poll_interval)
         self._clock = clock
-        # Fills in flight in this process: base key -> the filler's (entry, keys).
-        self._inflight: dict[str, asyncio.Future[tuple[Entry | None, EntryKeys]]] = {}
         # Response Vary names learned per rule, so a hit stays one lookup.
         self._vary: dict[str, tuple[str, ...]] = {}
 
@@ -246,14 +205,11 @@ class CacheMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path, root_path = scope["path"], scope.get("root_path", "")
-        for rule in self.rules:
-            params = rule.match(path, root_path)
-            if params is not None:
-                break
-        else:
+        matched = self._match(scope)
+        if matched is None:
             await self.app(scope, receive, send)
             return
+        rule, params = matched
         method = scope["method"]
         if method in ("GET", "HEAD"):
             await self._cacheable(rule, params, scope, receive, send)
@@ -262,121 +218,94 @@ class CacheMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    def _request(self, scope: Scope, path_params: dict[str, str]) -> Request:
-        return Request({**scope, "path_params": {**scope.get("path_params", {}), **path_params}})
+    def _match(self, scope: Scope) -> tuple[CacheRule, dict[str, Any]] | None:
+        path, root_path = scope["path"], scope.get("root_path", "")
+        for rule in self.rules:
+            params = rule.match(path, root_path)
+            if params is not None:
+                return rule, params
+        return None
 
-    async def _bypass(
-        self, rule: CacheRule, reason: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        _emit(rule, "bypass", reason)
-        if reason == "backend":  # Redis failed or its breaker is open
-            events.emit(events.DegradedRequest("cache", "bypass"))
-        header = cache_status("fwd=bypass", f"detail={reason}")
+    # -- plan ---------------------------------------------------------------------------------
 
-        async def send_with_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
+    def _has_identity(self, scope: Scope) -> bool:
+        """Whether the request carries credentials or an identity, by any means."""
+        if any(key.lower() in _CREDENTIAL_HEADERS for key, _ in scope["headers"]):
+            return True
+        user = scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return True
+        return self.identity(scope) is not None
 
-        await self.app(scope, receive, send_with_status)
-
-    def _keys(
-        self,
-        request_headers: Sequence[tuple[bytes, bytes]],
-        digest: str,
-        tags: Sequence[str],
-        vary: tuple[str, ...],
-    ) -> EntryKeys:
-        return entry_keys(digest, tags, vary, vary_values(request_headers, vary))
-
-    async def _cacheable(
-        self, rule: CacheRule, params: dict[str, str], scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    def _plan(self, rule: CacheRule, params: dict[str, Any], scope: Scope) -> CacheRequest | Bypass:
         headers = scope["headers"]
         user = None
         if rule.vary_user:
             user = self.identity(scope)
             if user is None:
-                await self._bypass(rule, "no-identity", scope, receive, send)
-                return
-        elif any(key.lower() in _CREDENTIALS for key, _ in headers):
-            await self._bypass(rule, "credentials", scope, receive, send)
-            return
-        tags = rule.tags_for(params, user, lambda: self._request(scope, params))
+                return Bypass("no-identity")
+        elif self._has_identity(scope):
+            return Bypass("credentials")
+        if (
+            rule.honor_request_directives
+            and request_directive(headers) is RequestDirective.NO_STORE
+        ):
+            return Bypass("request-no-store")
+        tags = rule.tags_for(
+            params,
+            user,
+            lambda: Request({**scope, "path_params": {**scope.get("path_params", {}), **params}}),
+        )
         digest = base_digest(
             rule.name,
-            scope["path"],
+            request_target(scope),
             normalise_query(scope.get("query_string", b"")),
             user,
-            vary_values(headers, rule.vary_headers),  # type: ignore[arg-type]
+            vary_values(headers, tuple(rule.vary_headers)),
         )
-        keys = self._keys(headers, digest, tags, self._vary.get(rule.name, ()))
-        request = _Request(rule, scope, headers, digest, tags, keys, scope["method"] == "HEAD")
-        directives = cache_control(headers)
-        no_cache = "no-cache" in directives or (
-            not directives and "no-cache" in ",".join(header_values(headers, b"pragma")).lower()
-        )
-        if no_cache:
-            try:
-                found = await self._lookup(request, lock=False)
-            except CacheBackendError:
-                await self._bypass(rule, "backend", scope, receive, send)
-                return
-            await self._fill(request, found, receive, send, ("fwd=request",))
-            return
-        waiting = self._inflight.get(keys.base)
-        if waiting is not None:
-            # Single flight: the same key is being answered in this process.
-            entry, filled = await asyncio.shield(waiting)
-            mine = self._keys(headers, digest, tags, filled.vary)
-            if entry is not None and mine.variant == filled.variant:
-                _emit(rule, "hit", "collapsed")
-                await self._send_entry(request, entry, send, ("hit", "collapsed"), self._now())
-                return
-            await self._answer(request, receive, send)
-            return
-        future: asyncio.Future[tuple[Entry | None, EntryKeys]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._inflight[keys.base] = future
-        result: tuple[Entry | None, EntryKeys] = (None, keys)
-        try:
-            result = (await self._answer(request, receive, send), request.keys)
-        finally:
-            self._inflight.pop(keys.base, None)
-            future.set_result(result)
+        vary = self._vary.get(rule.name, ())
+        keys = entry_keys(digest, tags, vary, vary_values(headers, vary))
+        return CacheRequest(rule, scope, headers, digest, tags, keys, scope["method"] == "HEAD")
 
-    async def _answer(self, request: _Request, receive: Receive, send: Send) -> Entry | None:
-        """Serve from the backend or fill; the fresh entry answered with, if any."""
-        rule = request.rule
+    # -- look up and answer -------------------------------------------------------------------
+
+    async def _cacheable(
+        self, rule: CacheRule, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        plan = self._plan(rule, params, scope)
+        if isinstance(plan, Bypass):
+            await self._bypass(rule, plan.reason, scope, receive, send)
+            return
+        refresh = (
+            plan.rule.honor_request_directives
+            and request_directive(plan.headers) is RequestDirective.REFRESH
+        )
         try:
-            found = await self._lookup(request, lock=True)
+            # HEAD never fills, so it never takes the fill lock.
+            request, found = await self._lookup(plan, lock=not (plan.head or refresh))
         except CacheBackendError:
-            await self._bypass(rule, "backend", request.scope, receive, send)
-            return None
+            await self._bypass(rule, "backend", scope, receive, send)
+            return
+        if refresh:
+            _emit(rule, "miss", "request")
+            await _Fill(self, request, found, send, ("fwd=request",), None).run(receive)
+            return
         now = self._now()
-        if found.usable:
-            assert found.data is not None
-            entry = Entry.decode(found.data)
-            if now <= found.fresh_until:
+        match classify(found, now, rule):
+            case Fresh(entry):
                 _emit(rule, "hit")
-                await self._send_entry(request, entry, send, ("hit",), now)
                 await self._release(request, found.lock_token)
-                return entry
-            if now <= found.fresh_until + rule.stale_ttl:
+                await self._send(request, entry, send, ("hit",), now)
+            case Stale(entry, ttl):
                 _emit(rule, "stale")
-                ttl = int(found.fresh_until - now)
-                await self._send_entry(request, entry, send, ("hit", f"ttl={ttl}"), now)
-                if found.lock_token is not None and not request.head:
-                    # The client has its whole response; refresh for the next ones.
-                    try:
-                        await self._fill(request, found, _empty_receive, None, ("fwd=stale",))
-                    except Exception:
-                        _logger.exception("cache refresh failed", rule=rule.name)
-                return None
-        return await self._miss(request, found, receive, send)
+                await self._send(request, entry, send, ("hit", f"ttl={ttl}"), now)
+                if found.lock_token is not None:
+                    await self._refresh(request, found)
+            case Missing(reason):
+                await self._miss(request, found, reason, receive, send)
 
-    async def _lookup(self, request: _Request, *, lock: bool) -> Lookup:
+    async def _lookup(self, request: CacheRequest, *, lock: bool) -> tuple[CacheRequest, Lookup]:
+        """The backend's answer, after following a Vary marker to the right variant."""
         lock_ttl = self.lock_timeout if lock else None
         found = await self.backend.lookup(
             request.keys, request.tags, now=self._now(), lock_ttl=lock_ttl
@@ -384,137 +313,112 @@ class CacheMiddleware:
         if not found.final and found.marker is not None:
             vary = tuple(name for name in found.marker.split(",") if name)
             self._vary[request.rule.name] = vary
-            request.keys = self._keys(request.headers, request.digest, request.tags, vary)
+            request = request.with_vary(vary)
             found = await self.backend.lookup(
                 request.keys, request.tags, now=self._now(), lock_ttl=lock_ttl
             )
-        return found
-
-    async def _release(self, request: _Request, token: str | None) -> None:
-        if token is not None:
-            with contextlib.suppress(CacheBackendError):
-                await self.backend.release(request.keys, token)
+        return request, found
 
     async def _miss(
-        self, request: _Request, found: Lookup, receive: Receive, send: Send
-    ) -> Entry | None:
-        rule = request.rule
-        if self.lock_timeout is not None and found.lock_token is None and not request.head:
-            waited = await self._wait_for_filler(request)
-            if isinstance(waited, Entry):
-                _emit(rule, "hit", "collapsed")
-                await self._send_entry(request, waited, send, ("hit", "collapsed"), self._now())
-                return waited
-            if waited is not None:
-                found = waited
-        _emit(rule, "miss")
-        return await self._fill(request, found, receive, send, ("fwd=miss",))
-
-    async def _wait_for_filler(self, request: _Request) -> Entry | Lookup | None:
-        """Another instance holds the fill lock: wait for its entry, up to ``lock_wait``.
-
-        Returns the entry, or a lookup that took the lock (the filler gave up),
-        or ``None`` when the wait ran out or the backend failed.
-        """
-        for _ in range(int(self.lock_wait / self.poll_interval)):
-            await asyncio.sleep(self.poll_interval)
-            try:
-                found = await self._lookup(request, lock=True)
-            except CacheBackendError:
-                return None
-            if found.usable and self._now() <= found.fresh_until:
-                assert found.data is not None
-                await self._release(request, found.lock_token)
-                return Entry.decode(found.data)
-            if found.lock_token is not None:
-                return found
-        return None
-
-    async def _fill(
-        self,
-        request: _Request,
-        found: Lookup,
-        receive: Receive,
-        send: Send | None,
-        status_params: tuple[str, ...],
-    ) -> Entry | None:
-        """Run the app; store its response if allowed; answer (unless ``send`` is None)."""
+        self, request: CacheRequest, found: Lookup, reason: str, receive: Receive, send: Send
+    ) -> None:
         rule = request.rule
         if request.head:
-            # A HEAD response has no body to store for GET; pass it through.
-            await self._release(request, found.lock_token)
-            if send is not None:
-                await self._bypass(rule, "head", request.scope, receive, send)
-            return None
-        capture = _Capture(rule, send, status_params)
-        try:
-            await self.app(request.scope, receive, capture)
-        finally:
-            if not capture.complete or capture.passing:
+            # A HEAD response has no body to serve GETs with: the app answers it.
+            await self._bypass(rule, "head", request.scope, receive, send)
+            return
+        # An unreadable entry looks fresh to the backend, so no lock was taken and no other
+        # instance is filling it: waiting for one would only stall.
+        poll = None if reason == "corrupt" else _Poll(self, request)
+        turn = await self.flights.turn(request.keys.variant, found, poll)
+        flight: Flight | None = None
+        match turn:
+            case Follow(entry, keys, found):
                 await self._release(request, found.lock_token)
-        now = self._now()
-        entry = capture.entry(now)
-        if entry is None:
-            return None
-        response_vary = tuple(name for name in capture.vary if name not in rule.vary_headers)
-        if response_vary != request.keys.vary:
-            self._vary[rule.name] = response_vary
-            request.keys = self._keys(request.headers, request.digest, request.tags, response_vary)
-        stored = False
+                if keys is None or request.with_vary(keys.vary).keys.variant == keys.variant:
+                    _emit(rule, "hit", "collapsed")
+                    await self._send(request, entry, send, ("hit", "collapsed"), self._now())
+                    return
+            case Lead(found, flight):
+                pass
+            case Alone(found):
+                pass
+        _emit(rule, "miss", reason)
+        await _Fill(self, request, found, send, ("fwd=miss",), flight).run(receive)
+
+    async def _refresh(self, request: CacheRequest, found: Lookup) -> None:
+        """Refresh a stale entry after its client has the whole stale answer."""
+        try:
+            await _Fill(self, request, found, None, ("fwd=stale",), None).run(_empty_receive)
+        except Exception:
+            _logger.exception("cache refresh failed", rule=request.rule.name)
+
+    async def _send(
+        self,
+        request: CacheRequest,
+        entry: Entry,
+        send: Send,
+        status_params: tuple[str, ...],
+        now: float | None,
+    ) -> None:
+        await respond.send_entry(
+            send,
+            entry,
+            request_headers=request.headers,
+            head=request.head,
+            status_params=status_params,
+            now=now,
+        )
+
+    async def _bypass(
+        self, rule: CacheRule, reason: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        _emit(rule, "bypass", reason)
+        if reason == "backend":  # Redis failed or its breaker is open
+            events.emit(events.DegradedRequest("cache", "bypass"))
+        await respond.bypass(self.app, scope, receive, send, ("fwd=bypass", f"detail={reason}"))
+
+    async def _release(self, request: CacheRequest, token: str | None) -> None:
+        if token is None:
+            return
+        # Also when the request is being cancelled: a lock left behind stalls other instances.
+        with anyio.CancelScope(shield=True), contextlib.suppress(CacheBackendError):
+            await self.backend.release(request.keys, token)
+
+    async def _store(
+        self, request: CacheRequest, found: Lookup, entry: Entry, fresh_for: float, expire: float
+    ) -> bool:
+        rule = request.rule
         try:
             stored = await self.backend.store(
                 request.keys,
                 request.tags,
                 data=entry.encode(),
                 versions=found.versions,
-                fresh_until=now + rule.ttl,
-                expire=rule.ttl + rule.stale_ttl,
+                fresh_until=entry.stored_at + fresh_for,
+                expire=expire,
                 lock_token=found.lock_token,
             )
-            _emit(rule, "store" if stored else "skip", "" if stored else "invalidated")
         except CacheBackendError:
             _emit(rule, "error", "store")
-        if send is not None:
-            params = (*status_params, "stored") if stored else status_params
-            await self._send_entry(request, entry, send, params, None)
-        return entry if stored else None
+            return False
+        _emit(rule, "store" if stored else "skip", "" if stored else "invalidated")
+        return stored
 
-    async def _send_entry(
-        self,
-        request: _Request,
-        entry: Entry,
-        send: Send,
-        status_params: tuple[str, ...],
-        now: float | None,
-    ) -> None:
-        """Answer with ``entry``: 304 when If-None-Match matches, no body for HEAD."""
-        extra = [cache_status(*status_params)]
-        if now is not None:
-            extra.append((b"age", str(max(0, int(now - entry.stored_at))).encode()))
-        if_none_match = header_values(request.headers, b"if-none-match")
-        if if_none_match and if_none_match_matches(if_none_match, entry.etag):
-            headers = [(k, v) for k, v in entry.headers if k in _NOT_MODIFIED_HEADERS]
-            await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": entry.status,
-                "headers": [*entry.headers, *extra],
-            }
-        )
-        body = b"" if request.head else entry.body
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+    # -- invalidate ---------------------------------------------------------------------------
 
     async def _invalidating(
-        self, rule: CacheRule, params: dict[str, str], scope: Scope, receive: Receive, send: Send
+        self, rule: CacheRule, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
     ) -> None:
         user = self.identity(scope) if rule.vary_user else None
         if rule.vary_user and user is None:
             await self.app(scope, receive, send)
             return
-        tags = rule.tags_for(params, user, lambda: self._request(scope, params))
+        tags = rule.tags_for(
+            params,
+            user,
+            lambda: Request({**scope, "path_params": {**scope.get("path_params", {}), **params}}),
+        )
 
         async def send_after_invalidating(message: Message) -> None:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
@@ -528,3 +432,85 @@ class CacheMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_after_invalidating)
+
+
+class _Poll:
+    """Looks one request up again while it waits for another instance's fill."""
+
+    def __init__(self, middleware: CacheMiddleware, request: CacheRequest) -> None:
+        self.middleware = middleware
+        self.request = request
+
+    async def lookup(self) -> Lookup:
+        _, found = await self.middleware._lookup(self.request, lock=True)
+        return found
+
+    def fresh_entry(self, found: Lookup) -> Entry | None:
+        verdict = classify(found, self.middleware._now(), self.request.rule)
+        return verdict.entry if isinstance(verdict, Fresh) else None
+
+
+class _Fill:
+    """One run of the app whose response may be stored: a miss, a refresh.
+
+    As soon as the response is complete its entry is shared with the
+    flight's followers, then stored, then sent to this request's client.
+    """
+
+    def __init__(
+        self,
+        middleware: CacheMiddleware,
+        request: CacheRequest,
+        found: Lookup,
+        send: Send | None,
+        status_params: tuple[str, ...],
+        flight: Flight | None,
+    ) -> None:
+        self.middleware = middleware
+        self.request = request
+        self.found = found
+        self.send = send
+        self.status_params = status_params
+        self.flight = flight
+        self.lock_token = found.lock_token
+
+    async def run(self, receive: Receive) -> None:
+        capture = ResponseCapture(self.request.rule, self.send, self.status_params, self)
+        try:
+            await self.middleware.app(self.request.scope, receive, capture)
+        finally:
+            if self.flight is not None:
+                self.flight.finish(Unshared("no-response"))
+            await self._release()
+
+    async def _release(self) -> None:
+        token, self.lock_token = self.lock_token, None
+        await self.middleware._release(self.request, token)
+
+    async def passing(self, reason: str) -> None:
+        _emit(self.request.rule, "skip", reason)
+        if self.flight is not None:
+            self.flight.finish(Unshared(reason))
+        await self._release()
+
+    async def complete(self, response: Captured) -> None:
+        middleware, rule = self.middleware, self.request.rule
+        entry = response.entry(middleware._now())
+        vary = tuple(name for name in response.storable.vary if name not in rule.vary_headers)
+        request = self.request.with_vary(vary)
+        if request is not self.request:
+            middleware._vary[rule.name] = vary
+        if self.flight is not None:
+            self.flight.finish(Shared(entry, request.keys))
+        self.lock_token = None  # the store releases it
+        storable = response.storable
+        stored = await middleware._store(
+            request,
+            self.found,
+            entry,
+            storable.fresh_for,
+            storable.fresh_for + storable.stale_for,
+        )
+        if self.send is not None:
+            params = (*self.status_params, "stored") if stored else self.status_params
+            await middleware._send(request, entry, self.send, params, None)

@@ -80,6 +80,11 @@ class CacheRule:
         invalidate_on: unsafe methods (``"POST"``, ``"PUT"``, ``"PATCH"``,
             ``"DELETE"``) whose 2xx response on this path invalidates the tags.
         name: the rule's name in keys, events and metrics (default: ``path``).
+        honor_request_directives: let a request's ``Cache-Control: no-cache``
+            (or ``max-age=0``, ``Pragma: no-cache``) fetch a fresh response and
+            overwrite the stored one, and ``no-store`` skip the cache. Off by
+            default: like a shared cache behind nginx or a CDN, no client can
+            refill or overwrite an entry on demand.
 
     Raises:
         CacheConfigError: a value is out of range (the message names it).
@@ -95,6 +100,7 @@ class CacheRule:
     max_body: int = 1024 * 1024
     invalidate_on: tuple[str, ...] | Iterable[str] = ()
     name: str = ""
+    honor_request_directives: bool = False
     pattern: RouteTemplate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

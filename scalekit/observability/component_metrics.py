@@ -81,7 +81,8 @@ class ComponentMetrics:
         )
         self.cache_events = Counter(
             "scalekit_cache_events",
-            "Response cache events by rule: hit, miss, stale, bypass, store, skip, error.",
+            "Response cache events by rule name (never a tag or path): hit, miss, stale, "
+            "bypass, store, skip, error, invalidate.",
             ("rule", "event"),
             registry=registry,
         )

@@ -30,6 +30,9 @@ def test_wheel_ships_py_typed_and_no_tests(wheel: Path) -> None:
     assert "scalekit/py.typed" in names
     assert "scalekit/__init__.py" in names
     assert not [name for name in names if name.startswith(("tests/", "bench/", "examples/"))]
+    scripts = {path.relative_to(ROOT).as_posix() for path in (ROOT / "scalekit").rglob("*.lua")}
+    assert "scalekit/cache/lua/lookup.lua" in scripts
+    assert scripts <= set(names)  # the Lua scripts the backends load at run time
 
 
 @pytest.mark.timeout(600)

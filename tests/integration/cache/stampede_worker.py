@@ -21,8 +21,8 @@ from scalekit.cache import CacheMiddleware, CacheRule, RedisCache
 
 
 async def main(url: str, prefix: str, workers: int, requests: int) -> None:
-    backend = RedisCache.from_url(url, prefix=prefix, socket_timeout=2)
-    counter = _redis.from_url(url, socket_timeout=2)
+    backend = RedisCache.from_url(url, prefix=prefix, socket_timeout=2, socket_connect_timeout=2)
+    counter = _redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await counter.incr(f"{prefix}runs")

@@ -51,7 +51,10 @@ def evalsha_calls(cluster: RedisCluster) -> list[int]:
 
 async def test_cluster_hit_is_one_script_call_on_one_node(redis_cluster: RedisCluster) -> None:
     backend = RedisCache.from_url(
-        redis_cluster.url, prefix=f"c{uuid.uuid4().hex[:6]}:", socket_timeout=2
+        redis_cluster.url,
+        prefix=f"c{uuid.uuid4().hex[:6]}:",
+        socket_timeout=2,
+        socket_connect_timeout=2,
     )
     rule = CacheRule("/u/{uid}", ttl=60, vary_user=True, tags=["user:{user}", "all"])
     middleware = CacheMiddleware(RecordingApp(), backend, [rule])
@@ -81,8 +84,12 @@ def keys_and_scans(cluster: RedisCluster) -> int:
 async def test_isolation_on_redis_cluster_with_two_instances(redis_cluster: RedisCluster) -> None:
     before = keys_and_scans(redis_cluster)
     prefix = f"i{uuid.uuid4().hex[:6]}:"
-    first = RedisCache.from_url(redis_cluster.url, prefix=prefix, socket_timeout=2)
-    second = RedisCache.from_url(redis_cluster.url, prefix=prefix, socket_timeout=2)
+    first = RedisCache.from_url(
+        redis_cluster.url, prefix=prefix, socket_timeout=2, socket_connect_timeout=2
+    )
+    second = RedisCache.from_url(
+        redis_cluster.url, prefix=prefix, socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         await run_isolation(first, second, seed=3)
     finally:

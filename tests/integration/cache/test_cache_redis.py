@@ -101,8 +101,12 @@ async def test_invalidate_is_one_round_trip_whatever_the_entries(
 
 async def test_isolation_on_redis_with_two_instances(redis_server: RedisServer) -> None:
     shared = prefix()
-    first = RedisCache.from_url(redis_server.url, prefix=shared, socket_timeout=2)
-    second = RedisCache.from_url(redis_server.url, prefix=shared, socket_timeout=2)
+    first = RedisCache.from_url(
+        redis_server.url, prefix=shared, socket_timeout=2, socket_connect_timeout=2
+    )
+    second = RedisCache.from_url(
+        redis_server.url, prefix=shared, socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         await run_isolation(first, second, seed=2)
     finally:
@@ -180,7 +184,9 @@ async def test_invalidate_failure_is_raised(redis_server: RedisServer) -> None:
 
 
 async def test_invalidate_sync_from_worker_threads(redis_server: RedisServer) -> None:
-    backend = RedisCache.from_url(redis_server.url, prefix=prefix(), socket_timeout=2)
+    backend = RedisCache.from_url(
+        redis_server.url, prefix=prefix(), socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         async with anyio.create_task_group() as group:
             for _ in range(20):
@@ -192,7 +198,9 @@ async def test_invalidate_sync_from_worker_threads(redis_server: RedisServer) ->
 
 
 async def test_stampede_of_100_in_one_process_on_redis(redis_server: RedisServer) -> None:
-    backend = RedisCache.from_url(redis_server.url, prefix=prefix(), socket_timeout=2)
+    backend = RedisCache.from_url(
+        redis_server.url, prefix=prefix(), socket_timeout=2, socket_connect_timeout=2
+    )
     app = RecordingApp()
     middleware = CacheMiddleware(app, backend, [CacheRule("/items", ttl=60)])
     responses = []

@@ -31,6 +31,7 @@ def make_scope(
     query: str = "",
     headers: Sequence[tuple[str, str]] = (),
     user: Any = None,
+    extra: dict[str, Any] | None = None,
 ) -> Scope:
     scope: Scope = {
         "type": "http",
@@ -48,6 +49,7 @@ def make_scope(
     }
     if user is not None:
         scope["user"] = user
+    scope.update(extra or {})
     return scope
 
 
@@ -59,8 +61,11 @@ async def call(
     headers: Sequence[tuple[str, str]] = (),
     user: Any = None,
     body: bytes = b"",
+    extra: dict[str, Any] | None = None,
+    send_hook: Callable[[Message], Awaitable[None]] | None = None,
 ) -> Response:
-    scope = make_scope(method, path, query, headers, user)
+    """Run one request; ``extra`` overrides scope keys, ``send_hook`` sees each message first."""
+    scope = make_scope(method, path, query, headers, user, extra)
     sent: list[Message] = []
     delivered = False
 
@@ -72,6 +77,8 @@ async def call(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
+        if send_hook is not None:
+            await send_hook(message)
         sent.append(message)
 
     await app(scope, receive, send)

@@ -221,8 +221,8 @@ async def test_app_etag_is_kept() -> None:
     assert (await call(middleware, headers=[("if-none-match", '"v1"')])).status == 304
 
 
-async def test_request_no_cache_goes_to_the_app() -> None:
-    middleware, app, _ = cached()
+async def test_request_no_cache_goes_to_the_app_when_the_rule_honours_it() -> None:
+    middleware, app, _ = cached(honor_request_directives=True)
     await call(middleware)
     refreshed = await call(middleware, headers=[("Cache-Control", "NO-CACHE")])
     assert refreshed.header("cache-status") == "scalekit; fwd=request; stored"
