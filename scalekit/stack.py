@@ -15,20 +15,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Route
 
 from scalekit._extras import require
+from scalekit._layers import (
+    Chain,
+    IdentityFunction,
+    Layers,
+    check_not_shadowed,
+    check_paths_free,
+)
 from scalekit.errors import ConfigurationError
 from scalekit.options import (
     CacheOptions,
-    DefaultLimit,
     HealthOptions,
     MetricsOptions,
     RateLimitOptions,
@@ -72,7 +76,8 @@ class Stack:
     shards: ShardSet | None = None
     """The ``ShardSet`` over ``shard_urls`` (one ``ReplicaSet`` per shard), or None."""
     ratelimit: RateLimitBackend | None = None
-    """The rate-limit backend, or None when no rule is installed."""
+    """The rate-limit backend (in memory, or Redis with ``redis_url``): the counters of
+    ``Settings.rate_limit``, ``rate_rules`` and the limits routes declare."""
     _closers: list[Callable[[], object]] = dataclasses.field(default_factory=list, repr=False)
 
     @staticmethod
@@ -96,125 +101,6 @@ class Stack:
                 await result
 
 
-class _Below:
-    """The app under scalekit's layers, known once Starlette builds its middleware stack."""
-
-    def __init__(self) -> None:
-        self.app: ASGIApp | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.app is None:  # pragma: no cover - Starlette always builds before calling
-            raise RuntimeError("scalekit's layers were called before the app was built")
-        await self.app(scope, receive, send)
-
-
-class _Layers:
-    """Authentication, rate limit and cache in front of the app, except on scalekit's paths.
-
-    The chain is built (and so validated) by ``install()``; Starlette only
-    hands it the app below when it builds the middleware stack. Requests to
-    the health and metrics paths skip the chain: no rule, cache or
-    authentication backend stands between a probe and its answer.
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, chain: ASGIApp, below: _Below, exempt_paths: frozenset[str]
-    ) -> None:
-        below.app = app
-        self.app = app
-        self.chain = chain
-        self.exempt_paths = exempt_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or (
-            scope["type"] == "http" and _route_path(scope) in self.exempt_paths
-        ):
-            await self.app(scope, receive, send)
-        else:
-            await self.chain(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches, for fixed paths only.
-
-    ``root_path`` is stripped as Starlette strips it, and one trailing newline
-    is dropped because the router's ``^/path$`` also matches ``/path\\n``: the
-    exemption covers exactly the requests our routes answer.
-    """
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if (
-        root_path
-        and path.startswith(root_path)
-        and path[len(root_path) : len(root_path) + 1] == "/"
-    ):
-        path = path[len(root_path) :]
-    return path.removesuffix("\n")
-
-
-def _describe(route: BaseRoute) -> str:
-    path = getattr(route, "path", None)
-    name = getattr(route, "name", None)
-    return f"{type(route).__name__}({path!r}, name={name!r})"
-
-
-def _first_full_match(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
-    """The route Starlette's router gives a GET of ``path`` (the first full match)."""
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
-    for route in routes:
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # a custom converter that raises: the router would fail too
-            continue
-        if match is Match.FULL:
-            return route
-    return None
-
-
-def _check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
-    """Refuse to mount over a route of the app meant for one of ``paths``.
-
-    A catch-all (``/{path:path}``, a ``Mount("/")``) is expected and is
-    shadowed on purpose; a route that answers our path but not an arbitrary
-    one is the app's own health or metrics route, and one would hide the other.
-    """
-    probe = f"/scalekit-probe-{uuid.uuid4().hex}/{uuid.uuid4().hex}"
-    for path in paths:
-        for route in routes:
-            if (
-                _first_full_match([route], path) is route
-                and _first_full_match([route], probe) is None
-            ):
-                raise ConfigurationError(
-                    f"the app already has {_describe(route)} answering {path!r}, where install() "
-                    "mounts scalekit's endpoint: remove it, or mount scalekit's elsewhere "
-                    "(HealthOptions(live_path=..., ready_path=...), Settings(metrics_path=...))"
-                )
-
-
-def _check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Route]) -> None:
-    """Fail start-up when a route added in front of ours answers one of our paths."""
-    for route in ours:
-        winner = _first_full_match(routes, route.path)
-        if winner is not route:
-            by = "no route" if winner is None else _describe(winner)
-            raise ConfigurationError(
-                f"{route.path!r} is answered by {by} instead of scalekit's endpoint: routes were "
-                "put in front of the ones install() mounts; add them with app.add_route or "
-                "include_router (which append) instead of inserting them first"
-            )
-
-
-def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
-    """The default rule's ``exempt``: a request some route-level rule covers."""
-
-    def covered(scope: Scope) -> bool:
-        method, path, root_path = scope["method"], scope["path"], scope.get("root_path", "")
-        return any(rule.matches(method, path, root_path) for rule in route_rules)
-
-    return covered
-
-
 def install(
     app: Starlette,
     settings: Settings | None = None,
@@ -229,7 +115,9 @@ def install(
     metrics: MetricsOptions | None = None,
     health: HealthOptions | None = None,
     request_context: RequestContextOptions | None = None,
+    identity: IdentityFunction | None = None,
     clock: Clock | None = None,
+    check_paths: bool = True,
 ) -> Stack:
     """Add scalekit's middleware, endpoints and lifespan to a Starlette or FastAPI app.
 
@@ -249,7 +137,15 @@ def install(
         metrics: options of the request metrics (buckets, max_routes, ...).
         health: where health is mounted and how readiness runs.
         request_context: options of the request id and access log.
+        identity: who a request is, for the cache (``vary_user``, the
+            credentialed bypass) and the limiter's ``user`` key alike: a
+            callable of the Starlette ``Request`` returning a user id or None
+            (sync or async), e.g. the decoder your JWT dependency uses. Default:
+            an authenticated ``scope["user"]`` (from ``auth_backend``).
         clock: the clock every time-based rule reads (tests pass a ``ManualClock``).
+        check_paths: at start-up, fail when a ``Rule`` or ``CacheRule`` path
+            matches no route of the app (a typo, a forgotten prefix), naming the
+            closest route.
 
     Returns:
         The :class:`Stack` (also on ``app.state.scalekit``).
@@ -262,7 +158,6 @@ def install(
             ``scalekit[mysql]``).
     """
     from prometheus_client import REGISTRY
-    from starlette.middleware.authentication import AuthenticationMiddleware
 
     from scalekit.cache import MemoryCache, RedisCache
     from scalekit.observability import (
@@ -291,7 +186,7 @@ def install(
         raise ConfigurationError(
             f"Settings.metrics_path {settings.metrics_path!r} is also a health path"
         )
-    _check_paths_free(app.router.routes, scalekit_paths)
+    check_paths_free(app.router.routes, scalekit_paths)
 
     checks = list(health_checks)
     closers: list[Callable[[], object]] = []
@@ -354,26 +249,36 @@ def install(
         _closers=closers,
     )
 
-    below = _Below()
-    chain: ASGIApp = below
-    if cache_rules:
-        from scalekit.cache import CacheMiddleware
+    storage: RateLimitBackend | str | None = ratelimit.storage
+    if storage is None or isinstance(storage, str):
+        from scalekit.ratelimit import backend_from_url
 
-        chain = CacheMiddleware(
-            chain,
-            backend=cache_backend,
-            rules=cache_rules,
-            lock=cache.lock,
-            lock_timeout=cache.lock_timeout,
-            lock_wait=cache.lock_wait,
-            poll_interval=cache.poll_interval,
-            clock=clock,
+        storage = backend_from_url(
+            storage or settings.redis_url or "memory://", clock=clock, breaker=ratelimit.breaker
         )
-    chain = _rate_limited(chain, stack, settings, list(rate_rules), ratelimit, clock)
+        stack._closers.append(storage.aclose)
+    stack.ratelimit = storage
+    layers = Layers(
+        Chain(
+            settings,
+            cache_backend,
+            tuple(cache_rules),
+            cache,
+            tuple(rate_rules),
+            ratelimit,
+            storage,
+            auth_backend,
+            identity,
+            clock,
+        ),
+        app.router.routes,
+        frozenset(scalekit_paths),
+        check_paths=check_paths,
+    )
     state = StateMetrics.for_registry(registry if registry is not None else REGISTRY)
     watched: list[object] = [stack.health]
     state.watch_health(stack.health)
-    for backend, owner in (("ratelimit", chain), ("cache", cache_backend)):
+    for backend, owner in (("ratelimit", storage), ("cache", cache_backend)):
         breaker = getattr(owner, "breaker", None)
         if breaker is not None:
             state.watch_breaker(backend, breaker)
@@ -384,11 +289,9 @@ def install(
             state.forget(source)
 
     stack._closers.append(forget_state)
-    if auth_backend is not None:
-        chain = AuthenticationMiddleware(chain, backend=auth_backend)
 
     # add_middleware puts each new one outside the previous: innermost first.
-    app.add_middleware(_Layers, chain=chain, below=below, exempt_paths=frozenset(scalekit_paths))
+    app.add_middleware(layers.middleware)
     app.add_middleware(
         MetricsMiddleware,
         registry=registry,
@@ -432,7 +335,8 @@ def install(
     @contextlib.asynccontextmanager
     async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
         try:
-            _check_not_shadowed(app.router.routes, ours)
+            check_not_shadowed(app.router.routes, ours)
+            layers.prepare()
             async with inner_lifespan(scope_app) as state:
                 yield state
         finally:
@@ -469,49 +373,3 @@ def _build_shards(settings: Settings) -> ShardSet:
         Modulo(count) if settings.shard_strategy is ShardStrategyName.MODULO else JumpHash(count)
     )
     return ShardSet(sets, strategy=strategy)
-
-
-def _rate_limited(
-    app: ASGIApp,
-    stack: Stack,
-    settings: Settings,
-    rules: list[Rule],
-    options: RateLimitOptions,
-    clock: Clock | None,
-) -> ASGIApp:
-    """``app`` behind the rate limiter, or ``app`` itself when there is no rule."""
-    if settings.rate_limit:
-        from scalekit.ratelimit import Rule
-
-        route_rules = [rule for rule in rules if rule.path is not None]
-        fallback = options.default_limit is DefaultLimit.FALLBACK and route_rules
-        exempt = _fallback_exemption(route_rules) if fallback else None
-        rules.insert(0, Rule(settings.rate_limit, name="default", exempt=exempt))
-    if not rules:
-        return app
-    from scalekit.ratelimit import RateLimitMiddleware, backend_from_url
-
-    storage = options.storage
-    breaker = options.breaker
-    if storage is None or isinstance(storage, str):
-        storage = backend_from_url(
-            storage or settings.redis_url or "memory://", clock=clock, breaker=breaker
-        )
-        stack._closers.append(storage.aclose)
-        breaker = None  # the backend has it
-    stack.ratelimit = storage
-    return RateLimitMiddleware(
-        app,
-        storage=storage,
-        rules=rules,
-        strategy=options.strategy,
-        trusted_proxies=settings.trusted_proxies,
-        forwarded_header=settings.forwarded_header,
-        on_backend_error=options.on_backend_error,
-        headers=options.headers,
-        legacy_headers=options.legacy_headers,
-        ipv6_prefix=options.ipv6_prefix,
-        clock=clock,
-        breaker=breaker,
-        key_prefix=options.key_prefix,
-    )

@@ -21,6 +21,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from scalekit._identity import IDENTITY_SCOPE_KEY
 from scalekit._net import ClientIP
 
 __all__ = [
@@ -59,7 +60,11 @@ def user(scope: Any) -> str | None:
     is false counts as nobody), or ``scope["state"]["user"]`` when an earlier
     middleware put a plain string there. Put the authentication middleware
     outside the rate limiter so the user is known when the limit is checked.
+    With ``install(identity=...)``, the identity that hook computed wins.
     """
+    if IDENTITY_SCOPE_KEY in scope:  # install(identity=...) ran for this request
+        hooked = scope[IDENTITY_SCOPE_KEY]
+        return "user:" + str(hooked) if hooked not in (None, "") else None
     found = scope.get("user")
     if found is None:
         state = scope.get("state")

@@ -1,0 +1,437 @@
+"""The layers :func:`scalekit.install` puts between the metrics and the app.
+
+Authentication → identity → rate limit → cache → the app, built from what
+``install()`` was given plus what the app's routes declare
+(:mod:`scalekit.fastapi`). Routes are only all known when the app starts
+(``include_router`` may come after ``install()``), so :class:`Layers`
+builds the chain once at start-up (or at the first request, when nothing
+ran the lifespan), checks that every explicit path rule matches a route,
+and keeps scalekit's own paths out of it. Part of the stack: like
+``stack.py`` it knows every component.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from scalekit._identity import IDENTITY_SCOPE_KEY, identity_of
+from scalekit.errors import ConfigurationError
+from scalekit.fastapi import Declared, declarations, route_templates
+from scalekit.options import CacheOptions, DefaultLimit, RateLimitOptions
+from scalekit.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.authentication import AuthenticationBackend
+
+    from scalekit._clock import Clock
+    from scalekit.cache import CacheBackend, CacheRule
+    from scalekit.ratelimit import Backend as RateLimitBackend
+    from scalekit.ratelimit import Rule
+
+__all__ = ["Chain", "IdentityFunction", "Layers", "check_not_shadowed", "check_paths_free"]
+
+IdentityFunction = Callable[[Request], "str | Awaitable[str | None] | None"]
+"""``install(identity=...)``: the request in, a user id (or None for anonymous) out."""
+
+
+# -- scalekit's own routes ------------------------------------------------
+
+
+def describe(route: BaseRoute) -> str:
+    """A route as a message names it: ``Route('/x', name='spa')``."""
+    path = getattr(route, "path", None)
+    name = getattr(route, "name", None)
+    return f"{type(route).__name__}({path!r}, name={name!r})"
+
+
+def first_full_match(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
+    """The route Starlette's router gives a GET of ``path`` (the first full match)."""
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    for route in routes:
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a custom converter that raises: the router would fail too
+            continue
+        if match is Match.FULL:
+            return route
+    return None
+
+
+def _probe_path() -> str:
+    return f"/scalekit-probe-{uuid.uuid4().hex}/{uuid.uuid4().hex}"
+
+
+def check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
+    """Refuse to mount over a route of the app meant for one of ``paths``.
+
+    A catch-all (``/{path:path}``, a ``Mount("/")``) is expected and is
+    shadowed on purpose; a route that answers our path but not an arbitrary
+    one is the app's own health or metrics route, and one would hide the other.
+    """
+    probe = _probe_path()
+    for path in paths:
+        for route in routes:
+            if (
+                first_full_match([route], path) is route
+                and first_full_match([route], probe) is None
+            ):
+                raise ConfigurationError(
+                    f"the app already has {describe(route)} answering {path!r}, where install() "
+                    "mounts scalekit's endpoint: remove it, or mount scalekit's elsewhere "
+                    "(HealthOptions(live_path=..., ready_path=...), Settings(metrics_path=...))"
+                )
+
+
+def check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Any]) -> None:
+    """Fail start-up when a route added in front of ours answers one of our paths."""
+    for route in ours:
+        winner = first_full_match(routes, route.path)
+        if winner is not route:
+            by = "no route" if winner is None else describe(winner)
+            raise ConfigurationError(
+                f"{route.path!r} is answered by {by} instead of scalekit's endpoint: routes were "
+                "put in front of the ones install() mounts; add them with app.add_route or "
+                "include_router (which append) instead of inserting them first"
+            )
+
+
+# -- path rules must match a route ------------------------------------------
+
+_SAMPLES = {
+    "str": "x1",
+    "int": "1",
+    "float": "1.5",
+    "uuid": "00000000-0000-4000-8000-000000000001",
+    "path": "x1/y2",
+}
+
+
+def _sample(template: str) -> str | None:
+    """A path the template matches (None when it uses a converter we cannot fill)."""
+    from starlette.routing import PARAM_REGEX
+
+    unknown = False
+
+    def fill(found: Any) -> str:
+        nonlocal unknown
+        converter = (found.group(2) or ":str")[1:]
+        if converter not in _SAMPLES:
+            unknown = True
+            return ""
+        return _SAMPLES[converter]
+
+    sample = PARAM_REGEX.sub(fill, template)
+    return None if unknown else sample
+
+
+def check_rule_paths(routes: Sequence[BaseRoute], rules: Sequence[tuple[str, str]]) -> None:
+    """Each ``(what, path)`` must cover a route of the app; else name the closest route.
+
+    A rule covers a route when it matches a path of that route, or when a
+    mounted sub-app whose routes cannot be seen (static files, another ASGI
+    app) would receive the rule's path. A catch-all route does not count:
+    a typo behind an SPA's ``/{path:path}`` would otherwise pass silently.
+    """
+    from scalekit._routes import RouteTemplate
+
+    templates = list(route_templates(routes))
+    samples = [_sample(template) for template, _ in templates]
+    probe = _probe_path()
+    for what, path in rules:
+        template = RouteTemplate(path)
+        if any(sample is not None and template.match(sample) for sample in samples):
+            continue
+        own = _sample(path)
+        if own is None:
+            continue  # a custom converter: we cannot tell
+        owner = first_full_match(routes, own)
+        if isinstance(owner, Mount) and not owner.routes:
+            continue
+        if owner is not None and first_full_match([owner], probe) is None:
+            continue  # a route answers it (one our samples did not reach)
+        known = sorted({t for t, _ in templates})
+        closest = difflib.get_close_matches(path, known, n=1, cutoff=0.0)
+        hint = f"; the closest route is {closest[0]!r}" if closest else ""
+        raise ConfigurationError(
+            f"{what} path {path!r} matches no route of the app{hint} (router prefixes and "
+            "mounts count; root_path does not)"
+        )
+
+
+# -- the chain -----------------------------------------------------------------
+
+
+class _Identity:
+    """Computes ``install(identity=...)`` once per request into the scope."""
+
+    def __init__(self, app: ASGIApp, identity: IdentityFunction) -> None:
+        self.app = app
+        self.identity = identity
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = self.identity(Request(scope, receive))
+            if inspect.isawaitable(found):
+                found = await found
+            scope[IDENTITY_SCOPE_KEY] = None if found in (None, "") else str(found)
+        await self.app(scope, receive, send)
+
+
+def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
+    """The default rule's ``exempt``: a request some route-level rule covers."""
+
+    def covered(scope: Scope) -> bool:
+        method, path, root_path = scope["method"], scope["path"], scope.get("root_path", "")
+        return any(rule.matches(method, path, root_path) for rule in route_rules)
+
+    return covered
+
+
+@dataclasses.dataclass
+class Chain:
+    """Everything the chain is built from; :meth:`build` makes it (again, with declarations)."""
+
+    settings: Settings
+    cache_backend: CacheBackend
+    cache_rules: Sequence[CacheRule]
+    cache: CacheOptions
+    rate_rules: Sequence[Rule]
+    ratelimit: RateLimitOptions
+    storage: RateLimitBackend | None
+    auth_backend: AuthenticationBackend | None
+    identity: IdentityFunction | None
+    clock: Clock | None
+
+    def build(self, below: ASGIApp, declared: Sequence[Declared] = ()) -> ASGIApp:
+        """Auth → identity → rate limit → cache → ``below``.
+
+        Raises:
+            ConfigurationError: a declaration makes an invalid rule (the message
+                names the route).
+        """
+        cache_rules = [*_declared_cache_rules(declared), *self.cache_rules]
+        chain = below
+        if cache_rules:
+            from scalekit.cache import CacheMiddleware
+
+            chain = CacheMiddleware(
+                chain,
+                backend=self.cache_backend,
+                rules=cache_rules,
+                identity=identity_of,
+                lock=self.cache.lock,
+                lock_timeout=self.cache.lock_timeout,
+                lock_wait=self.cache.lock_wait,
+                poll_interval=self.cache.poll_interval,
+                clock=self.clock,
+            )
+        chain = self._rate_limited(chain, [*_declared_rules(declared), *self.rate_rules])
+        if self.identity is not None:
+            chain = _Identity(chain, self.identity)
+        if self.auth_backend is not None:
+            from starlette.middleware.authentication import AuthenticationMiddleware
+
+            chain = AuthenticationMiddleware(chain, backend=self.auth_backend)
+        return chain
+
+    def _rate_limited(self, app: ASGIApp, rules: list[Rule]) -> ASGIApp:
+        if self.settings.rate_limit:
+            from scalekit.ratelimit import Rule
+
+            route_rules = [rule for rule in rules if rule.path is not None]
+            fallback = self.ratelimit.default_limit is DefaultLimit.FALLBACK and route_rules
+            exempt = _fallback_exemption(route_rules) if fallback else None
+            rules.insert(0, Rule(self.settings.rate_limit, name="default", exempt=exempt))
+        if not rules or self.storage is None:
+            return app
+        from scalekit.ratelimit import RateLimitMiddleware
+
+        options = self.ratelimit
+        return RateLimitMiddleware(
+            app,
+            storage=self.storage,
+            rules=rules,
+            strategy=options.strategy,
+            trusted_proxies=self.settings.trusted_proxies,
+            forwarded_header=self.settings.forwarded_header,
+            on_backend_error=options.on_backend_error,
+            headers=options.headers,
+            legacy_headers=options.legacy_headers,
+            ipv6_prefix=options.ipv6_prefix,
+            clock=self.clock,
+            key_prefix=options.key_prefix,
+        )
+
+
+def _rule_name(item: Declared, explicit: str | None, clashes: set[str]) -> str:
+    if explicit:
+        return explicit
+    if item.template in clashes and item.methods:
+        return f"{','.join(sorted(item.methods - {'HEAD'}) or ['HEAD'])} {item.template}"
+    return item.template
+
+
+def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
+    from scalekit.ratelimit import Rule, client_ip
+
+    counts: dict[str, int] = {}
+    for item in declared:
+        if item.limits:
+            counts[item.template] = counts.get(item.template, 0) + 1
+    clashes = {template for template, count in counts.items() if count > 1}
+    rules: list[Rule] = []
+    for item in declared:
+        for index, declared_limit in enumerate(item.limits):
+            name = _rule_name(item, declared_limit.name, clashes)
+            if index:
+                name = f"{name} #{index + 1}"
+            try:
+                rules.append(
+                    Rule(
+                        declared_limit.rate,  # type: ignore[arg-type]
+                        path=item.template,
+                        methods=sorted(item.methods) if item.methods else None,
+                        key=declared_limit.key or client_ip,
+                        count=declared_limit.count,
+                        cost=declared_limit.cost,
+                        on_backend_error=declared_limit.on_backend_error,
+                        name=name,
+                    )
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"limit on {describe(item.route)}: {exc}") from exc
+    return rules
+
+
+def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
+    from scalekit.cache import CacheRule
+
+    rules: list[CacheRule] = []
+    for item in declared:
+        marker = item.cache
+        if marker is None:
+            continue
+        try:
+            rules.append(
+                CacheRule(
+                    item.template,
+                    ttl=marker.ttl,
+                    stale_ttl=marker.stale_ttl,
+                    statuses=marker.statuses,
+                    vary_user=marker.vary_user,
+                    vary_headers=marker.vary_headers,
+                    tags=marker.tags,
+                    max_body=marker.max_body,
+                    invalidate_on=marker.invalidate_on,
+                    name=marker.name,
+                )
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"@cached on {describe(item.route)}: {exc}") from exc
+    return rules
+
+
+class _Below:
+    """The app under scalekit's layers, known once Starlette builds its middleware stack."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:  # pragma: no cover - Starlette always builds before calling
+            raise RuntimeError("scalekit's layers were called before the app was built")
+        await self.app(scope, receive, send)
+
+
+class Layers:
+    """The chain for one app, prepared once its routes are known.
+
+    Args:
+        chain: what the chain is built from.
+        routes: the app's routes (its router's list, read when preparing).
+        exempt_paths: scalekit's own paths, which skip the chain.
+        check_paths: check at start-up that every explicit path rule matches a route.
+    """
+
+    def __init__(
+        self,
+        chain: Chain,
+        routes: list[BaseRoute],
+        exempt_paths: frozenset[str],
+        *,
+        check_paths: bool = True,
+    ) -> None:
+        self.spec = chain
+        self.routes = routes
+        self.exempt_paths = exempt_paths
+        self.check_paths = check_paths
+        self.below = _Below()
+        self.chain = chain.build(self.below)  # validates the explicit configuration now
+        self._prepared = False
+        self._error: Exception | None = None
+
+    def prepare(self) -> None:
+        """Read the routes' declarations and check path rules (once; errors are kept)."""
+        if self._error is not None:
+            raise self._error
+        if self._prepared:
+            return
+        try:
+            declared = declarations(self.routes)
+            if self.check_paths:
+                check_rule_paths(
+                    self.routes,
+                    [("Rule", rule.path) for rule in self.spec.rate_rules if rule.path]
+                    + [("CacheRule", rule.path) for rule in self.spec.cache_rules],
+                )
+            if declared:
+                self.chain = self.spec.build(self.below, declared)
+        except Exception as exc:
+            self._error = exc
+            raise
+        self._prepared = True
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """The ASGI middleware Starlette builds around the app (``add_middleware``)."""
+        self.below.app = app
+        return _LayersMiddleware(app, self)
+
+
+class _LayersMiddleware:
+    """Routes a request through the chain, or straight to the app for scalekit's paths."""
+
+    def __init__(self, app: ASGIApp, layers: Layers) -> None:
+        self.app = app
+        self.layers = layers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        layers = self.layers
+        if scope["type"] == "lifespan" or (
+            scope["type"] == "http" and _route_path(scope) in layers.exempt_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        if not layers._prepared:
+            layers.prepare()
+        await layers.chain(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches, for fixed paths only.
+
+    ``root_path`` is stripped as Starlette strips it, and one trailing newline
+    is dropped because the router's ``^/path$`` also matches ``/path\\n``: the
+    exemption covers exactly the requests our routes answer.
+    """
+    from scalekit._routes import route_path
+
+    return route_path(scope).removesuffix("\n")

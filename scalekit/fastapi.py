@@ -1,0 +1,277 @@
+"""Per-route limits and caching, declared where the route is written.
+
+FastAPI::
+
+    from fastapi import APIRouter, Depends
+    from scalekit.fastapi import cached, limit
+
+    router = APIRouter(prefix="/api")
+
+    @router.get("/search", dependencies=[Depends(limit("5/minute"))])
+    async def search(q: str) -> dict[str, list[str]]: ...
+
+    @router.get("/tasks")
+    @cached(ttl=60, vary_user=True, tags=["user:{user}:tasks"])
+    async def tasks() -> list[dict[str, str]]: ...
+
+Starlette (the decorators work on FastAPI endpoints too)::
+
+    from scalekit.fastapi import cached, limited
+
+    @limited("5/minute")
+    async def search(request): ...
+
+    routes = [Route("/api/search", search)]
+
+Nothing here checks or stores anything per request: :func:`scalekit.install`
+reads the declarations from the app's routes when the app starts and turns
+each into a rule of the same middleware an explicit ``Rule``/``CacheRule``
+feeds, with the route's full template (router prefixes and mounts included;
+``root_path`` is stripped at match time) and the route's methods. So a
+declared limit has the headers, counters and the one-Redis-round-trip
+budget of any other rule, and replaces the default rule on its route.
+
+This module imports neither FastAPI nor a component: it only describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from scalekit._rates import RateSyntaxError, parse_rates
+from scalekit.errors import ConfigurationError
+
+__all__ = [
+    "Declared",
+    "RateSource",
+    "RouteCache",
+    "RouteLimit",
+    "cached",
+    "declarations",
+    "limit",
+    "limited",
+    "route_templates",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RateSource = str | Callable[[Request], str]
+"""A limit: ``"5/minute"``, or a callable of the request returning one (a plan tier)."""
+
+_LIMITS_ATTRIBUTE = "__scalekit_limits__"
+_CACHE_ATTRIBUTE = "__scalekit_cache__"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RouteLimit:
+    """A rate limit declared on a route; see :func:`limit`.
+
+    Also a FastAPI dependency that does nothing: the middleware already
+    checked the limit before the route ran.
+    """
+
+    rate: RateSource
+    key: Callable[[Any], str | None] | None = None
+    count: str = "all"
+    cost: int = 1
+    name: str | None = None
+    on_backend_error: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rate, str):
+            try:
+                parse_rates(self.rate)
+            except RateSyntaxError as exc:
+                raise ConfigurationError(f"limit({self.rate!r}): {exc}") from None
+        elif not callable(self.rate):
+            raise ConfigurationError(
+                f"limit() takes a rate such as '5/minute' or a callable of the request "
+                f"returning one, got {self.rate!r}"
+            )
+
+    def __call__(self) -> None:
+        """FastAPI calls this per request; the limit was checked before the route ran."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RouteCache:
+    """A cache rule declared on a route; see :func:`cached`."""
+
+    ttl: float
+    stale_ttl: float = 0
+    vary_user: bool = False
+    vary_headers: tuple[str, ...] = ()
+    tags: Any = None
+    statuses: tuple[int, ...] = (200,)
+    max_body: int = 1024 * 1024
+    invalidate_on: tuple[str, ...] = ()
+    name: str = ""
+
+
+def limit(
+    rate: RateSource,
+    *,
+    key: Callable[[Any], str | None] | None = None,
+    count: str = "all",
+    cost: int = 1,
+    name: str | None = None,
+    on_backend_error: str | None = None,
+) -> RouteLimit:
+    """A rate limit for the route it is a dependency of: ``Depends(limit("5/minute"))``.
+
+    Args:
+        rate: ``"5/minute"``, ``"10/second;100/hour"``, or a callable taking
+            the Starlette ``Request`` and returning such a string (a plan tier
+            read from a JWT claim, a per-API-key quota). The headers carry the
+            limit that applied.
+        key: whom a request counts against, as ``Rule(key=...)``: the client
+            IP (default), ``scalekit.ratelimit.user``, ``header("X-API-Key")``
+            or a callable of the ASGI scope.
+        count: ``"all"`` or ``"failures"`` (only responses with status >= 400).
+        cost: how much one request uses up.
+        name: the policy name in the headers (default: the route's template).
+        on_backend_error: ``"allow"`` or ``"deny"`` (default: the limiter's).
+
+    Raises:
+        ConfigurationError: a rate that does not parse.
+    """
+    return RouteLimit(rate, key, count, cost, name, on_backend_error)
+
+
+def limited(
+    rate: RateSource,
+    *,
+    key: Callable[[Any], str | None] | None = None,
+    count: str = "all",
+    cost: int = 1,
+    name: str | None = None,
+    on_backend_error: str | None = None,
+) -> Callable[[F], F]:
+    """:func:`limit` as a decorator of the endpoint (Starlette routes, or FastAPI ones)."""
+    declared = limit(
+        rate, key=key, count=count, cost=cost, name=name, on_backend_error=on_backend_error
+    )
+
+    def decorate(endpoint: F) -> F:
+        found: tuple[RouteLimit, ...] = getattr(endpoint, _LIMITS_ATTRIBUTE, ())
+        setattr(endpoint, _LIMITS_ATTRIBUTE, (*found, declared))
+        return endpoint
+
+    return decorate
+
+
+def cached(
+    ttl: float,
+    *,
+    stale_ttl: float = 0,
+    vary_user: bool = False,
+    vary_headers: Iterable[str] = (),
+    tags: Any = None,
+    statuses: Iterable[int] = (200,),
+    max_body: int = 1024 * 1024,
+    invalidate_on: Iterable[str] = (),
+    name: str = "",
+) -> Callable[[F], F]:
+    """Cache the responses of the decorated endpoint: ``@cached(ttl=60, vary_user=True)``.
+
+    The arguments are :class:`~scalekit.cache.CacheRule`'s; the path is the
+    route's, and ``{param}`` in ``tags`` names its path parameters.
+    """
+    declared = RouteCache(
+        ttl,
+        stale_ttl,
+        vary_user,
+        tuple(vary_headers),
+        tags,
+        tuple(statuses),
+        max_body,
+        tuple(invalidate_on),
+        name,
+    )
+
+    def decorate(endpoint: F) -> F:
+        if getattr(endpoint, _CACHE_ATTRIBUTE, None) is not None:
+            raise ConfigurationError(f"{endpoint!r} is already @cached")
+        setattr(endpoint, _CACHE_ATTRIBUTE, declared)
+        return endpoint
+
+    return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """What one route declares, with where it is: its full template and methods."""
+
+    template: str
+    methods: frozenset[str] | None
+    limits: tuple[RouteLimit, ...]
+    cache: RouteCache | None
+    route: BaseRoute
+
+
+def _dependency_limits(dependant: Any, depth: int = 0) -> Iterator[RouteLimit]:
+    """The ``limit()`` dependencies anywhere in a FastAPI route's dependency tree."""
+    if dependant is None or depth > 32:
+        return
+    if isinstance(getattr(dependant, "call", None), RouteLimit):
+        yield dependant.call
+    for child in getattr(dependant, "dependencies", ()) or ():
+        yield from _dependency_limits(child, depth + 1)
+
+
+def route_templates(routes: Sequence[BaseRoute]) -> Iterator[tuple[str, BaseRoute]]:
+    """Every route with its full template (mount prefixes included), depth first."""
+
+    def walk(
+        routes: Sequence[BaseRoute], prefix: str, depth: int
+    ) -> Iterator[tuple[str, BaseRoute]]:
+        if depth > 32:  # a router mounted inside itself
+            return
+        for route in routes:
+            contexts = getattr(route, "effective_route_contexts", None)
+            if callable(contexts):
+                # FastAPI >= 0.120 keeps an included router as one lazy route; its
+                # contexts carry each route's full path, methods and dependencies.
+                for context in contexts():
+                    effective = getattr(context, "starlette_route", None) or context
+                    yield prefix + str(getattr(effective, "path", "")), effective
+                continue
+            path = str(getattr(route, "path", ""))
+            children = getattr(route, "routes", None)
+            if children:
+                yield from walk(children, prefix + path, depth + 1)
+            else:
+                yield prefix + path, route
+
+    yield from walk(routes, "", 0)
+
+
+def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
+    """The limits and cache rules declared on ``routes`` (an app's ``router.routes``)."""
+    found: list[Declared] = []
+    for template, route in route_templates(routes):
+        endpoint = getattr(route, "endpoint", None)
+        limits: list[RouteLimit] = list(getattr(endpoint, _LIMITS_ATTRIBUTE, ()))
+        seen = {id(item) for item in limits}
+        for item in _dependency_limits(getattr(route, "dependant", None)):
+            if id(item) not in seen:  # one limit object reached twice counts once
+                seen.add(id(item))
+                limits.append(item)
+        cache = getattr(endpoint, _CACHE_ATTRIBUTE, None)
+        if limits or cache is not None:
+            methods = getattr(route, "methods", None)
+            found.append(
+                Declared(
+                    template,
+                    frozenset(methods) if methods else None,
+                    tuple(limits),
+                    cache if isinstance(cache, RouteCache) else None,
+                    getattr(route, "original_route", route),
+                )
+            )
+    return found
