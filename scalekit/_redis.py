@@ -9,22 +9,42 @@ URL scheme works everywhere:
 - ``redis+cluster://[[user]:password@]host:port[,host:port…]``
   (``rediss+sentinel://`` and ``rediss+cluster://`` for TLS)
 
-Query parameters ``socket_timeout``, ``socket_connect_timeout`` (seconds) and
-``retries`` override the keyword arguments. The defaults are short because a
-cache or a rate limiter must fail fast rather than make requests wait:
-``socket_timeout=0.05``, ``socket_connect_timeout=0.1`` and no retries.
+Query parameters are redis-py's own connection options — every one its
+``from_url`` takes (``socket_timeout``, ``health_check_interval``,
+``ssl_ca_certs``, ``ssl_cert_reqs`` …, see :data:`URL_OPTIONS`) — plus
+``retries`` (how many times redis-py retries a failed command). They are
+converted and checked when the URL is parsed: an unknown name, a value that
+does not convert, or a TLS option on a non-TLS URL raises
+:class:`RedisURLError` naming it (and the closest known name). Query
+parameters override the keyword arguments.
+
+The default timeouts are short, because a cache or a rate limiter must fail
+fast rather than make requests wait, but not so short that a busy host
+turns a healthy Redis into errors: ``socket_timeout=0.25`` (one command),
+``socket_connect_timeout=0.25`` and no retries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import ssl
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from scalekit._extras import require
+from scalekit.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "URL_OPTIONS",
     "RedisURL",
+    "RedisURLError",
     "from_url",
     "hash_tag",
     "parse_url",
@@ -42,8 +62,207 @@ _SCHEMES = {
     "rediss+cluster": ("cluster", True),
 }
 
-DEFAULT_SOCKET_TIMEOUT = 0.05
-DEFAULT_CONNECT_TIMEOUT = 0.1
+DEFAULT_SOCKET_TIMEOUT = 0.25
+"""Seconds one command may take. Redis answers in well under a millisecond;
+50 ms (the old default) was exceeded by a healthy server whenever the host was
+busy for a moment, which opened breakers and let requests through unlimited."""
+DEFAULT_CONNECT_TIMEOUT = 0.25
+"""Seconds a connect may take (refused connections fail at once anyway)."""
+
+
+class RedisURLError(ConfigurationError):
+    """A Redis URL does not parse, or has an option that is unknown or does not convert."""
+
+
+# -- URL options: name -> converter of the query string's text ------------------
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise RedisURLError(
+            f"Redis URL option {name} must be a number of seconds >= 0, got {text!r}"
+        )
+    return value
+
+
+def _count(name: str, text: str) -> int:
+    if not text.isdigit():
+        raise RedisURLError(f"Redis URL option {name} must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive(name: str, text: str) -> int:
+    value = _count(name, text)
+    if value < 1:
+        raise RedisURLError(f"Redis URL option {name} must be >= 1, got {text!r}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(name: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise RedisURLError(f"Redis URL option {name} must be true or false, got {text!r}")
+
+
+def _text(name: str, text: str) -> str:
+    if not text:
+        raise RedisURLError(f"Redis URL option {name} is empty")
+    return text
+
+
+def _protocol(name: str, text: str) -> int:
+    if text not in ("2", "3"):
+        raise RedisURLError(f"Redis URL option {name} must be 2 or 3 (RESP version), got {text!r}")
+    return int(text)
+
+
+def _cert_reqs(name: str, text: str) -> str:
+    if text.lower() not in ("none", "optional", "required"):
+        raise RedisURLError(
+            f"Redis URL option {name} must be none, optional or required, got {text!r}"
+        )
+    return text.lower()
+
+
+def _tls_version(name: str, text: str) -> ssl.TLSVersion:
+    wanted = text.replace(".", "_").upper().removeprefix("TLSV")
+    for version in ssl.TLSVersion:
+        if version.name.upper().removeprefix("TLSV") == wanted:
+            return version
+    choices = ", ".join(v.name for v in ssl.TLSVersion if v.name.startswith("TLSv"))
+    raise RedisURLError(f"Redis URL option {name} must be one of {choices}, got {text!r}")
+
+
+def _verify_flags(name: str, text: str) -> list[ssl.VerifyFlags]:
+    flags = []
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        if part not in ssl.VerifyFlags.__members__:
+            raise RedisURLError(
+                f"Redis URL option {name}: {part!r} is not an ssl.VerifyFlags name "
+                f"(e.g. VERIFY_X509_STRICT)"
+            )
+        flags.append(ssl.VerifyFlags[part])
+    return flags
+
+
+_Converter = Callable[[str, str], Any]
+
+_CONNECTION: dict[str, _Converter] = {
+    "socket_timeout": _seconds,
+    "socket_connect_timeout": _seconds,
+    "socket_keepalive": _flag,
+    "socket_read_size": _positive,
+    "retry_on_timeout": _flag,
+    "health_check_interval": _seconds,
+    "max_connections": _positive,
+    "client_name": _text,
+    "lib_name": _text,
+    "lib_version": _text,
+    "protocol": _protocol,
+}
+_TLS: dict[str, _Converter] = {
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_ca_certs": _text,
+    "ssl_ca_path": _text,
+    "ssl_ca_data": _text,
+    "ssl_certfile": _text,
+    "ssl_keyfile": _text,
+    "ssl_password": _text,
+    "ssl_check_hostname": _flag,
+    "ssl_min_version": _tls_version,
+    "ssl_ciphers": _text,
+    "ssl_include_verify_flags": _verify_flags,
+    "ssl_exclude_verify_flags": _verify_flags,
+}
+_CLUSTER: dict[str, _Converter] = {
+    "require_full_coverage": _flag,
+    "reinitialize_steps": _positive,
+    "dynamic_startup_nodes": _flag,
+}
+_REFUSED = {
+    "decode_responses": "scalekit's components read raw bytes from Redis",
+    "encoding": "scalekit's components read raw bytes from Redis",
+    "encoding_errors": "scalekit's components read raw bytes from Redis",
+    "retry_on_error": "it takes exception classes; use retries= or retry_on_timeout=",
+    "host": "put the host in the URL's authority",
+    "port": "put the port in the URL's authority",
+    "password": "put credentials in the URL: redis://user:password@host",
+    "username": "put credentials in the URL: redis://user:password@host",
+    "ssl": "use a rediss:// scheme for TLS",
+}
+
+
+@functools.cache
+def _accepted(kind: str) -> frozenset[str]:
+    """The option names the installed redis-py's async client of ``kind`` takes."""
+    connection = require("redis.asyncio.connection", "redis")
+    names: set[str] = set()
+    if kind == "cluster":
+        cluster = require("redis.asyncio.cluster", "redis")
+        names |= set(inspect.signature(cluster.RedisCluster.__init__).parameters)
+    else:
+        for cls in (connection.AbstractConnection, connection.Connection, connection.SSLConnection):
+            names |= set(inspect.signature(cls.__init__).parameters)
+        names |= set(inspect.signature(connection.ConnectionPool.__init__).parameters)
+    return frozenset(names)
+
+
+URL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "connection": (*_CONNECTION, "retries"),
+    "tls (rediss:// only)": tuple(_TLS),
+    "cluster (redis+cluster:// only)": tuple(_CLUSTER),
+}
+"""The query parameters a Redis URL may carry, by where they apply.
+
+Options the installed redis-py does not implement for the URL's kind (say
+``ssl_ca_path`` on Cluster) are refused with a message saying so.
+"""
+
+
+def _client_options(kind: str, tls: bool, raw: dict[str, str]) -> dict[str, Any]:
+    """Convert and check a URL's query options (``db`` already taken out)."""
+    converted: dict[str, Any] = {}
+    known = {**_CONNECTION, **_TLS, **(_CLUSTER if kind == "cluster" else {})}
+    for name, text in raw.items():
+        if name == "retries":
+            converted[name] = _count(name, text)
+            continue
+        if name in _REFUSED:
+            raise RedisURLError(f"Redis URL option {name} is not supported: {_REFUSED[name]}")
+        converter = known.get(name)
+        if converter is None:
+            candidates = [*known, "retries", "db"]
+            close = difflib.get_close_matches(name, candidates, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            where = " (a Cluster option)" if name in _CLUSTER else ""
+            raise RedisURLError(
+                f"Redis URL option {name!r} is not known{where}{hint} "
+                f"Known options: {', '.join(sorted(candidates))}"
+            )
+        if name in _TLS and not tls:
+            raise RedisURLError(
+                f"Redis URL option {name} needs TLS: use a rediss:// scheme "
+                "(rediss+sentinel://, rediss+cluster://)"
+            )
+        if name not in _accepted(kind):
+            redis = require("redis", "redis")
+            raise RedisURLError(
+                f"Redis URL option {name} is not supported by redis-py {redis.__version__} "
+                f"for {kind} clients"
+            )
+        converted[name] = converter(name, text)
+    return converted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +278,9 @@ class RedisURL:
     service_name: str | None = None
     path: str | None = None
     options: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The query options as written (``db`` taken out)."""
+    client_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The same options converted to what redis-py expects (checked by :func:`parse_url`)."""
 
     @property
     def redacted(self) -> str:
@@ -72,21 +294,25 @@ def parse_url(url: str) -> RedisURL:
     """Parse a Redis URL.
 
     Raises:
-        ValueError: the scheme is unknown, a port or db is not a number, or a
-            sentinel URL names no service. The message never includes the password.
+        RedisURLError: (a ``ValueError``) the scheme is unknown, a port or db is
+            not a number, a sentinel URL names no service, or a query option is
+            unknown, does not convert or does not apply to this kind of URL.
+            The message never includes the password.
     """
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValueError("Redis URL does not parse; expected redis://host:port/db") from exc
+        raise RedisURLError("Redis URL does not parse; expected redis://host:port/db") from exc
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise ValueError(
+        raise RedisURLError(
             f"Redis URL scheme {parts.scheme!r} is not supported; use one of "
             + ", ".join(f"{name}://" for name in _SCHEMES)
         )
-    kind, ssl = _SCHEMES[scheme]
-    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    kind, tls = _SCHEMES[scheme]
+    options = {
+        key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()
+    }
     netloc = parts.netloc
     username = password = None
     if "@" in netloc:
@@ -97,7 +323,15 @@ def parse_url(url: str) -> RedisURL:
     if scheme == "unix":
         db = _int_option(options.pop("db", "0"), "db")
         return RedisURL(
-            kind, ssl, (), username, password, db, path=unquote(parts.path), options=options
+            kind,
+            tls,
+            (),
+            username,
+            password,
+            db,
+            path=unquote(parts.path),
+            options=options,
+            client_options=_client_options(kind, tls, options),
         )
     hosts = tuple(_host_port(item) for item in netloc.split(",") if item)
     if not hosts:
@@ -106,22 +340,32 @@ def parse_url(url: str) -> RedisURL:
     service_name = None
     if kind == "sentinel":
         if not segments:
-            raise ValueError(
+            raise RedisURLError(
                 "a redis+sentinel:// URL must name the service: "
                 "redis+sentinel://host:26379/mymaster[/db]"
             )
         service_name = unquote(segments.pop(0))
     db = _int_option(segments[0] if segments else options.pop("db", "0"), "db")
     if kind == "cluster" and db != 0:
-        raise ValueError(f"Redis Cluster has only database 0, the URL asks for {db}")
-    return RedisURL(kind, ssl, hosts, username, password, db, service_name, options=options)
+        raise RedisURLError(f"Redis Cluster has only database 0, the URL asks for {db}")
+    return RedisURL(
+        kind,
+        tls,
+        hosts,
+        username,
+        password,
+        db,
+        service_name,
+        options=options,
+        client_options=_client_options(kind, tls, options),
+    )
 
 
 def _int_option(value: str, name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"Redis URL: {name} must be a whole number, got {value!r}") from None
+        raise RedisURLError(f"Redis URL: {name} must be a whole number, got {value!r}") from None
 
 
 def _host_port(item: str) -> tuple[str, int]:
@@ -135,7 +379,7 @@ def _host_port(item: str) -> tuple[str, int]:
     try:
         return host, int(port)
     except ValueError:
-        raise ValueError(f"Redis URL: port must be a number, got {port!r}") from None
+        raise RedisURLError(f"Redis URL: port must be a number, got {port!r}") from None
 
 
 def _client_kwargs(
@@ -145,13 +389,8 @@ def _client_kwargs(
     retries: int,
     extra: dict[str, Any],
 ) -> tuple[dict[str, Any], int]:
-    options = dict(parsed.options)
-    if "socket_timeout" in options:
-        socket_timeout = float(options.pop("socket_timeout"))
-    if "socket_connect_timeout" in options:
-        socket_connect_timeout = float(options.pop("socket_connect_timeout"))
-    if "retries" in options:
-        retries = int(options.pop("retries"))
+    options = dict(parsed.client_options)
+    retries = options.pop("retries", retries)
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_connect_timeout,
@@ -161,6 +400,7 @@ def _client_kwargs(
     if parsed.ssl:
         kwargs["ssl"] = True
     kwargs.update(extra)
+    kwargs.update(options)  # the URL's options win over the keyword arguments
     return kwargs, retries
 
 
@@ -186,11 +426,13 @@ def _make_client(
         return cluster.RedisCluster(startup_nodes=nodes, **kwargs)
     if parsed.kind == "sentinel":
         sentinel_module = require(f"{prefix}.sentinel", "redis")
+        # The sentinels are reached like the servers they watch: same
+        # timeouts, credentials and (for rediss+sentinel://) TLS options.
+        shared = ("socket_timeout", "socket_connect_timeout", "username", "password", "ssl")
         sentinel_kwargs = {
-            "socket_timeout": kwargs["socket_timeout"],
-            "socket_connect_timeout": kwargs["socket_connect_timeout"],
-            "username": kwargs["username"],
-            "password": kwargs["password"],
+            name: value
+            for name, value in kwargs.items()
+            if name in shared or name.startswith("ssl_")
         }
         sentinel = sentinel_module.Sentinel(
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs

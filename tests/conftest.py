@@ -31,6 +31,8 @@ from harness import (  # noqa: E402
     RedisCluster,
     RedisSentinel,
     RedisServer,
+    TLSRedisServer,
+    make_certificates,
     require_binary,
 )
 from harness.process import LOG_TAIL_LINES, tail  # noqa: E402
@@ -102,6 +104,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """A real redis-server (no persistence) for the whole session."""
     binary = require_binary("redis-server", "redis-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"), binary=binary)
+    try:
+        server.start_on_free_port()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedisServer]:
+    """A real redis-server speaking only TLS, with a CA and certificates made for the session."""
+    binary = require_binary("redis-server", "redis-server")
+    openssl = require_binary("openssl", "openssl")
+    workdir = tmp_path_factory.mktemp("redis-tls")
+    certificates = make_certificates(workdir / "certs", openssl=openssl)
+    server = TLSRedisServer(workdir, certificates, binary=binary)
     try:
         server.start_on_free_port()
         yield server

@@ -35,7 +35,7 @@ from scalekit import events
 from scalekit._breaker import CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
-from scalekit._redis import from_url, redis_errors
+from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, from_url, redis_errors
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
 
 __all__ = [
@@ -268,7 +268,8 @@ class RedisBackend:
         url: a Redis URL (see :mod:`scalekit._redis`), or an existing asyncio
             client passed as ``client=``.
         client: use this redis-py asyncio client instead of building one.
-        socket_timeout: seconds a call may take before it counts as a failure.
+        socket_timeout: seconds a call may take before it counts as a failure
+            (default 0.25; the URL's ``?socket_timeout=`` wins).
         batching: send the checks issued in the same event-loop turn in one
             pipeline (each still one atomic script); not on Cluster.
         breaker: the circuit breaker (default: 5 failed round trips, 5 s cool-down).
@@ -280,7 +281,7 @@ class RedisBackend:
         url: str | None = None,
         *,
         client: Any = None,
-        socket_timeout: float = 0.05,
+        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
         batching: bool = True,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,

@@ -10,6 +10,12 @@ Fixtures (session-scoped unless noted):
   ``log_path``, ``running``, ``start()`` (same port), ``stop()``, ``kill()``,
   ``freeze()``, ``thaw()``, ``client(**kwargs)`` (a ``redis.Redis`` that
   does not retry unless you pass ``retry=``), ``flushall()``, ``info()``.
+- ``redis_tls_server`` -> ``TLSRedisServer``: a ``RedisServer`` that speaks
+  only TLS and wants a client certificate; ``url`` is
+  ``rediss://…?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…`` and
+  ``certificates`` (``ca``, ``server_cert``, ``server_key``,
+  ``client_cert``, ``client_key``) the PEM files of a CA made for the
+  session with the openssl CLI (``harness.tls.make_certificates``).
 - ``redis_cluster`` -> ``RedisCluster``: ``url``, ``nodes`` (RedisServer
   each), ``client()``, ``node_for_key(key)``, ``flushall()``,
   ``wait_ready()``. A node's ``start()`` waits for ``cluster_state:ok``.
@@ -58,8 +64,16 @@ from .nginx_server import NginxServer, render_nginx_conf
 from .ports import HOST, free_port, wait_until
 from .process import HarnessResource, ServerExited, ServerProcess
 from .proxy import CountingProxy
-from .redis_servers import SERVICE_NAME, RedisCluster, RedisSentinel, RedisServer, SentinelProcess
+from .redis_servers import (
+    SERVICE_NAME,
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    SentinelProcess,
+    TLSRedisServer,
+)
 from .skip import require_binary
+from .tls import Certificates, make_certificates
 
 __all__ = [
     "APP_DATABASE",
@@ -67,6 +81,7 @@ __all__ = [
     "APP_USER",
     "HOST",
     "SERVICE_NAME",
+    "Certificates",
     "CountingProxy",
     "HarnessResource",
     "MariaDBReplication",
@@ -78,7 +93,9 @@ __all__ = [
     "SentinelProcess",
     "ServerExited",
     "ServerProcess",
+    "TLSRedisServer",
     "free_port",
+    "make_certificates",
     "render_nginx_conf",
     "require_binary",
     "wait_until",

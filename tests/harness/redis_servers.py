@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
 import redis.cluster
@@ -14,6 +15,7 @@ from redis.retry import Retry
 
 from .ports import free_port, wait_until
 from .process import HarnessResource, ServerProcess, tail
+from .tls import Certificates
 
 SERVICE_NAME = "mymaster"
 CLUSTER_NODE_TIMEOUT_MS = 1000
@@ -23,10 +25,15 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _probe_client(host: str, port: int) -> redis.Redis:
+def _probe_client(host: str, port: int, **extra: Any) -> redis.Redis:
     # No retries: redis-py's default backs off for seconds, the harness polls.
     return redis.Redis(
-        host=host, port=port, socket_timeout=2, socket_connect_timeout=2, retry=_no_retry()
+        host=host,
+        port=port,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        retry=_no_retry(),
+        **extra,
     )
 
 
@@ -83,8 +90,12 @@ class RedisServer(ServerProcess):
             ]  # fmt: skip
         return args
 
+    def connection_options(self) -> dict[str, Any]:
+        """What a redis-py client needs besides host and port (TLS servers add theirs)."""
+        return {}
+
     def probe(self) -> bool:
-        with _probe_client(self.host, self.port) as client:
+        with _probe_client(self.host, self.port, **self.connection_options()) as client:
             return bool(client.ping())
 
     @property
@@ -98,16 +109,17 @@ class RedisServer(ServerProcess):
         seconds, which only slows a test that stops the server down).
         """
         kwargs.setdefault("retry", _no_retry())
-        client = redis.Redis(host=self.host, port=self.port, **kwargs)
+        options = {**self.connection_options(), **kwargs}
+        client = redis.Redis(host=self.host, port=self.port, **options)
         self._clients.append(client)
         return client
 
     def flushall(self) -> None:
-        with _probe_client(self.host, self.port) as client:
+        with _probe_client(self.host, self.port, **self.connection_options()) as client:
             client.flushall()
 
     def info(self, section: str | None = None) -> dict[str, Any]:
-        with _probe_client(self.host, self.port) as client:
+        with _probe_client(self.host, self.port, **self.connection_options()) as client:
             info: dict[str, Any] = client.info(section) if section else client.info()
             return info
 
@@ -116,6 +128,56 @@ class RedisServer(ServerProcess):
             client.close()
         self._clients.clear()
         super().close()
+
+
+class TLSRedisServer(RedisServer):
+    """A real ``redis-server`` that speaks only TLS, with a CA the harness made.
+
+    Clients must present a certificate signed by the same CA
+    (``--tls-auth-clients yes``). ``url`` is a ``rediss://`` URL carrying
+    ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile``; ``certificates``
+    holds the PEM paths.
+    """
+
+    name = "redis-server-tls"
+
+    def __init__(self, workdir: Path, certificates: Certificates, *, binary: str) -> None:
+        super().__init__(workdir, binary=binary)
+        self.certificates = certificates
+
+    def argv(self) -> Sequence[str]:
+        args = list(super().argv())
+        at = args.index("--port")
+        args[at : at + 2] = ["--port", "0", "--tls-port", str(self.port)]
+        certs = self.certificates
+        return [
+            *args,
+            "--tls-cert-file", str(certs.server_cert),
+            "--tls-key-file", str(certs.server_key),
+            "--tls-ca-cert-file", str(certs.ca),
+            "--tls-auth-clients", "yes",
+        ]  # fmt: skip
+
+    def connection_options(self) -> dict[str, Any]:
+        certs = self.certificates
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(certs.ca),
+            "ssl_certfile": str(certs.client_cert),
+            "ssl_keyfile": str(certs.client_key),
+        }
+
+    @property
+    def url(self) -> str:
+        certs = self.certificates
+        query = urlencode(
+            {
+                "ssl_ca_certs": certs.ca,
+                "ssl_certfile": certs.client_cert,
+                "ssl_keyfile": certs.client_key,
+            }
+        )
+        return f"rediss://{self.host}:{self.port}/0?{query}"
 
 
 class RedisCluster(HarnessResource):
