@@ -297,7 +297,7 @@ def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
             try:
                 rules.append(
                     Rule(
-                        declared_limit.rate,  # type: ignore[arg-type]
+                        declared_limit.rate,
                         path=item.template,
                         methods=sorted(item.methods) if item.methods else None,
                         key=declared_limit.key or client_ip,

@@ -36,7 +36,7 @@ from scalekit.ratelimit.backends import (
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, RateLimitError
 from scalekit.ratelimit.keys import KeyFunction, client_ip, header, identity_tag, user
 from scalekit.ratelimit.middleware import RateLimitMiddleware
-from scalekit.ratelimit.rules import Count, OnBackendError, Rate, Rule, parse_rates
+from scalekit.ratelimit.rules import Count, LimitSource, OnBackendError, Rate, Rule, parse_rates
 
 __all__ = [
     "Backend",
@@ -46,6 +46,7 @@ __all__ = [
     "Count",
     "ForwardedHeader",
     "KeyFunction",
+    "LimitSource",
     "MemoryBackend",
     "Mode",
     "OnBackendError",

@@ -99,7 +99,9 @@ class Planner:
         self.strategy = strategy
         self.key_prefix = key_prefix
         self._client_ip = client_ip
-        self._rules = [(rule, _limits_of(rule, strategy)) for rule in rules]
+        self._rules = [(rule, _limits_of(rule, strategy, rule.rates)) for rule in rules]
+        # Limits of callable-limit rules, per rate text: built once, like the static ones.
+        self._dynamic: dict[tuple[int, tuple[Rate, ...]], tuple[Limit, ...]] = {}
 
     def plan(self, scope: Scope) -> Plan:
         """The limits covering this request, grouped by the identity they count against."""
@@ -116,6 +118,8 @@ class Planner:
         keyed: dict[str, Any] | None = None  # the scope key functions see, with the IP in it
         groups: dict[str, list[Limit]] = {}
         for rule, limits in matched:
+            if rule.dynamic:
+                limits = self._limits_for(rule, rule.rates_for(scope))
             if rule.key is client_ip:
                 identity = "ip:" + ip
             else:
@@ -126,6 +130,15 @@ class Planner:
         return Plan(
             ip, tuple(self._checks(identity, limits) for identity, limits in groups.items())
         )
+
+    def _limits_for(self, rule: Rule, rates: tuple[Rate, ...]) -> tuple[Limit, ...]:
+        key = (id(rule), rates)
+        found = self._dynamic.get(key)
+        if found is None:
+            if len(self._dynamic) >= 1024:  # a callable returning ever new rates: stay bounded
+                self._dynamic.clear()
+            found = self._dynamic[key] = _limits_of(rule, self.strategy, rates)
+        return found
 
     def _checks(self, identity: str, limits: list[Limit]) -> IdentityLimits:
         prefix = f"{self.key_prefix}:{identity_tag(identity)}:"
@@ -147,10 +160,10 @@ class Planner:
         return IdentityLimits(identity, tuple(limits), checks, counts_failures)
 
 
-def _limits_of(rule: Rule, strategy: Strategy) -> tuple[Limit, ...]:
+def _limits_of(rule: Rule, strategy: Strategy, rates: tuple[Rate, ...]) -> tuple[Limit, ...]:
     mode = Mode.HIT if rule.count is Count.ALL else Mode.PEEK
     limits = []
-    for index, rate in enumerate(rule.rates):
+    for index, rate in enumerate(rates):
         policy = rule.name if index == 0 else f"{rule.name}-{index + 1}"
         limits.append(
             Limit(

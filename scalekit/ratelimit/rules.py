@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Scope
 
 from scalekit._rates import Rate, RateSyntaxError
 from scalekit._rates import parse_rates as _parse_rates
@@ -13,7 +17,7 @@ from scalekit._routes import KNOWN_METHODS, RouteTemplate, RouteTemplateError, r
 from scalekit.ratelimit.errors import RateLimitConfigError, choice
 from scalekit.ratelimit.keys import KeyFunction, client_ip
 
-__all__ = ["Count", "OnBackendError", "Rate", "Rule", "parse_rates"]
+__all__ = ["Count", "LimitSource", "OnBackendError", "Rate", "Rule", "parse_rates"]
 
 
 class Count(enum.StrEnum):
@@ -46,12 +50,31 @@ def parse_rates(limit: str) -> tuple[Rate, ...]:
         raise RateLimitConfigError(f"Rule limit: {exc}") from None
 
 
+LimitSource = str | Callable[[Request], str]
+"""A rule's limit: ``"100/minute"``, or a callable of the request returning one."""
+
+
+@functools.lru_cache(maxsize=512)  # a limit callable returns a few distinct strings (tiers)
+def _checked_rates(limit: str, cost: int) -> tuple[Rate, ...]:
+    rates = parse_rates(limit)
+    for rate in rates:
+        if cost > rate.amount:
+            raise RateLimitConfigError(
+                f"Rule cost {cost} is more than the limit {rate.text}: no request could pass"
+            )
+    return rates
+
+
 class Rule:
     """A limit and the requests it covers.
 
     Args:
         limit: the rate(s), as ``limits`` writes them: ``"100/15 minutes"``,
-            ``"10/second;100/15 minutes"`` (every rate must hold).
+            ``"10/second;100/15 minutes"`` (every rate must hold); or a callable
+            taking the Starlette ``Request`` and returning such a string (a plan
+            tier from a JWT claim, a per-API-key quota), called once per
+            request the rule covers. Each distinct rate gets its own counter,
+            and the headers carry the rate that applied.
         path: a route template (``"/api/v1/auth/login"``, ``"/users/{id:int}"``,
             ``"/files/{rest:path}"``); the rule covers exactly the requests a
             Starlette ``Route`` with this path would route (same converters,
@@ -92,7 +115,7 @@ class Rule:
 
     def __init__(
         self,
-        limit: str,
+        limit: LimitSource,
         *,
         path: str | None = None,
         methods: Iterable[str] | None = None,
@@ -103,9 +126,10 @@ class Rule:
         on_backend_error: OnBackendError | str | None = None,
         name: str | None = None,
     ) -> None:
-        if not isinstance(limit, str):
+        if not isinstance(limit, str) and not callable(limit):
             raise RateLimitConfigError(
-                f"Rule limit must be a string like '100/minute', got {limit!r}"
+                "Rule limit must be a string like '100/minute' or a callable of the request "
+                f"returning one, got {limit!r}"
             )
         try:
             path_template = RouteTemplate(path) if path is not None else None
@@ -139,12 +163,7 @@ class Rule:
                         f"Rule methods: {method!r} is not an HTTP method; {hint}"
                     )
         self.limit = limit
-        self.rates = parse_rates(limit)
-        for rate in self.rates:
-            if cost > rate.amount:
-                raise RateLimitConfigError(
-                    f"Rule cost {cost} is more than the limit {rate.text}: no request could pass"
-                )
+        self.rates = _checked_rates(limit, cost) if isinstance(limit, str) else ()
         self.path = path
         self.methods = route_methods(methods)
         self.key = key
@@ -162,6 +181,27 @@ class Rule:
                 f"Rule name {self.name!r} must be printable ASCII without quotes or backslashes"
             )
         self._path_template = path_template
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the limit is a callable of the request (its rates vary per request)."""
+        return not isinstance(self.limit, str)
+
+    def rates_for(self, scope: Scope) -> tuple[Rate, ...]:
+        """The rates that apply to this request: the rule's, or what its callable returns.
+
+        Raises:
+            RateLimitConfigError: the callable returned something that is not a rate.
+        """
+        if isinstance(self.limit, str):
+            return self.rates
+        text = self.limit(Request(scope))
+        try:
+            if not isinstance(text, str):
+                raise RateLimitConfigError(f"returned {text!r}, not a rate like '100/minute'")
+            return _checked_rates(text, self.cost)
+        except RateLimitConfigError as exc:
+            raise RateLimitConfigError(f"Rule {self.name!r}: its limit callable: {exc}") from None
 
     def matches(self, method: str, path: str, root_path: str = "") -> bool:
         """Whether this rule covers a request (exemptions aside)."""

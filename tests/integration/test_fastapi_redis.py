@@ -107,3 +107,31 @@ async def test_declared_and_middleware_rules_send_the_same_headers_on_redis(
         )
     assert answers[0][0].headers["ratelimit-policy"] == '"/api/search";q=5;w=60'
     assert answers[0][-1].status_code == 429
+
+
+async def test_a_callable_limit_keeps_the_one_round_trip_budget(
+    redis_server: RedisServer, counting_proxy: Any
+) -> None:
+    redis_server.flushall()
+    proxy = counting_proxy(redis_server.host, redis_server.port)
+
+    def plan(request: Any) -> str:
+        return "100/minute" if request.headers.get("x-plan") == "pro" else "3/minute"
+
+    app = FastAPI()
+
+    @app.get("/api/export", dependencies=[Depends(limit(plan))])
+    async def export() -> dict[str, str]:
+        return {}
+
+    install(app, Settings(redis_url=proxy.url_for(redis_server.url)), registry=CollectorRegistry())
+    async with serve(app) as client:
+        await client.get(f"{ROOT}/api/export", headers={"x-plan": "pro"})  # loads the script
+        proxy.reset()
+        pro = [await client.get(f"{ROOT}/api/export", headers={"x-plan": "pro"}) for _ in range(5)]
+        free = [await client.get(f"{ROOT}/api/export") for _ in range(4)]
+        assert proxy.round_trips == 9
+    assert {answer.status_code for answer in pro} == {200}
+    assert pro[-1].headers["ratelimit-policy"] == '"/api/export";q=100;w=60'
+    assert [answer.status_code for answer in free] == [200, 200, 200, 429]
+    assert free[0].headers["ratelimit-policy"] == '"/api/export";q=3;w=60'

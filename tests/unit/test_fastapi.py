@@ -388,3 +388,45 @@ async def test_an_async_identity_hook() -> None:
     assert ann.json() == {"user": "ann"}
     assert ben.json() == {"user": "ben"}
     assert "fwd=bypass" in nobody.headers["cache-status"]
+
+
+# -- 7b. limits that depend on who is calling
+
+
+def plan_of(request: Request) -> str:
+    return "5/minute" if request.headers.get("x-plan") == "pro" else "2/minute"
+
+
+async def test_a_callable_limit_applies_per_request_and_the_headers_carry_it() -> None:
+    app = FastAPI()
+
+    @app.get("/export", dependencies=[Depends(limit(plan_of, key=user))])
+    async def export() -> dict[str, str]:
+        return {}
+
+    install(app, registry=CollectorRegistry(), identity=lambda r: r.headers.get("x-user"))
+    async with serve(app) as client:
+        free = [await client.get("/export", headers={"x-user": "ann"}) for _ in range(3)]
+        pro = [
+            await client.get("/export", headers={"x-user": "bob", "x-plan": "pro"})
+            for _ in range(6)
+        ]
+    assert [r.status_code for r in free] == [200, 200, 429]
+    assert [r.status_code for r in pro] == [200] * 5 + [429]
+    assert free[0].headers["ratelimit-policy"] == '"/export";q=2;w=60'
+    assert pro[0].headers["ratelimit-policy"] == '"/export";q=5;w=60'
+    assert pro[0].headers["ratelimit"].startswith('"/export";r=4;')
+
+
+async def test_a_callable_limit_on_a_middleware_rule_and_a_bad_answer() -> None:
+    app = Starlette(routes=[Route("/x", lambda request: PlainTextResponse("x"))])
+    install(
+        app,
+        registry=CollectorRegistry(),
+        rate_rules=[Rule(lambda request: request.headers.get("x-rate", "1/minute"), path="/x")],
+    )
+    async with serve(app) as client:
+        codes = [(await client.get("/x")).status_code for _ in range(2)]
+        assert codes == [200, 429]
+        with pytest.raises(ValueError, match="its limit callable"):
+            await client.get("/x", headers={"x-rate": "lots"})
