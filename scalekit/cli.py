@@ -162,6 +162,7 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
                 batch_size=args.batch_size,
                 progress=report,
                 checkpoint=checkpoint,
+                refresh_interval=args.refresh_interval,
             )
         if done.already:
             print(f"bucket {done.bucket} is already on shard {done.target}", file=out)
@@ -182,6 +183,8 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scalekit`` argument parser."""
+    from .db.shards.freshness import DEFAULT_REFRESH_INTERVAL
+
     parser = _Parser(prog="scalekit", description="scalekit operations")
     commands = parser.add_subparsers(dest="command", required=True)
     shards = commands.add_parser("shards", help="shard planning and bucket moves")
@@ -213,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="TABLE:SHARD_KEY:PK",
                       help="a table that follows the bucket, e.g. tasks:user_id:id")  # fmt: skip
     move.add_argument("--batch-size", type=int, default=500)
+    move.add_argument("--refresh-interval", type=float, default=DEFAULT_REFRESH_INTERVAL,
+                      metavar="SECONDS",
+                      help="the instances' ShardSet refresh_interval: the mover waits this long "
+                      "after the flip before opening the target, and again before deleting "
+                      f"(default {DEFAULT_REFRESH_INTERVAL})")  # fmt: skip
     move.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     move.add_argument("--abort", action="store_true",
                       help="roll back an unfinished move that has not flipped the map")  # fmt: skip

@@ -49,8 +49,15 @@ class Dialect:
     def prepare(self, conn: Connection) -> None:
         """Per-connection set-up the statements below rely on (none here)."""
 
-    def bucket_of(self, column: str, buckets: int) -> str:
+    def is_binary(self, conn: Connection, table: str, column: str) -> bool:
+        """Whether ``column`` holds bytes (hashed as stored) rather than text or numbers."""
+        return False
+
+    def bucket_of(self, column: str, buckets: int, *, binary: bool = False) -> str:
         """An SQL expression for the bucket of a row whose shard key is ``column``.
+
+        It equals ``BucketMap.bucket_for`` of the value Python reads from the
+        column: integers as decimal text, text as UTF-8, bytes as stored.
 
         Raises:
             ConfigError: this dialect cannot compute it in SQL.
@@ -83,8 +90,19 @@ class MySQLDialect(Dialect):
     def quote(self, name: str) -> str:
         return f"`{identifier(name)}`"
 
-    def bucket_of(self, column: str, buckets: int) -> str:
-        digest = f"SHA2(CAST({self.quote(column)} AS CHAR), 256)"
+    def is_binary(self, conn: Connection, table: str, column: str) -> bool:
+        rows = conn.query(
+            "SELECT DATA_TYPE AS type FROM information_schema.COLUMNS WHERE "
+            "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            [table, column],
+        )
+        return bool(rows) and str(rows[0]["type"]).lower() in _MYSQL_BINARY_TYPES
+
+    def bucket_of(self, column: str, buckets: int, *, binary: bool = False) -> str:
+        # Text goes through the connection's character set (utf8mb4), as Python
+        # encodes a str; bytes are hashed as stored (CAST AS CHAR would decode them).
+        value = self.quote(column) if binary else f"CAST({self.quote(column)} AS CHAR)"
+        digest = f"SHA2({value}, 256)"
         return f"MOD(CAST(CONV(LEFT({digest}, 16), 16, 10) AS UNSIGNED), {int(buckets)})"
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
@@ -101,6 +119,11 @@ class MySQLDialect(Dialect):
         return f"INSERT IGNORE INTO {self.quote(table)} {self._values(columns, 1)}"
 
 
+_MYSQL_BINARY_TYPES = frozenset(
+    {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
+)
+
+
 def _sqlite_bucket(value: Any, buckets: int) -> int:
     return hash_key(value) % buckets
 
@@ -115,7 +138,8 @@ class SQLiteDialect(Dialect):
             "scalekit_bucket", 2, _sqlite_bucket, deterministic=True
         )
 
-    def bucket_of(self, column: str, buckets: int) -> str:
+    def bucket_of(self, column: str, buckets: int, *, binary: bool = False) -> str:
+        # The function gets what Python would: int, str (UTF-8) or bytes (a BLOB).
         return f"scalekit_bucket({self.quote(column)}, {int(buckets)})"
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:

@@ -3,8 +3,10 @@
 ``move_bucket`` moves every row of one bucket of the declared tables from its
 shard to another, while the application keeps writing:
 
-1. **copy** — the bucket's rows, in primary-key batches, upserted into the
-   target (idempotent: a rerun copies again without duplicating).
+1. **copy** — the bucket is fenced ``frozen`` on the target (an instance with
+   a map from before an earlier move could otherwise write there unguarded),
+   then its rows, in primary-key batches, are upserted into the target
+   (idempotent: a rerun copies again without duplicating).
 2. **sync** — the bucket is *frozen* on the source: its fence row becomes
    ``frozen``, which waits for in-flight guarded writes and makes new ones
    wait (``ShardSet.execute`` / ``transaction``). Then each batch of the source
@@ -14,9 +16,12 @@ shard to another, while the application keeps writing:
    target; a mismatch goes back to sync.
 4. **flip** — the map table gets the bucket → target with ``version + 1``
    (compare-and-set, one transaction that also records the step).
-5. **delete** — the source fence becomes ``moved`` (guarded writers reload the
-   map and go to the target), then the bucket's rows are deleted from the
-   source in batches.
+5. **open** — after waiting the instances' ``refresh_interval`` (every
+   instance now routes by the new map), the source fence becomes ``moved``
+   and the target's ``open``: writes flow again, on the target.
+6. **delete** — after waiting ``refresh_interval`` again (for reads routed by
+   the old map just before), the bucket's rows are deleted from the source
+   in batches.
 
 Why a freeze rather than a change log: it needs no triggers (which need
 extra privileges with binary logging on) and no second write path in the
@@ -26,8 +31,9 @@ bucket, and only writes to that bucket wait.
 Resumable: the step is recorded in ``scalekit_bucket_moves`` on the control
 database before and after each step, and every step can run again, so a
 crash at any point followed by a rerun finishes the move; nothing is lost or
-duplicated. ``abort_move`` rolls back a move that has not flipped yet. On
-MariaDB a ``GET_LOCK`` keeps two movers off the same bucket.
+duplicated. ``abort_move`` rolls back a move that has not flipped yet. A
+lock (``GET_LOCK`` on MariaDB, a file lock on SQLite) keeps two movers off
+the same bucket, and a mover that loses it stops (see :mod:`.lock`).
 
 Requirements: the tables exist on every shard with the same schema; primary
 keys are unique across shards (rows keep them on the target); the shard-key
@@ -51,7 +57,8 @@ from ..replicas import ReplicaSet
 from . import fence
 from .dialect import dialect_of, identifier, primary_pool
 from .fence import FENCE_TABLE, FenceState
-from .lock import mover_lock
+from .freshness import DEFAULT_REFRESH_INTERVAL
+from .lock import MoverLock, mover_lock
 from .map_store import MAP_TABLE, MapStore
 from .rows import BucketRows, ShardedTable
 from .shard_set import ShardSet
@@ -81,11 +88,16 @@ class Step(enum.StrEnum):
     SYNC = "sync"
     VERIFY = "verify"
     FLIP = "flip"
+    OPEN = "open"
     DELETE = "delete"
     DONE = "done"
 
 
 _UNFLIPPED = frozenset({Step.COPY, Step.SYNC, Step.VERIFY, Step.FLIP})
+
+MAP_WAIT_MARGIN = 0.1
+"""Seconds the mover waits beyond ``refresh_interval``: for clocks that run at slightly
+different rates, and a poll's own round trip."""
 
 Checkpoint = Callable[[Step, int], None]
 """Called with ``(step, 0)`` as a step starts and ``(step, n)`` after its n-th batch.
@@ -220,6 +232,9 @@ class _Move:
         fence_table: str,
         progress: Callable[[MoveProgress], None] | None = None,
         checkpoint: Checkpoint | None = None,
+        lock: MoverLock | None = None,
+        refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if batch_size < 1:
             raise MoveError(f"batch_size={batch_size!r} must be at least 1")
@@ -235,6 +250,11 @@ class _Move:
         self.fence_table = identifier(fence_table)
         self.progress = progress
         self.checkpoint = checkpoint
+        self.lock = lock
+        if refresh_interval < 0:
+            raise MoveError(f"refresh_interval={refresh_interval!r} must not be negative")
+        self.map_wait = refresh_interval + MAP_WAIT_MARGIN if refresh_interval else 0.0
+        self.sleep = sleep
         self.map = self.store.load()
         if len(pools) != self.map.shard_count:
             raise MoveError(
@@ -261,8 +281,8 @@ class _Move:
         else:
             self.source = self.map.shard_of_bucket(bucket)
             self.step = Step.DONE if self.source == target else Step.COPY
-        self.src = BucketRows(pools[self.source], self.map.buckets, bucket)
-        self.dst = BucketRows(pools[target], self.map.buckets, bucket)
+        self.src = BucketRows(pools[self.source], self.map.buckets, bucket, self.tables)
+        self.dst = BucketRows(pools[target], self.map.buckets, bucket, self.tables)
         self.version = self.map.version
         self.rows: dict[str, int] = {}
         self.synced = 0
@@ -273,6 +293,8 @@ class _Move:
             self.progress(MoveProgress(step.value, table, done, total))
 
     def _checkpoint(self, step: Step, batch: int) -> None:
+        if self.lock is not None:
+            self.lock.check()
         if self.checkpoint is not None:
             self.checkpoint(step, batch)
 
@@ -300,6 +322,7 @@ class _Move:
             Step.SYNC: self.sync,
             Step.VERIFY: self.verify,
             Step.FLIP: self.flip,
+            Step.OPEN: self.open,
             Step.DELETE: self.delete,
         }
         syncs = 0
@@ -320,13 +343,15 @@ class _Move:
 
     # -- steps -----------------------------------------------------------------
     def copy(self) -> Step:
-        """Upsert the bucket's rows into the target, batch by batch."""
+        """Fence the target, then upsert the bucket's rows into it, batch by batch."""
         for pool in (self.src.pool, self.dst.pool):
             fence.ensure_fence_table(pool, self.fence_table)
         with self.dst.connect() as conn:
-            # A fence left by an earlier move away from the target must not
-            # turn away the writers that follow the flip.
-            fence.clear(conn, self.dst.dialect, self.bucket, self.fence_table)
+            # Until the flip, no guarded write may land here: one routed by a
+            # map from before an earlier move away from this shard would be
+            # taken by sync for a row deleted on the source, and deleted.
+            fence.set_state(conn, self.dst.dialect, self.bucket, FenceState.FROZEN,
+                            self.fence_table)  # fmt: skip
         with self.src.connect() as conn:
             fence.open_if_missing(conn, self.src.dialect, self.bucket, self.fence_table)
         totals = self.counts()
@@ -439,24 +464,40 @@ class _Move:
                 raise
             conn.commit()
         self.version = version
-        return Step.DELETE
+        return Step.OPEN
 
-    def delete(self) -> Step:
-        """Fence the source as ``moved``, then delete the bucket's rows there."""
+    def _wait_for_instances(self) -> None:
+        """Wait until every instance has polled the map since the flip (see .freshness)."""
+        if self.map_wait:
+            self.sleep(self.map_wait)
+
+    def open(self) -> Step:
+        """After every instance has the new map: source ``moved``, target ``open``."""
+        self._wait_for_instances()
         with self.src.connect() as conn:
             fence.set_state(conn, self.src.dialect, self.bucket, FenceState.MOVED,
                             self.fence_table)  # fmt: skip
-        totals = self.counts()
+        with self.dst.connect() as conn:
+            fence.set_state(conn, self.dst.dialect, self.bucket, FenceState.OPEN,
+                            self.fence_table)  # fmt: skip
+        return Step.DELETE
+
+    def delete(self) -> Step:
+        """After reads routed by the old map are done, delete the bucket's rows on the source."""
+        self._wait_for_instances()
         batches = 0
         with self.src.connect() as source:
             for table in self.tables:
+                # The total is known when verify ran in this run; counting again
+                # would hash every row of the table once more.
+                total = self.rows.get(table.name, 0)
                 done = 0
-                while rows := self.src.batch(source, table, None, self.batch_size):
+                for rows in self.src.batches(source, table, self.batch_size):
                     done += self.src.delete(source, table, [table.key(row) for row in rows])
                     batches += 1
-                    self._report(Step.DELETE, table.name, done, max(done, totals[table.name]))
+                    self._report(Step.DELETE, table.name, done, max(done, total))
                     self._checkpoint(Step.DELETE, batches)
-                self._report(Step.DELETE, table.name, done, max(done, totals[table.name]))
+                self._report(Step.DELETE, table.name, done, max(done, total))
         return Step.DONE
 
 
@@ -479,11 +520,13 @@ def move_bucket(
     progress: Callable[[MoveProgress], None] | None = None,
     max_syncs: int = 3,
     checkpoint: Checkpoint | None = None,
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> MoveResult:
     """Move one bucket's rows to shard ``to`` while the application keeps writing.
 
-    Runs (or resumes) copy → sync (bucket frozen) → verify → flip → delete;
-    see the module docstring. Rerun it after a crash: it finishes the move.
+    Runs (or resumes) copy → sync (bucket frozen) → verify → flip → open →
+    delete; see the module docstring. Rerun it after a crash: it finishes the move.
 
     Args:
         shards: every shard (a ``ShardSet`` or its ``ReplicaSet``s/``Pool``s), in order.
@@ -497,18 +540,25 @@ def move_bucket(
         max_syncs: sync + verify rounds before giving up on a mismatch.
         checkpoint: called at each step's start and after each batch (see
             :data:`Checkpoint`).
+        refresh_interval: the largest ``refresh_interval`` of the instances'
+            ``ShardSet``s; the mover waits that long (plus ``MAP_WAIT_MARGIN``)
+            after the flip before opening the target, and again before deleting.
+            0 waits not at all: only when no instance reads the bucket.
+        sleep: how the mover waits (``time.sleep``; tests pass their own).
 
     Raises:
         MoveError: bad arguments, another unfinished move of the bucket to a
             different shard, another mover at work, the map changed under the
-            move, or verification kept failing (the bucket stays frozen; rerun).
+            move, verification kept failing (the bucket stays frozen; rerun), or
+            the mover lost its lock (rerun).
     """
     pools = _pools(shards)
     control_pool = primary_pool(control)
-    with mover_lock(control_pool, bucket):
+    with mover_lock(control_pool, bucket) as lock:
         move = _Move(control_pool, pools, bucket, to, tables, batch_size=batch_size,
                      map_table=map_table, moves_table=moves_table, fence_table=fence_table,
-                     progress=progress, checkpoint=checkpoint)  # fmt: skip
+                     progress=progress, checkpoint=checkpoint, lock=lock,
+                     refresh_interval=refresh_interval, sleep=sleep)  # fmt: skip
         if move.step is Step.DONE:
             return MoveResult(bucket, move.source, to, move.map.version, {}, already=True)
         if move.resumed_from is None:
@@ -543,9 +593,10 @@ def abort_move(
 ) -> int:
     """Roll back an unfinished move that has not flipped: the bucket stays on its source.
 
-    Deletes the rows already copied to the target, unfreezes the bucket on the
-    source and forgets the move. Safe to run again after a crash. Returns the
-    number of target rows deleted.
+    Deletes the rows already copied to the target (which stays fenced:
+    ``moved``, so a writer with an old map reloads), unfreezes the bucket on
+    the source and forgets the move. Safe to run again after a crash. Returns
+    the number of target rows deleted.
 
     Raises:
         MoveError: no unfinished move of this bucket, or it has already
@@ -554,7 +605,7 @@ def abort_move(
     control_pool = primary_pool(control)
     pools = _pools(shards)
     records = _Records(control_pool, moves_table)
-    with mover_lock(control_pool, bucket):
+    with mover_lock(control_pool, bucket) as lock:
         record = records.get(bucket)
         if record is None or record["step"] is Step.DONE:
             raise MoveError(f"bucket {bucket} has no unfinished move to roll back")
@@ -566,8 +617,8 @@ def abort_move(
             )
         target = int(record["target"])
         move = _Move(control_pool, pools, bucket, target, tables, batch_size=batch_size,
-                     map_table=map_table, moves_table=moves_table,
-                     fence_table=fence_table)  # fmt: skip
+                     map_table=map_table, moves_table=moves_table, fence_table=fence_table,
+                     lock=lock)  # fmt: skip
         if move.map.shard_of_bucket(bucket) != move.source:
             raise MoveError(
                 f"the map already gives bucket {bucket} to shard "
@@ -575,11 +626,15 @@ def abort_move(
             )
         deleted = 0
         with move.dst.connect() as conn:
+            fence.ensure_fence_table(move.dst.pool, move.fence_table)
+            # The bucket does not live here: a writer with an old map reloads.
+            fence.set_state(conn, move.dst.dialect, bucket, FenceState.MOVED, move.fence_table)
             for table in move.tables:
-                while rows := move.dst.batch(conn, table, None, batch_size):
+                for rows in move.dst.batches(conn, table, batch_size):
                     deleted += move.dst.delete(conn, table, [table.key(row) for row in rows])
+                    lock.check()
         with move.src.connect() as conn:
-            fence.clear(conn, move.src.dialect, bucket, move.fence_table)
+            fence.set_state(conn, move.src.dialect, bucket, FenceState.OPEN, move.fence_table)
         records.forget(bucket)
         _logger.info("bucket move rolled back", bucket=bucket, source=move.source,
                      target=target, deleted=deleted)  # fmt: skip

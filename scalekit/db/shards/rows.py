@@ -64,22 +64,36 @@ class ShardedTable:
 class BucketRows:
     """One bucket's rows on one shard (its primary pool)."""
 
-    def __init__(self, pool: Pool, buckets: int, bucket: int) -> None:
+    def __init__(
+        self, pool: Pool, buckets: int, bucket: int, tables: Sequence[ShardedTable]
+    ) -> None:
         self.pool = pool
         self.dialect: Dialect = dialect_of(pool)
         self.buckets = buckets
         self.bucket = bucket
+        self.tables = list(tables)
+        self._binary: dict[str, bool] | None = None
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
         """A connection to the shard's primary, ready for the statements below."""
         with self.pool.connection() as conn:
             self.dialect.prepare(conn)
+            if self._binary is None:  # once: is each table's shard key stored as bytes?
+                self._binary = {
+                    table.name: self.dialect.is_binary(conn, table.name, table.shard_key)
+                    for table in self.tables
+                }
             yield conn
 
     def predicate(self, table: ShardedTable) -> tuple[str, list[Any]]:
-        """The ``WHERE`` condition (and its parameters) for the bucket's rows of ``table``."""
-        return f"{self.dialect.bucket_of(table.shard_key, self.buckets)} = %s", [self.bucket]
+        """The ``WHERE`` condition (and its parameters) for the bucket's rows of ``table``.
+
+        Call it on a connection from ``connect()``: the first one reads the key types.
+        """
+        binary = bool(self._binary and self._binary.get(table.name))
+        expression = self.dialect.bucket_of(table.shard_key, self.buckets, binary=binary)
+        return f"{expression} = %s", [self.bucket]
 
     def _pk(self, table: ShardedTable) -> str:
         return ", ".join(self.dialect.quote(column) for column in table.primary_key)

@@ -11,14 +11,17 @@ import pytest
 from shard_sqlite import control_pool, sqlite_shards
 
 from scalekit import cli
+from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
+    MapStore,
     MoveError,
     MoveProgress,
     MoveResult,
     Pool,
     ReplicaSet,
     ShardedTable,
+    ShardSet,
     abort_move,
     move_bucket,
     plan_move,
@@ -37,6 +40,7 @@ class Setup:
         self.map = BucketMap(BUCKETS, shards=2)
         self.map.save_db(self.control)
         self.bucket = 4  # on shard 0
+        self.waits: list[float] = []  # the mover's waits for instances to see the new map
         self.users = [u for u in range(400) if self.map.bucket_for(u) == self.bucket][:10]
         self.others = [u for u in range(400) if self.map.shard_for(u) == 0
                        and self.map.bucket_for(u) != self.bucket][:5]  # fmt: skip
@@ -59,6 +63,7 @@ class Setup:
 
     def move(self, **options: Any) -> MoveResult:
         options.setdefault("batch_size", 40)
+        options.setdefault("sleep", self.waits.append)
         return move_bucket(self.shards, self.bucket, 1, tables=TABLES, control=self.control,
                            **options)  # fmt: skip
 
@@ -130,7 +135,7 @@ def crash_at(step: Step, batch: int) -> mover.Checkpoint:
 
 
 POINTS = [(Step.COPY, 0), (Step.COPY, 2), (Step.SYNC, 0), (Step.SYNC, 1), (Step.VERIFY, 1),
-          (Step.FLIP, 0), (Step.DELETE, 0), (Step.DELETE, 1)]  # fmt: skip
+          (Step.FLIP, 0), (Step.OPEN, 0), (Step.DELETE, 0), (Step.DELETE, 1)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("step", "batch"), POINTS)
@@ -193,7 +198,8 @@ def test_cli_move_and_dry_run(setup: Setup, capsys: pytest.CaptureFixture[str]) 
             "--shard", f"sqlite:///{setup.tmp_path}/shard1.db"]  # fmt: skip
     common = ["shards", "move", "--bucket", str(setup.bucket), "--to", "1",
               "--control", f"sqlite:///{setup.tmp_path}/control.db", *urls,
-              "--table", "tasks:user_id:id", "--batch-size", "50"]  # fmt: skip
+              "--table", "tasks:user_id:id", "--batch-size", "50",
+              "--refresh-interval", "0"]  # fmt: skip
     assert cli.main([*common, "--dry-run"]) == 0
     assert "tasks: 300 rows" in capsys.readouterr().out
     before = setup.rows(0, setup.users)
@@ -218,7 +224,7 @@ def test_cli_shows_a_rich_progress_bar_on_a_terminal(
             "--control", f"sqlite:///{setup.tmp_path}/control.db",
             "--shard", f"sqlite:///{setup.tmp_path}/shard0.db",
             "--shard", f"sqlite:///{setup.tmp_path}/shard1.db",
-            "--table", "tasks:user_id:id"]  # fmt: skip
+            "--table", "tasks:user_id:id", "--refresh-interval", "0"]  # fmt: skip
     assert cli.main(argv) == 0
     text = screen.getvalue()
     assert "\x1b[" in text  # terminal control codes: rich drew the bars
@@ -236,8 +242,10 @@ def test_abort_rolls_back_an_unflipped_move(setup: Setup) -> None:
     assert setup.rows(1, setup.users) == []
     assert setup.rows(0, setup.users) == before
     assert BucketMap.load_db(setup.control).shard_of_bucket(setup.bucket) == 0
-    fence = setup.primary(0).query("SELECT state FROM scalekit_bucket_fence")
-    assert fence == []  # writes to the bucket flow again
+    fences = [shard.query("SELECT state FROM scalekit_bucket_fence") for shard in
+              (setup.primary(0), setup.primary(1))]  # fmt: skip
+    # Writes to the bucket flow again on the source; the target turns stale maps away.
+    assert fences == [[{"state": "open"}], [{"state": "moved"}]]
     with pytest.raises(MoveError, match="no unfinished move"):
         abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
     assert setup.move().resumed_from is None  # a fresh move works afterwards
@@ -262,3 +270,165 @@ def test_cli_abort(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     assert "rolled back: 300 copied rows deleted" in capsys.readouterr().out
     assert cli.main(argv) == 2
     assert "no unfinished move" in capsys.readouterr().err
+
+
+class _Interleaved:
+    """Both shards with 2,000 rows; a quarter of shard 0's are the bucket, ids interleaved."""
+
+    ROWS = 2000
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.shards = sqlite_shards(tmp_path, 2)
+        self.control = control_pool(tmp_path)
+        bucket_map = BucketMap(BUCKETS, shards=2)
+        bucket_map.save_db(self.control)
+        self.bucket = 4
+        mine = [u for u in range(4000) if bucket_map.bucket_for(u) == self.bucket]
+        for shard in (0, 1):
+            others = [u for u in range(4000) if bucket_map.shard_for(u) == shard
+                      and bucket_map.bucket_for(u) != self.bucket]  # fmt: skip
+
+            def user(i: int, shard: int = shard, others: list[int] = others) -> int:
+                return mine[i % len(mine)] if shard == 0 and i % 4 == 0 else others[i % len(others)]
+
+            # Even ids on shard 0, odd on shard 1: the bucket's rows interleave with others.
+            values = [(2 * i + 2 - shard, user(i)) for i in range(self.ROWS)]
+            for start in range(0, self.ROWS, 300):
+                chunk = values[start : start + 300]
+                self.shards[shard].execute(
+                    "INSERT INTO tasks (id, user_id, title) VALUES "
+                    + ", ".join(["(%s, %s, 't')"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
+        self.hashed = 0
+
+    def move(self, to: int, **options: Any) -> MoveResult:
+        return move_bucket(self.shards, self.bucket, to, tables=TABLES, control=self.control,
+                           batch_size=20, sleep=lambda seconds: None, **options)  # fmt: skip
+
+
+@pytest.fixture
+def interleaved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Interleaved:
+    """Shards as above, counting the rows SQLite hashes for a bucket predicate."""
+    from scalekit.db.shards import dialect
+
+    setup = _Interleaved(tmp_path)
+    real = dialect._sqlite_bucket
+
+    def counting(value: object, buckets: int) -> int:
+        setup.hashed += 1
+        return real(value, buckets)
+
+    monkeypatch.setattr(dialect, "_sqlite_bucket", counting)
+    return setup
+
+
+def test_the_delete_step_hashes_each_row_at_most_twice(interleaved: _Interleaved) -> None:
+    # Issue 11 point 14: each delete batch rescanned from the first key (rows
+    # hashed grew quadratically: 141,158 for 7,991 rows).
+    at: dict[Step, int] = {}
+
+    def checkpoint(step: Step, batch: int) -> None:
+        if batch == 0:
+            at[step] = interleaved.hashed
+
+    assert interleaved.move(1, checkpoint=checkpoint).rows == {"tasks": _Interleaved.ROWS // 4}
+    assert interleaved.hashed - at[Step.DELETE] <= 2 * _Interleaved.ROWS
+
+
+def test_abort_hashes_each_row_at_most_twice(interleaved: _Interleaved) -> None:
+    with pytest.raises(_Crash):
+        interleaved.move(1, checkpoint=crash_at(Step.VERIFY, 0))
+    target_rows = _Interleaved.ROWS + _Interleaved.ROWS // 4
+    assert interleaved.shards[1].query("SELECT COUNT(*) AS n FROM tasks") == [{"n": target_rows}]
+    before = interleaved.hashed
+    deleted = abort_move(interleaved.shards, interleaved.bucket, tables=TABLES,
+                         control=interleaved.control, batch_size=20)  # fmt: skip
+    assert deleted == _Interleaved.ROWS // 4
+    assert interleaved.hashed - before <= 2 * target_rows
+
+
+def test_moving_a_bucket_back_keeps_a_write_routed_by_an_old_map(setup: Setup) -> None:
+    # Issue 11 point 10: copy removed the target's fence before the flip, so an
+    # instance with a map from before the first move wrote to the target
+    # unguarded, and sync deleted that acknowledged row as gone from the source.
+    old_map = BucketMap.load_db(setup.control)
+    setup.move()  # 0 -> 1, map version 2
+    stale = ShardSet(setup.shards, strategy=old_map, map_store=MapStore(setup.control),
+                     refresh_interval=None, freeze_timeout=10.0)  # fmt: skip
+    user = setup.users[0]
+
+    def write_by_the_old_map(step: Step, batch: int) -> None:
+        if (step, batch) == (Step.COPY, 1):
+            stale.execute("INSERT INTO tasks (id, user_id, title) VALUES (7777, %s, 'late')",
+                          (user,), key=user)  # fmt: skip
+
+    move_bucket(setup.shards, setup.bucket, 0, tables=TABLES, control=setup.control,
+                batch_size=40, checkpoint=write_by_the_old_map,
+                sleep=setup.waits.append)  # fmt: skip
+    assert [row["title"] for row in setup.rows(0, [user]) if row["id"] == 7777] == ["late"]
+    assert setup.rows(1, setup.users) == []
+
+
+def test_abort_leaves_the_target_fenced_against_old_maps(setup: Setup) -> None:
+    # Issue 11 point 10: abort_move left the target open to writers with an old map.
+    old_map = BucketMap.load_db(setup.control)
+    setup.move()  # 0 -> 1
+    with pytest.raises(_Crash):
+        move_bucket(setup.shards, setup.bucket, 0, tables=TABLES, control=setup.control,
+                    checkpoint=crash_at(Step.VERIFY, 0), sleep=setup.waits.append)  # fmt: skip
+    abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
+    stale = ShardSet(setup.shards, strategy=old_map, map_store=MapStore(setup.control),
+                     refresh_interval=None)  # fmt: skip
+    user = setup.users[0]
+    stale.execute("INSERT INTO tasks (id, user_id, title) VALUES (7778, %s, 'x')", (user,),
+                  key=user)  # fmt: skip
+    assert setup.rows(0, [user]) == []  # not on the shard the bucket left
+    assert [row["id"] for row in setup.rows(1, [user])].count(7778) == 1
+    assert stale.strategy.shard_for(user) == 1  # the fence made it reload
+
+
+def test_a_stale_reader_follows_the_move_within_its_refresh_interval(setup: Setup) -> None:
+    # Issue 11 point 11: an instance holding the old map read the (emptied)
+    # source and got nothing, with no error.
+    clock = ManualClock()
+    reader = ShardSet(setup.shards, map_store=MapStore(setup.control), refresh_interval=5.0,
+                      clock=clock)  # fmt: skip
+    user = setup.users[0]
+    select = "SELECT id FROM tasks WHERE user_id = %s ORDER BY id"
+    expected = reader.query(select, (user,), key=user)
+    assert len(expected) == 30
+    seen: dict[Step, tuple[int, list[dict[str, Any]]]] = {}
+
+    def read(step: Step, batch: int) -> None:
+        if batch == 0:
+            seen[step] = (reader.shard_for(user), reader.query(select, (user,), key=user))
+
+    def wait(seconds: float) -> None:
+        setup.waits.append(seconds)
+        clock.advance(seconds)
+
+    setup.move(refresh_interval=5.0, sleep=wait, checkpoint=read)
+    assert setup.waits == [5.0 + mover.MAP_WAIT_MARGIN] * 2  # flip -> open -> delete
+    assert seen[Step.OPEN] == (0, expected)  # flipped, not yet seen: the source still has it
+    assert seen[Step.DELETE] == (1, expected)  # polled after the wait: the target
+    assert reader.query(select, (user,), key=user) == expected
+
+
+def test_map_polls_cost_one_row_per_interval(setup: Setup) -> None:
+    clock = ManualClock()
+    reader = ShardSet(setup.shards, map_store=MapStore(setup.control), refresh_interval=2.0,
+                      clock=clock)  # fmt: skip
+    for _ in range(50):
+        reader.query("SELECT 1 AS one", key=setup.users[0])
+    assert reader.map_polls == 0
+    clock.advance(2.0)
+    for _ in range(50):
+        reader.query("SELECT 1 AS one", key=setup.users[0])
+        reader.for_key(setup.users[1])
+    assert reader.map_polls == 1
+    never = ShardSet(setup.shards, map_store=MapStore(setup.control), refresh_interval=None,
+                     clock=clock)  # fmt: skip
+    clock.advance(100.0)
+    never.query("SELECT 1 AS one", key=1)
+    assert never.map_polls == 0
