@@ -30,6 +30,8 @@ routing decision, ``DbPoolStats`` when a pool's counts change.
 
 from __future__ import annotations
 
+from ._connector import SslMode
+from ._scope import RequestScopeMiddleware, request_scope
 from .errors import (
     BucketMoved,
     ConfigError,
@@ -44,7 +46,7 @@ from .errors import (
     WriteOutcomeUnknown,
 )
 from .marks import Mark, MarkStore, MarkStoreUnavailable, MemoryMarks, RedisMarks
-from .pool import Connection, Cursor, Pool, PoolStats, Result
+from .pool import Connection, Cursor, Pool, PoolStats, Result, Role
 from .replicas import ReplicaSet
 from .shards import (
     BucketMap,
@@ -93,15 +95,19 @@ __all__ = [
     "PrimaryReadOnly",
     "RedisMarks",
     "ReplicaSet",
+    "RequestScopeMiddleware",
     "Result",
     "RetryableTransactionError",
+    "Role",
     "ShardRow",
     "ShardSet",
     "ShardStrategy",
     "ShardedTable",
+    "SslMode",
     "WriteOutcomeUnknown",
     "abort_move",
     "move_bucket",
     "plan",
     "plan_move",
+    "request_scope",
 ]

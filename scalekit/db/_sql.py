@@ -1,10 +1,11 @@
-"""Placeholder translation: scalekit SQL uses ``%s`` (pyformat) for every driver."""
+"""SQL text: ``%s`` placeholders for every driver, and what a statement is by its text."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-__all__ = ["to_qmark"]
+__all__ = ["Statement", "classify", "is_read", "to_qmark"]
 
 _QUOTES = frozenset("'\"`")
 
@@ -74,3 +75,114 @@ def to_qmark(sql: str) -> str:
             and sqlite3 would disagree about it.
     """
     return _scan(sql, "?", ":")
+
+
+# -- what a statement is, by its text ------------------------------------------------
+
+_READ_FIRST = frozenset(
+    {"SELECT", "SHOW", "WITH", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE"}
+)
+_DML_FIRST = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+# Schema changes leave no session state, unless they touch a TEMPORARY table.
+_DDL_FIRST = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "RENAME"})
+_TRANSACTION_FIRST = frozenset({"BEGIN", "START", "COMMIT", "ROLLBACK", "END"})
+# ``BEGIN`` alone or with these (``BEGIN NOT ATOMIC … END`` is a compound statement).
+_BEGIN_WORDS = frozenset({"WORK", "TRANSACTION", "DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
+# Words that make a read-looking statement change data, call code or fill variables.
+_CHANGES = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "REPLACE", "INTO", "CALL", "LOAD", "CREATE", "DROP",
+     "ALTER", "TRUNCATE", "RENAME", "GRANT", "REVOKE", "SET", "DO", "HANDLER", "OUTFILE"}
+)  # fmt: skip
+# Functions whose effect outlives the statement on that session.
+_SESSION_FUNCTIONS = frozenset({"GET_LOCK", "SETVAL", "SET_CONFIG"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Statement:
+    """What scalekit needs to know about one SQL statement, from its text alone.
+
+    ``read``: a ``SELECT``/``SHOW``/``WITH … SELECT``/``EXPLAIN`` with no
+    data-changing clause — safe to send again after a lost reply.
+    ``session_clean``: leaves no session state behind (a read, plain
+    ``INSERT``/``UPDATE``/``DELETE``/``REPLACE``, a schema change that is not
+    about a ``TEMPORARY`` table, or transaction control), so the connection
+    needs no reset before its next borrower.
+    ``begins``/``ends``: starts or ends a transaction.
+    """
+
+    read: bool
+    session_clean: bool
+    begins: bool
+    ends: bool
+
+
+def _words(sql: str) -> tuple[list[str], bool]:
+    """Upper-cased words outside literals and comments, and whether ``:=`` occurs."""
+    words: list[str] = []
+    assigns = False
+    i, n = 0, len(sql)
+    while i < n:
+        char = sql[i]
+        if char in _QUOTES:
+            i += 1
+            while i < n and sql[i] != char:
+                i += 2 if sql[i] == "\\" and char != "`" else 1
+            i += 1
+        elif (
+            char == "-" and sql.startswith("--", i) and (i + 2 >= n or sql[i + 2].isspace())
+        ) or char == "#":
+            end = sql.find("\n", i)
+            i = n if end == -1 else end + 1
+        elif char == "/" and sql.startswith("/*", i):
+            if sql.startswith(("/*!", "/*M!"), i):  # executable comment: its text runs
+                i += 3 if sql[i + 2] == "!" else 4
+                while i < n and sql[i].isdigit():
+                    i += 1
+            else:
+                end = sql.find("*/", i + 2)
+                i = n if end == -1 else end + 2
+        elif char == "*" and sql.startswith("*/", i):
+            i += 2
+        elif char == ":" and sql.startswith(":=", i):
+            assigns = True
+            i += 2
+        elif char.isalpha() or char == "_":
+            start = i
+            while i < n and (sql[i].isalnum() or sql[i] in "_$"):
+                i += 1
+            words.append(sql[start:i].upper())
+        else:
+            i += 1
+    return words, assigns
+
+
+@functools.lru_cache(maxsize=2048)
+def classify(sql: str) -> Statement:
+    """Classify ``sql`` by its text (cached: statements repeat)."""
+    words, assigns = _words(sql)
+    first = words[0] if words else ""
+    changes = any(
+        word in _CHANGES and not (word == "UPDATE" and index and words[index - 1] == "FOR")
+        for index, word in enumerate(words)
+    )
+    read = first in _READ_FIRST and not changes
+    lingering = assigns or any(word in _SESSION_FUNCTIONS for word in words)
+    dml = first in _DML_FIRST or (first in _DDL_FIRST and "TEMPORARY" not in words)
+    begins = (first == "BEGIN" and set(words[1:]) <= _BEGIN_WORDS) or words[:2] == [
+        "START",
+        "TRANSACTION",
+    ]
+    chains = "CHAIN" in words and "NO" not in words
+    ends = first in ("COMMIT", "ROLLBACK", "END") and "TO" not in words[:3] and not chains
+    transaction = begins or ends or first == "ROLLBACK"
+    return Statement(
+        read=read,
+        session_clean=(read or dml or transaction) and not lingering,
+        begins=begins,
+        ends=ends,
+    )
+
+
+def is_read(sql: str) -> bool:
+    """True when ``sql`` is a read by its text: safe to send again after a lost reply."""
+    return classify(sql).read

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONNECTION_LOST_CODES",
+    "SERVER_REFUSED_CODES",
     "BucketMoved",
     "ConfigError",
     "ConnectionLost",
@@ -49,6 +50,21 @@ CONNECTION_LOST_CODES = frozenset(
     }
 )
 """MySQL/MariaDB error numbers that mean the connection is gone."""
+
+SERVER_REFUSED_CODES = frozenset(
+    {
+        1040,  # too many connections
+        1044,  # access denied to the database
+        1045,  # access denied (bad user or password)
+        1129,  # host blocked after too many connection errors
+        1130,  # host not allowed to connect
+        1203,  # max_user_connections reached
+        1226,  # a user resource limit reached
+        1227,  # a privilege is missing (e.g. for SHOW REPLICA STATUS)
+    }
+)
+"""Error numbers by which a server refuses us rather than the statement: a
+replica answering one of them is taken out of rotation like a dead one."""
 
 RETRYABLE_TRANSACTION_CODES = frozenset({1205, 1213})
 READ_ONLY_CODE = 1290

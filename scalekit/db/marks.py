@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 from typing import Any, Protocol, runtime_checkable
 
 from .._clock import Clock, get_clock
@@ -119,12 +120,10 @@ class MemoryMarks:
         return len(self._marks)
 
 
-# KEYS[1] mark; ARGV: until (wall seconds), ttl ms, then domain, server, seq triples.
+# KEYS[1] mark; ARGV: ttl ms, then domain, server, seq triples.
 _MARK_SCRIPT = """
-local deadline = tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'u') or '0')
-if deadline > current then redis.call('HSET', KEYS[1], 'u', ARGV[1]) end
-for i = 3, #ARGV, 3 do
+redis.call('HSET', KEYS[1], 'w', '1')
+for i = 2, #ARGV, 3 do
   local field = 'd' .. ARGV[i]
   local old = redis.call('HGET', KEYS[1], field)
   local seq = tonumber(ARGV[i + 2])
@@ -132,8 +131,8 @@ for i = 3, #ARGV, 3 do
     redis.call('HSET', KEYS[1], field, ARGV[i + 1] .. '-' .. ARGV[i + 2])
   end
 end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return 1
 """
@@ -142,14 +141,15 @@ return 1
 class RedisMarks:
     """Marks in Redis, shared by every instance: one hash per key, one round trip each way.
 
-    The mark's deadline is stored as wall time read from ``clock`` (so tests
-    can advance it); Redis expires the hash a second after that, to clean up.
+    A mark lives exactly as long as its key: Redis' own clock expires it
+    ``ttl`` after the latest write, so clock skew between application hosts
+    cannot shorten (or lengthen) a pin.
 
     Args:
         url: a scalekit Redis URL (``redis://``, ``redis+sentinel://``, ``redis+cluster://``).
         client: a blocking redis-py client to use instead of ``url``.
         prefix: prepended to every key.
-        clock: the clock for deadlines (default ``get_clock()``).
+        clock: deprecated and unused (expiry is Redis' TTL).
     """
 
     def __init__(
@@ -162,15 +162,20 @@ class RedisMarks:
     ) -> None:
         if (url is None) == (client is None):
             raise ValueError("RedisMarks takes a url or a client (one of them)")
+        if clock is not None:
+            warnings.warn(
+                "RedisMarks(clock=...) is unused: marks expire by Redis' own TTL; "
+                "drop the argument",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self._client = client if client is not None else sync_from_url(url or "")
         self._errors = redis_errors()
         self._prefix = prefix
-        self._clock = clock or get_clock()
         self._script = self._client.register_script(_MARK_SCRIPT)
 
     def mark(self, key: str, ttl: float, gtid: str | None = None) -> None:
-        until = self._clock.time() + ttl
-        args: list[Any] = [repr(until), int((ttl + 1.0) * 1000)]
+        args: list[Any] = [max(int(ttl * 1000), 1)]
         for domain, (server, sequence) in _parse_gtids(gtid).items():
             args += [domain, server, sequence]
         try:
@@ -184,10 +189,8 @@ class RedisMarks:
         except self._errors as exc:
             raise MarkStoreUnavailable(f"cannot read read-your-writes mark: {exc}") from exc
         if not found:
-            return None
+            return None  # never written, or expired by Redis
         fields = {_text(k): _text(v) for k, v in found.items()}
-        if float(fields.get("u", "0")) <= self._clock.time():
-            return None
         gtids = {
             name[1:]: (value.rsplit("-", 1)[0], int(value.rsplit("-", 1)[1]))
             for name, value in fields.items()

@@ -1,4 +1,4 @@
-"""``Pool``: a bounded pool of DBUtils steady connections with a timed wait.
+"""``Pool``: a bounded pool of DBUtils steady connections with a timed, fair wait.
 
 Why not DBUtils' ``PooledDB``: its ``blocking=True`` waits on an untimed
 ``Condition.wait()``, it opens connections and pings while holding the pool
@@ -7,69 +7,126 @@ reconnect-and-re-execute cannot be switched off (``failures=()`` raises). So
 the pool below is ours and each connection is a DBUtils ``SteadyDBConnection``
 created with ``failures=(_NeverRaised,)`` — its re-execute never triggers —
 and ``ping=0``: dead connections are detected by our own checkout ping.
+
+Who does what: ``_slots`` counts and queues (FIFO), ``_connector`` opens
+connections (timeouts, one TLS context, back-off per server),
+``_driver_errors`` decides what a driver exception means, ``_hygiene``
+cleans a returned connection, and this module ties them together.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
+import enum
+import os
 import sys
-import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import events
 from .._clock import Clock, get_clock
 from .._extras import require
+from . import _fork, _hygiene
 from ._config import parse_url, redact
-from ._sql import to_qmark
+from ._connector import Connector, ServerBackoff, SslMode
+from ._deadline import Deadline
+from ._driver_errors import Decision, connect_error, is_timeout, outcome_name, translate
+from ._slots import Exhausted, Slot, Slots
+from ._sql import classify, to_qmark
 from .errors import (
-    CONNECTION_LOST_CODES,
-    READ_ONLY_CODE,
-    READ_ONLY_TRANSACTION_CODE,
-    RETRYABLE_TRANSACTION_CODES,
     ConfigError,
     ConnectionLost,
     DatabaseError,
-    MisroutedWrite,
     PoolTimeout,
     PrimaryReadOnly,
-    RetryableTransactionError,
     WriteOutcomeUnknown,
-    error_code,
 )
 
-__all__ = ["Connection", "Cursor", "Pool", "PoolStats", "Result"]
+__all__ = ["Connection", "Cursor", "Pool", "PoolStats", "Result", "Role"]
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 Row = dict[str, Any]
+T = TypeVar("T")
+
+
+class Role(enum.StrEnum):
+    """What a pool serves in a ``ReplicaSet``; it picks the default timeouts."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+# connect, read (= one operation's deadline), write; seconds. None: no limit.
+DEFAULT_TIMEOUTS: Mapping[Role, tuple[float, float | None, float | None]] = {
+    Role.PRIMARY: (2.0, 60.0, 60.0),
+    Role.REPLICA: (2.0, 10.0, 10.0),
+}
 
 
 class _NeverRaised(Exception):
     """Given to SteadyDB as ``failures`` so that its re-execute never triggers."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+def _deprecated_int(name: str) -> None:
+    warnings.warn(
+        f"Cursor.execute() now returns a Result, like Connection.execute(); {name} on it is "
+        "deprecated and will be removed: use result.rowcount",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class Result:
-    """What a write returns: affected rows, the generated id, and a causal token.
+    """What a write returns: affected rows, the generated id, a causal token, returned rows.
 
     ``token`` is the write's GTID when the ``ReplicaSet`` runs in causal mode
-    (pass it back as ``query(..., after=token)``), else None.
+    (pass it back as ``query(..., after=token)``), else None. ``rows`` holds
+    the rows of ``execute(..., returning=True)`` (``INSERT … RETURNING``).
     """
 
     rowcount: int
     lastrowid: int | None = None
     token: str | None = None
+    rows: list[Row] = dataclasses.field(default_factory=list)
+
+    # Cursor.execute returned an int before 0.1: keep that working for a release.
+    def __int__(self) -> int:
+        _deprecated_int("int()")
+        return self.rowcount
+
+    def __index__(self) -> int:
+        _deprecated_int("using it as an int")
+        return self.rowcount
+
+    def __bool__(self) -> bool:
+        _deprecated_int("truth testing")
+        return bool(self.rowcount)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int) and not isinstance(other, bool):
+            _deprecated_int("comparing it with an int")
+            return self.rowcount == other
+        if isinstance(other, Result):
+            return (self.rowcount, self.lastrowid, self.token, self.rows) == (
+                other.rowcount, other.lastrowid, other.token, other.rows
+            )  # fmt: skip
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.rowcount, self.lastrowid, self.token))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of a pool's connections.
 
-    ``open`` is in use + idle now; ``opened`` and ``errors`` count since start.
+    ``open`` is in use + idle now (``connecting`` of them still being
+    opened); ``opened`` and ``errors`` count since start.
     """
 
     in_use: int
@@ -79,21 +136,7 @@ class PoolStats:
     opened: int
     errors: int
     max_connections: int
-
-
-class _Slot:
-    __slots__ = ("created", "error_generation", "last_used", "session_generation", "steady")
-
-    def __init__(self, steady: Any, now: float, error_generation: int, session_generation: int):
-        self.steady = steady
-        self.created = now
-        self.last_used = now
-        self.error_generation = error_generation
-        self.session_generation = session_generation
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.steady.close()
+    connecting: int = 0
 
 
 def _module_of(creator: Any) -> ModuleType | None:
@@ -115,68 +158,93 @@ class Cursor:
     def __init__(self, connection: Connection, in_transaction: bool) -> None:
         self._connection = connection
         self._in_transaction = in_transaction
+        self._rows: list[Row] = []
         self.rowcount = -1
         self.lastrowid: int | None = None
         self.token: str | None = None
         """After a causal transaction commits: its GTID (see ``Result.token``)."""
 
-    def execute(self, sql: str, params: Params = None) -> int:
-        """Run one statement; returns the affected row count."""
-        result, rows = self._connection._run(sql, params, write=True, fetch=False,
-                                             in_transaction=self._in_transaction)  # fmt: skip
+    def execute(self, sql: str, params: Params = None, *, returning: bool = False) -> Result:
+        """Run one statement; returns its ``Result`` (rows too with ``returning=True``).
+
+        Before 0.1 this returned the affected row count; the ``Result`` still
+        compares and converts like that int, with a ``DeprecationWarning``.
+        """
+        result, rows = self._connection._run(sql, params, in_transaction=self._in_transaction)
         self.rowcount = result.rowcount
         self.lastrowid = result.lastrowid
         self._rows = rows
-        return result.rowcount
+        return dataclasses.replace(result, rows=rows) if returning else result
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
         """Run a statement that returns rows; returns them as dicts."""
-        _, rows = self._connection._run(sql, params, write=False, fetch=True,
-                                        in_transaction=self._in_transaction)  # fmt: skip
-        return rows
+        return self._connection._run(sql, params, in_transaction=self._in_transaction)[1]
 
     def fetchall(self) -> list[Row]:
         """The rows of the last ``execute`` (``query`` returns them directly)."""
-        return list(getattr(self, "_rows", []))
+        return list(self._rows)
 
 
 class Connection:
-    """One checked-out connection; use it inside ``with pool.connection() as conn``."""
+    """One checked-out connection; use it inside ``with pool.connection() as conn``.
 
-    def __init__(self, pool: Pool, slot: _Slot) -> None:
+    What is retried and what is not depends on the statement's text and on
+    whether it reached the server, never on the method: a statement that
+    is not a read by its text and was lost in flight raises
+    ``WriteOutcomeUnknown`` from ``query`` as from ``execute``.
+    """
+
+    def __init__(self, pool: Pool, slot: Slot, deadline: Deadline) -> None:
         self._pool = pool
         self._slot = slot
+        self._deadline = deadline
         self.broken = False
         self.in_transaction = False
+        self.lost_unsent = False
+        """The connection died before the last statement was sent (safe to send again)."""
+        self._dirty = False
+        self._text_transaction = False
+        self._answered: BaseException | None = None
+        self._limited = False
 
     @property
     def dbapi_connection(self) -> Any:
-        """The driver's own connection (pymysql, sqlite3, ...)."""
-        return self._slot.steady._con
+        """The driver's own connection (pymysql, sqlite3, ...).
+
+        What is done with it is invisible to the pool, so the connection is
+        reset (or discarded) when it is returned.
+        """
+        self._dirty = True
+        return self._slot.raw
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
-        """Run a read; returns rows as dicts. A lost connection raises ``ConnectionLost``."""
-        return self._run(sql, params, write=False, fetch=True)[1]
+        """Run a statement that returns rows; returns them as dicts."""
+        return self._run(sql, params)[1]
 
-    def execute(self, sql: str, params: Params = None) -> Result:
-        """Run a write. A connection lost in flight raises ``WriteOutcomeUnknown``."""
+    def execute(self, sql: str, params: Params = None, *, returning: bool = False) -> Result:
+        """Run a write (``returning=True``: keep its rows in ``Result.rows``).
+
+        Raises:
+            WriteOutcomeUnknown: the connection was lost with the write in flight.
+        """
         self._pool._check_read_only(self)
-        return self._run(sql, params, write=True, fetch=False)[0]
+        result, rows = self._run(sql, params)
+        return dataclasses.replace(result, rows=rows) if returning else result
 
     def cursor(self) -> Cursor:
-        """A dict cursor on this connection (statements count as writes)."""
+        """A dict cursor on this connection."""
         return Cursor(self, self.in_transaction)
 
     def begin(self) -> None:
         """Start a transaction (the pool's connections are in autocommit mode)."""
         self._pool._check_read_only(self)
         if self._pool.dialect == "sqlite":
-            self._run("BEGIN", None, write=False, fetch=False)
+            self._run("BEGIN", None)
         else:
             try:
                 self._slot.steady.begin()
             except Exception as exc:
-                raise self._translate(exc, write=False) from exc
+                raise self._decide(exc, write=False, in_transaction=False) from exc
         self.in_transaction = True
 
     def commit(self) -> None:
@@ -184,7 +252,7 @@ class Connection:
         try:
             self._slot.steady.commit()
         except Exception as exc:
-            raise self._translate(exc, write=True) from exc
+            raise self._decide(exc, write=True, in_transaction=False) from exc
         finally:
             self.in_transaction = False
 
@@ -197,57 +265,46 @@ class Connection:
         finally:
             self.in_transaction = False
 
-    def _translate(self, exc: Exception, *, write: bool, in_transaction: bool = False) -> Exception:
+    def _decide(self, exc: Exception, *, write: bool, in_transaction: bool) -> Exception:
         pool = self._pool
-        code = error_code(exc)
-        driver = pool._driver
-        interface_error = driver is not None and isinstance(
-            exc, getattr(driver, "InterfaceError", ())
+        decision: Decision = translate(
+            exc,
+            where=pool.where,
+            driver=pool.driver,
+            read_only_pool=pool.read_only,
+            write=write,
+            in_transaction=in_transaction,
         )
-        if code in CONNECTION_LOST_CODES or isinstance(exc, OSError) or interface_error:
+        if decision.lost:
             self.broken = True
+            self.lost_unsent = not isinstance(decision.error, WriteOutcomeUnknown) and write
             pool._connection_failed()
-            where = f"pool {pool.name!r} ({pool.role})"
-            # pymysql raises InterfaceError(0) before sending on a closed socket.
-            never_sent = interface_error and code == 0
-            if write and not in_transaction and not never_sent:
-                return WriteOutcomeUnknown(
-                    f"connection to {where} lost while a write was in flight ({exc}); "
-                    "the server may have applied it and scalekit will not send it again"
-                )
-            return ConnectionLost(f"connection to {where} lost: {exc}")
-        if code in RETRYABLE_TRANSACTION_CODES:
-            return RetryableTransactionError(
-                f"{exc} on pool {pool.name!r}: the transaction was rolled back; run it again"
-            )
-        sqlite_read_only = getattr(exc, "sqlite_errorcode", None) == 8  # SQLITE_READONLY
-        if (
-            code == READ_ONLY_TRANSACTION_CODE
-            or (code == READ_ONLY_CODE and pool.read_only)
-            or (sqlite_read_only and pool.read_only)
-        ):
-            return MisroutedWrite(
-                f"a write reached the read-only pool {pool.name!r} ({exc}): send writes with "
-                "execute() or transaction(), never query()"
-            )
-        if code == READ_ONLY_CODE:
+        else:
+            self._answered = decision.error
+        if decision.demoted:
             pool._recheck_read_only = True
-            return PrimaryReadOnly(
-                f"the primary {pool.name!r} refused a write as read-only ({exc}): it was "
-                "demoted; point the primary pool at the new primary"
-            )
-        return exc
+        return decision.error
 
     def _run(
-        self,
-        sql: str,
-        params: Params,
-        *,
-        write: bool,
-        fetch: bool,
-        in_transaction: bool = False,
+        self, sql: str, params: Params, *, in_transaction: bool = False
     ) -> tuple[Result, list[Row]]:
         pool = self._pool
+        statement = classify(sql)
+        if not statement.session_clean:
+            self._dirty = True
+        if statement.begins:
+            self._text_transaction = True
+        elif statement.ends:
+            self._text_transaction = False
+        raw = self._slot.raw
+        left = self._deadline.remaining()
+        if left is not None:
+            if left <= 0:
+                raise ConnectionLost(
+                    f"{pool.where}: the operation's {self._deadline.seconds}s deadline passed "
+                    "before the statement was sent"
+                )
+            self._limited = Connector.limit(raw, left) or self._limited
         timed = events.bus.has_listeners(events.DbQuery)
         started = time.perf_counter() if timed else 0.0
         outcome = "ok"
@@ -258,7 +315,7 @@ class Connection:
                 sql = to_qmark(sql)
             # The driver's own cursor: SteadyDB's cursor wrapper would only add
             # its (disabled) failover bookkeeping to every call.
-            cursor = self._slot.steady._con.cursor()
+            cursor = raw.cursor()
             try:
                 if params is None:
                     cursor.execute(sql)
@@ -272,50 +329,41 @@ class Connection:
             finally:
                 with contextlib.suppress(Exception):
                     cursor.close()
-        except DatabaseError:
+        except DatabaseError as exc:
             outcome = "error"
+            self._answered = exc
             raise
         except Exception as exc:
-            translated = self._translate(exc, write=write, in_transaction=in_transaction)
-            outcome = _outcome_name(translated)
-            if translated is exc:
+            error = self._decide(exc, write=not statement.read, in_transaction=in_transaction)
+            outcome = outcome_name(error)
+            if error is exc:
                 raise
-            raise translated from exc
+            raise error from exc
         finally:
             if timed:
                 events.emit(
                     events.DbQuery(pool.name, pool.role, time.perf_counter() - started,
-                                   outcome, len(rows) if fetch else max(result.rowcount, 0))
+                                   outcome, len(rows) if rows else max(result.rowcount, 0))
                 )  # fmt: skip
         return result, rows
-
-
-def _outcome_name(exc: Exception) -> str:
-    if isinstance(exc, WriteOutcomeUnknown):
-        return "write_outcome_unknown"
-    if isinstance(exc, ConnectionLost):
-        return "connection_lost"
-    if isinstance(exc, RetryableTransactionError):
-        return "retryable"
-    if isinstance(exc, MisroutedWrite):
-        return "misrouted_write"
-    if isinstance(exc, PrimaryReadOnly):
-        return "read_only"
-    return "error"
 
 
 class _Checkout:
     """The context manager ``pool.connection()`` returns."""
 
-    __slots__ = ("_connection", "_pool", "_timeout")
+    __slots__ = ("_connection", "_deadline", "_pool", "_timeout")
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
+    def __init__(self, pool: Pool, timeout: float | None, deadline: Deadline | None) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._deadline = deadline
         self._connection: Connection | None = None
 
     def __enter__(self) -> Connection:
-        self._connection = Connection(self._pool, self._pool._acquire(self._timeout))
+        pool = self._pool
+        checkout_deadline = self._deadline or Deadline(pool.read_timeout)
+        slot = pool._acquire(self._timeout, checkout_deadline)
+        self._connection = Connection(pool, slot, self._deadline or Deadline(None))
         return self._connection
 
     def __exit__(
@@ -325,41 +373,52 @@ class _Checkout:
         tb: TracebackType | None,
     ) -> None:
         connection = self._connection
-        if connection is None:
-            return
-        self._connection = None
-        if connection.in_transaction and not connection.broken:
-            connection.rollback()
-        self._pool._release(connection._slot, discard=connection.broken)
+        if connection is not None:
+            self._connection = None
+            self._pool._return(connection, exc)
 
 
 class Pool:
     """A bounded pool of connections to one server.
+
+    Every borrower gets a connection in autocommit mode with no open
+    transaction and no session state left by an earlier borrower: on return
+    an open transaction is rolled back, a session whose state changed is
+    reset (``COM_RESET_CONNECTION``, one round trip, only then), and a
+    connection whose borrowing block raised is discarded.
 
     Args:
         creator: a DB-API 2 module (``pymysql``, ``sqlite3``) or a callable
             returning a new connection; with a callable the driver (and so
             the placeholder style) is learnt from the first connection, and
             the connection is put in autocommit mode.
-        connect_args: keyword arguments for ``creator.connect`` on every (re)connect.
+        connect_args: keyword arguments for ``creator.connect`` on every
+            (re)connect. ``connect_timeout``, ``read_timeout`` and
+            ``write_timeout`` not given here take the role's defaults on
+            MySQL (primary 2/60/60 s, replica 2/10/10 s; 0 means none).
         name: how events, stats and errors name this pool.
         role: ``"primary"`` or ``"replica"`` (``ReplicaSet`` sets it).
         max_connections: most connections open at once (in use + idle).
         min_idle: idle connections that idle expiry leaves open.
         max_idle: most idle connections kept; more are closed on release.
         acquire_timeout: seconds a checkout waits for a free connection
-            before raising ``PoolTimeout``.
+            before raising ``PoolTimeout``. Waiters are served first come,
+            first served.
         max_lifetime: seconds after which a connection is closed and replaced.
         idle_timeout: seconds unused after which an idle connection is closed.
         ping_after_idle: ping a connection at checkout when it has been idle
             this long (one round trip); None never pings on idleness. After
             any connection error every older connection is pinged once.
-        session: SQL statements run on every new connection (reconnects too).
+        session: SQL statements run on every new connection (and after a reset).
         read_only: make every session ``READ ONLY`` (replicas).
         paramstyle: override the driver's ``paramstyle`` (``"qmark"`` makes
             the pool translate ``%s`` placeholders).
         dialect: ``"mysql"``, ``"sqlite"`` or ``"other"``; guessed from the driver.
-        clock: the clock for lifetimes and idle expiry (default ``get_clock()``).
+        ssl_mode: ``"preferred"`` (TLS if the server offers it),
+            ``"disabled"`` or ``"required"``; pymysql only. One TLS context
+            is built per pool, not per connect.
+        ssl_ca: CA file to verify the server's certificate (with ``required``).
+        clock: the clock for lifetimes, idle expiry and connect back-off.
 
     Raises:
         ConfigError: an option is out of range.
@@ -371,7 +430,7 @@ class Pool:
         *,
         connect_args: Mapping[str, Any] | None = None,
         name: str = "db",
-        role: str = "primary",
+        role: Role | str = Role.PRIMARY,
         max_connections: int = 10,
         min_idle: int = 0,
         max_idle: int | None = None,
@@ -383,6 +442,8 @@ class Pool:
         read_only: bool = False,
         paramstyle: str | None = None,
         dialect: str | None = None,
+        ssl_mode: SslMode | str = SslMode.PREFERRED,
+        ssl_ca: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         if max_connections < 1:
@@ -402,19 +463,34 @@ class Pool:
                 raise ConfigError(f"{option}={value!r} must not be negative")
         if not callable(getattr(creator, "connect", creator)):
             raise ConfigError(f"creator={creator!r} is neither a DB-API module nor a callable")
+        self.role = _choice(Role, role, "role")
+        ssl_mode = _choice(SslMode, ssl_mode, "ssl_mode")
+        connect_args = dict(connect_args or {})
+        self._timeouts_given: dict[str, float | None] = {
+            key: connect_args.pop(key)
+            for key in ("connect_timeout", "read_timeout", "write_timeout")
+            if key in connect_args
+        }
+        for key, seconds in self._timeouts_given.items():
+            if (seconds is not None and seconds < 0) or (key == "connect_timeout" and seconds == 0):
+                raise ConfigError(f"{key}={seconds!r} must be a positive number of seconds")
         self._steady_db = require("dbutils.steady_db", "mysql", feature="scalekit.db.Pool")
-        self._creator = creator
         self._creator_is_callable = not isinstance(creator, ModuleType)
         self._given = (dialect, paramstyle)
         self._use_driver(_module_of(creator))
-        self._connect_args = dict(connect_args or {})
         if self.dialect == "mysql":
-            self._connect_args.setdefault("autocommit", True)
+            connect_args.setdefault("autocommit", True)
         elif self.dialect == "sqlite":
-            self._connect_args.setdefault("check_same_thread", False)
-            self._connect_args.setdefault("isolation_level", None)
+            connect_args.setdefault("check_same_thread", False)
+            connect_args.setdefault("isolation_level", None)
+        self._connector = Connector(
+            creator,
+            connect_args,
+            pymysql_driver=self._driver_name.startswith("pymysql"),
+            ssl_mode=ssl_mode,
+            ssl_ca=ssl_ca,
+        )
         self.name = name
-        self.role = role
         self.max_connections = max_connections
         self.min_idle = min_idle
         self.max_idle = max_connections if max_idle is None else max_idle
@@ -425,19 +501,15 @@ class Pool:
         self.read_only = False
         self._session = list(session)
         self._clock = clock or get_clock()
-        self._cond = threading.Condition(threading.Lock())
-        self._idle: collections.deque[_Slot] = collections.deque()
-        self._in_use = 0
-        self._open = 0
-        self._waiting = 0
-        self._opened = 0
-        self._errors = 0
-        self._error_generation = 0
-        self._session_generation = 0
-        self._closed = False
+        self._slots = Slots(max_connections, self.max_idle)
+        self._backoff = ServerBackoff(self._clock)
         self._recheck_read_only = False
+        self._can_reset = True
+        self._pid = os.getpid()
+        self._epoch = 0
+        _fork.register(self._after_fork)
         if read_only:
-            self._make_read_only()
+            self.make_read_only()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Pool:
@@ -445,8 +517,8 @@ class Pool:
 
         URL options: max_connections, min_idle, max_idle, acquire_timeout,
         connect_timeout, read_timeout, write_timeout, max_lifetime,
-        idle_timeout, ping_after_idle, charset (default utf8mb4), name.
-        Keyword ``options`` override the URL's.
+        idle_timeout, ping_after_idle, charset (default utf8mb4), ssl_mode,
+        ssl_ca, name. Keyword ``options`` override the URL's.
 
         Raises:
             ConfigError: the URL or an option is bad (the password is never shown).
@@ -469,102 +541,311 @@ class Pool:
             raise ConfigError(f"bad option for database URL {redact(url)}: {exc}") from None
 
     # -- public API --------------------------------------------------------
-    def connection(self, timeout: float | None = None) -> _Checkout:
+    def connection(
+        self, timeout: float | None = None, *, deadline: float | None = None
+    ) -> _Checkout:
         """Check out a connection: ``with pool.connection() as conn: ...``.
 
         Args:
             timeout: seconds to wait for a free one (default ``acquire_timeout``).
+            deadline: seconds that the liveness check, any reconnect and every
+                statement on this checkout may take together. Without it the
+                checkout's own work is bounded by ``read_timeout`` and each
+                statement by the socket timeouts.
 
         Raises:
             PoolTimeout: none became free in time.
-            ConnectionLost: opening a new connection failed.
+            ConnectionLost: opening a new connection failed, or the server is
+                down (it refused the last connect and its back-off has not ended).
         """
-        return _Checkout(self, timeout)
+        return _Checkout(self, timeout, None if deadline is None else Deadline(deadline))
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
-        """Run a read; a lost connection is retried once on a fresh connection."""
-        try:
-            with self.connection() as conn:
-                return conn.query(sql, params)
-        except ConnectionLost:
-            with self.connection() as conn:
-                return conn.query(sql, params)
+        """Run a statement that returns rows; see ``execute`` for what is sent again."""
+        return self._operation(sql, lambda conn: conn.query(sql, params))
 
-    def execute(self, sql: str, params: Params = None) -> Result:
-        """Run a write in autocommit mode; never sends it twice.
+    def execute(self, sql: str, params: Params = None, *, returning: bool = False) -> Result:
+        """Run a statement in autocommit mode (``returning=True``: keep its rows).
+
+        A statement lost on a stale connection is sent once more on a fresh
+        one only when nothing reached the server, or when it is a read by its
+        text (``SELECT``, ``SHOW``, ``WITH … SELECT`` without a data-changing
+        clause). ``read_timeout`` bounds the whole operation: the liveness
+        check, a reconnect and the statement, the second attempt included.
 
         Raises:
-            WriteOutcomeUnknown: the connection was lost with the write in flight.
+            WriteOutcomeUnknown: the connection was lost with a write in flight.
         """
-        try:
-            with self.connection() as conn:
-                return conn.execute(sql, params)
-        except WriteOutcomeUnknown:
-            raise
-        except ConnectionLost:
-            # Lost before anything was sent (connect failed, closed socket).
-            with self.connection() as conn:
-                return conn.execute(sql, params)
+        return self._operation(sql, lambda conn: conn.execute(sql, params, returning=returning))
+
+    def _operation(self, sql: str, run: Callable[[Connection], T]) -> T:
+        deadline = Deadline(self.read_timeout)
+        for attempt in (0, 1):
+            used: Connection | None = None
+            try:
+                with _Checkout(self, None, deadline) as conn:
+                    used = conn
+                    return run(conn)
+            except ConnectionLost as exc:
+                again = (
+                    attempt == 0
+                    and used is not None  # a statement failed, not the connect
+                    and not isinstance(exc, WriteOutcomeUnknown)
+                    and (used.lost_unsent or classify(sql).read)
+                    and not deadline.passed()
+                )
+                if not again:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def make_read_only(self) -> None:
+        """Make every session ``READ ONLY`` from the next checkout on (``ReplicaSet`` does this)."""
+        statement = (
+            "PRAGMA query_only = ON"
+            if self.dialect == "sqlite"
+            else "SET SESSION TRANSACTION READ ONLY"
+        )
+        self.read_only = True
+        if statement not in self._session:
+            self._session.append(statement)
+            self._slots.new_session_generation()
+
+    @property
+    def in_use(self) -> int:
+        """Connections checked out now (no lock: for balancing, not accounting)."""
+        return self._slots.in_use
+
+    @property
+    def where(self) -> str:
+        """How messages name this pool: ``pool 'db' (primary)``."""
+        return f"pool {self.name!r} ({self.role})"
+
+    @property
+    def driver(self) -> ModuleType | None:
+        """The DB-API module, once known."""
+        return self._driver
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Seconds a connect may take (MySQL; None elsewhere)."""
+        return self._timeout("connect_timeout", 0)
+
+    @property
+    def read_timeout(self) -> float | None:
+        """Seconds one operation may take (MySQL; None: no limit)."""
+        return self._timeout("read_timeout", 1)
+
+    @property
+    def write_timeout(self) -> float | None:
+        return self._timeout("write_timeout", 2)
+
+    def _timeout(self, key: str, index: int) -> float | None:
+        if self.dialect != "mysql":
+            return self._timeouts_given.get(key) or None
+        value = self._timeouts_given.get(key, DEFAULT_TIMEOUTS[self.role][index])
+        return float(value) if value else None
+
+    def server_down(self) -> bool:
+        """True while a failed connect's back-off runs: new connects are refused at once."""
+        return self._backoff.remaining() > 0
 
     def stats(self) -> PoolStats:
         """Connections in use, idle, callers waiting, open now; opened and errors so far."""
-        with self._cond:
-            return PoolStats(
-                in_use=self._in_use,
-                idle=len(self._idle),
-                waiting=self._waiting,
-                open=self._open,
-                opened=self._opened,
-                errors=self._errors,
-                max_connections=self.max_connections,
-            )
+        counts = self._slots.counts()
+        return PoolStats(
+            in_use=counts.in_use,
+            idle=counts.idle,
+            waiting=counts.waiting,
+            open=counts.open,
+            opened=counts.opened,
+            errors=counts.errors,
+            max_connections=self.max_connections,
+            connecting=counts.connecting,
+        )
 
     def warm(self) -> None:
         """Open connections until ``min_idle`` are idle (call at startup)."""
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
         try:
             while self.stats().idle + len(slots) < self.min_idle:
-                slots.append(self._acquire(None))
+                slots.append(self._acquire(None, Deadline(self.read_timeout)))
         finally:
             for slot in slots:
                 self._release(slot, discard=False)
 
     def close(self) -> None:
         """Close idle connections now and the others as they are released."""
-        with self._cond:
-            self._closed = True
-            idle = list(self._idle)
-            self._idle.clear()
-            self._open -= len(idle)
-            self._cond.notify_all()
-        for slot in idle:
+        for slot in self._slots.close():
             slot.close()
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} role={self.role} max_connections={self.max_connections}>"
 
-    # -- internals ---------------------------------------------------------
-    def _make_read_only(self) -> None:
-        statement = (
-            "PRAGMA query_only = ON"
-            if self.dialect == "sqlite"
-            else "SET SESSION TRANSACTION READ ONLY"
+    # -- checkout ----------------------------------------------------------
+    def _acquire(self, timeout: float | None, deadline: Deadline) -> Slot:
+        if self._pid != os.getpid():
+            self._after_fork()
+        wait = self.acquire_timeout if timeout is None else timeout
+        if self._backoff.unresponsive and self.server_down():
+            raise self._server_down()
+        dead: list[Slot] = []
+        try:
+            slot, error_generation = self._slots.reserve(wait, self._expired, dead)
+        except Exhausted as exc:
+            counts = exc.counts
+            detail = f"{counts.in_use} in use"
+            if counts.connecting:
+                detail += f", {counts.connecting} of them connecting"
+            raise PoolTimeout(
+                f"no connection of {self.where} became free within {wait}s "
+                f"(max_connections={self.max_connections}: {detail}): raise "
+                "max_connections or acquire_timeout, or hold connections for less time"
+            ) from None
+        except RuntimeError:
+            raise DatabaseError(f"{self.where} is closed") from None
+        finally:
+            for old in dead:
+                old.close()
+        try:
+            if slot is not None and not self._usable(slot, error_generation, deadline):
+                slot.close()
+                slot = None
+            if slot is None:
+                if self.server_down():
+                    raise self._server_down()
+                with self._slots.connecting_one():
+                    slot = self._new_slot(deadline)
+        except BaseException:
+            self._slots.release(None, discard=True, now=self._clock.monotonic(), failed=True)
+            raise
+        slot.error_generation = error_generation
+        self._emit_stats()
+        return slot
+
+    def _server_down(self) -> ConnectionLost:
+        backoff = self._backoff
+        what = "did not answer" if backoff.unresponsive else "refused a connect"
+        return ConnectionLost(
+            f"server down: {self.where} {what} ({backoff.last_error}); "
+            f"next attempt in {backoff.remaining():.2f}s"
         )
-        with self._cond:
-            self.read_only = True
-            if statement not in self._session:
-                self._session.append(statement)
-                self._session_generation += 1
+
+    def _usable(self, slot: Slot, error_generation: int, deadline: Deadline) -> bool:
+        """Ping when idle long enough or after an error; a silent server raises, not reconnects."""
+        idle_for = self._clock.monotonic() - slot.last_used
+        if slot.error_generation == error_generation and (
+            self.ping_after_idle is None or idle_for < self.ping_after_idle
+        ):
+            return True
+        raw = slot.raw
+        ping = getattr(raw, "ping", None)
+        if ping is None:
+            return True
+        limited = Connector.limit(raw, deadline.cap(self.connect_timeout))
+        try:
+            ping(False)  # pymysql: ping without its own reconnect
+        except Exception as exc:
+            if not is_timeout(exc):
+                return False  # gone (restart, kill): a fresh connection will do
+            self._backoff.failed(f"no answer to a ping: {exc}", unresponsive=True)
+            raise ConnectionLost(
+                f"{self.where} did not answer a ping within "
+                f"{deadline.cap(self.connect_timeout)}s: {exc}"
+            ) from exc
+        finally:
+            if limited:
+                Connector.restore(raw, self.read_timeout, self.write_timeout)
+        return True
+
+    def _new_slot(self, deadline: Deadline) -> Slot:
+        arguments = self._connector.arguments(self.connect_timeout, deadline)
+        if self.dialect == "mysql":
+            for key in ("read_timeout", "write_timeout"):
+                value = self._timeout(key, 1 if key == "read_timeout" else 2)
+                if value is not None:
+                    arguments[key] = value
+        try:
+            steady = self._steady_db.connect(
+                self._connector,
+                None,  # maxusage
+                list(self._session),  # setsession
+                (_NeverRaised,),  # failures: SteadyDB never re-executes
+                0,  # ping: we ping at checkout ourselves
+                True,  # closeable
+                None,  # isfatal
+                **arguments,
+            )
+        except Exception as exc:
+            error = connect_error(exc, where=self.where, driver=self._driver)
+            if error is None:
+                raise
+            self._connection_failed()
+            self._backoff.failed(str(exc), unresponsive=is_timeout(exc))
+            raise error from exc
+        self._backoff.succeeded()
+        if self._creator_is_callable:
+            self._adopt(steady._con)
+        self._slots.opened_one()
+        return Slot(steady, self._clock.monotonic(), self._slots.error_generation,
+                    self._slots.session_generation, self._epoch)  # fmt: skip
+
+    # -- return --------------------------------------------------------------
+    def _return(self, connection: Connection, exc: BaseException | None) -> None:
+        """Clean a returned connection for its next borrower, or discard it."""
+        slot = connection._slot
+        raw = slot.raw
+        discard = connection.broken or (exc is not None and exc is not connection._answered)
+        if not discard:
+            try:
+                if connection._dirty:
+                    discard = not self._reset(raw)
+                elif connection.in_transaction or _hygiene.in_transaction(
+                    raw, tracked=connection._text_transaction
+                ):
+                    slot.steady.rollback()
+            except Exception:
+                discard = True
+        if connection._limited and not discard:
+            Connector.restore(raw, self.read_timeout, self.write_timeout)
+        self._release(slot, discard=discard)
+
+    def _reset(self, raw: Any) -> bool:
+        if not (self._can_reset and self.dialect == "mysql" and _hygiene.can_reset(raw)):
+            return False
+        try:
+            _hygiene.reset(raw, self._session)
+        except Exception as exc:
+            if getattr(exc, "args", (None,))[0] == 1047:  # unknown command: MariaDB < 10.2
+                self._can_reset = False
+            return False
+        return True
+
+    def _release(self, slot: Slot, *, discard: bool) -> None:
+        if slot.epoch != self._epoch:  # opened before a fork: the parent's connection
+            slot.abandon()
+            return
+        now = self._clock.monotonic()
+        expired = now - slot.created >= self.max_lifetime
+        if self._slots.release(slot, discard=discard or expired, now=now):
+            slot.close()
+        self._emit_stats()
+
+    # -- internals ---------------------------------------------------------
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections (never close them)."""
+        for slot in self._slots.forget():
+            slot.abandon()
+        self._backoff.after_fork()
+        self._epoch += 1
+        self._pid = os.getpid()
 
     def _connection_failed(self) -> None:
-        with self._cond:
-            self._errors += 1
-            self._error_generation += 1
+        self._slots.connection_failed()
 
     def _check_read_only(self, connection: Connection) -> None:
         if not self._recheck_read_only or self.dialect != "mysql":
             return
-        (row,) = connection._run("SELECT @@read_only AS ro", None, write=False, fetch=True)[1]
+        (row,) = connection._run("SELECT @@read_only AS ro", None)[1]
         if int(row["ro"]):
             raise PrimaryReadOnly(
                 f"the primary {self.name!r} is still read-only (@@read_only=1): "
@@ -572,9 +853,10 @@ class Pool:
             )
         self._recheck_read_only = False
 
-    def _expired(self, slot: _Slot, now: float, idle_count: int) -> bool:
+    def _expired(self, slot: Slot, idle_count: int) -> bool:
+        now = self._clock.monotonic()
         return (
-            slot.session_generation != self._session_generation
+            slot.session_generation != self._slots.session_generation
             or now - slot.created >= self.max_lifetime
             or (now - slot.last_used >= self.idle_timeout and idle_count > self.min_idle)
         )
@@ -582,11 +864,11 @@ class Pool:
     def _use_driver(self, driver: ModuleType | None) -> None:
         dialect, paramstyle = self._given
         self._driver = driver
-        driver_name = driver.__name__ if driver is not None else ""
+        self._driver_name = driver.__name__ if driver is not None else ""
         self.dialect = dialect or (
             "mysql"
-            if driver_name.startswith(("pymysql", "MySQLdb", "mariadb"))
-            else ("sqlite" if driver_name.startswith("sqlite3") else "other")
+            if self._driver_name.startswith(("pymysql", "MySQLdb", "mariadb"))
+            else ("sqlite" if self._driver_name.startswith("sqlite3") else "other")
         )
         style = paramstyle or getattr(driver, "paramstyle", "format")
         self._translate_placeholders = style in ("qmark", "named", "numeric")
@@ -600,123 +882,18 @@ class Pool:
         elif self.dialect == "mysql":
             raw.autocommit(True)
 
-    def _new_slot(self) -> _Slot:
-        try:
-            steady = self._steady_db.connect(
-                self._creator,
-                None,  # maxusage
-                list(self._session),  # setsession: re-run on every reconnect
-                (_NeverRaised,),  # failures: SteadyDB never re-executes
-                0,  # ping: we ping at checkout ourselves
-                True,  # closeable
-                None,  # isfatal
-                **self._connect_args,
-            )
-        except Exception as exc:
-            code = error_code(exc)
-            if code in CONNECTION_LOST_CODES or isinstance(exc, OSError):
-                raise ConnectionLost(f"cannot connect to pool {self.name!r}: {exc}") from exc
-            raise
-        if self._creator_is_callable:
-            self._adopt(steady._con)
-        return _Slot(steady, self._clock.monotonic(), self._error_generation,
-                     self._session_generation)  # fmt: skip
-
-    def _alive(self, slot: _Slot) -> bool:
-        ping = getattr(slot.steady._con, "ping", None)
-        if ping is None:
-            return True
-        try:
-            ping(False)  # pymysql: ping without its own reconnect
-        except Exception:
-            return False
-        return True
-
-    def _acquire(self, timeout: float | None) -> _Slot:
-        wait = self.acquire_timeout if timeout is None else timeout
-        deadline: float | None = None
-        expired: list[_Slot] = []
-        slot: _Slot | None = None
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise DatabaseError(f"pool {self.name!r} is closed")
-                now = self._clock.monotonic()
-                while self._idle:
-                    candidate = self._idle.pop()
-                    if self._expired(candidate, now, len(self._idle) + 1):
-                        expired.append(candidate)
-                        self._open -= 1
-                        continue
-                    slot = candidate
-                    break
-                if slot is not None or self._open < self.max_connections:
-                    if slot is None:
-                        self._open += 1
-                    self._in_use += 1
-                    break
-                if deadline is None:
-                    deadline = time.monotonic() + wait
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout(
-                        f"no connection of pool {self.name!r} became free within {wait}s "
-                        f"(max_connections={self.max_connections}, all in use): raise "
-                        "max_connections or acquire_timeout, or hold connections for less time"
-                    )
-                self._waiting += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
-            error_generation = self._error_generation
-        for old in expired:
-            old.close()
-        try:
-            if slot is not None:
-                idle_for = now - slot.last_used
-                needs_ping = slot.error_generation != error_generation or (
-                    self.ping_after_idle is not None and idle_for >= self.ping_after_idle
-                )
-                if needs_ping and not self._alive(slot):
-                    slot.close()
-                    slot = None
-            if slot is None:
-                slot = self._new_slot()
-                with self._cond:
-                    self._opened += 1
-        except BaseException:
-            with self._cond:
-                self._open -= 1
-                self._in_use -= 1
-                self._errors += 1
-                self._cond.notify()
-            raise
-        slot.error_generation = error_generation
-        self._emit_stats()
-        return slot
-
-    def _release(self, slot: _Slot, *, discard: bool) -> None:
-        now = self._clock.monotonic()
-        with self._cond:
-            self._in_use -= 1
-            close = (
-                discard
-                or self._closed
-                or len(self._idle) >= self.max_idle
-                or slot.session_generation != self._session_generation
-                or now - slot.created >= self.max_lifetime
-            )
-            if close:
-                self._open -= 1
-            else:
-                slot.last_used = now
-                self._idle.append(slot)
-            self._cond.notify()
-        if close:
-            slot.close()
-        self._emit_stats()
-
     def _emit_stats(self) -> None:
         if events.bus.has_listeners(events.DbPoolStats):
-            events.emit(events.DbPoolStats(self.name, self._in_use, len(self._idle), self._waiting))
+            counts = self._slots.counts()
+            events.emit(events.DbPoolStats(self.name, counts.in_use, counts.idle, counts.waiting))
+
+
+E = TypeVar("E", Role, SslMode)
+
+
+def _choice(kind: type[E], value: E | str, option: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in kind)
+        raise ConfigError(f"{option}={value!r}: use one of {choices}") from None

@@ -3,58 +3,83 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import enum
 import functools
 import itertools
 import threading
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar, overload
 
 from .. import events
 from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
+from .._replica_status import STATUS_STATEMENTS, IoThread, ReplicaStatus, parse_replica_status
+from . import _fork, _scope
+from ._driver_errors import is_timeout
+from ._sql import classify
 from .errors import (
+    SERVER_REFUSED_CODES,
     ConfigError,
     ConnectionLost,
     NoHealthyServer,
     PoolTimeout,
     RetryableTransactionError,
+    WriteOutcomeUnknown,
+    error_code,
 )
 from .marks import MarkStore, MarkStoreUnavailable, MemoryMarks, RedisMarks, merge_gtids
-from .pool import Connection, Cursor, Params, Pool, Result, Row
+from .pool import Connection, Cursor, Params, Pool, Result, Role, Row
 
 __all__ = ["ReplicaSet"]
 
 T = TypeVar("T")
 
-# Per context (one request, sync or async): ReplicaSet number -> (pinned until, GTID).
-_pins: contextvars.ContextVar[Mapping[int, tuple[float, str | None]]] = contextvars.ContextVar(
-    "scalekit_db_pins", default=types.MappingProxyType({})
-)
-_bound_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "scalekit_db_bound_key", default=None
-)
-
 _set_ids = itertools.count(1)  # never reused, unlike id()
 
-_STATUS_SQL = "SHOW REPLICA STATUS"
 _GTID_WAIT_SQL = "SELECT MASTER_GTID_WAIT(%s, %s) AS waited"
+_SYNTAX_ERROR = 1064
+
+LAG_RESOLUTION = 1.0
+"""``Seconds_Behind_Master`` counts whole seconds: the real lag may exceed it by up to this."""
+
+
+class ReplicaState(enum.StrEnum):
+    """What the last probe said about a replica (also the ``replica_skipped`` reason)."""
+
+    UNCHECKED = "unchecked"
+    SERVING = "serving"
+    LAGGING = "lagging"
+    STOPPED = "stopped"
+    DETACHED = "detached"
+    """IO thread reconnecting, SQL thread has applied all it received: a last resort."""
+    DOWN = "down"
 
 
 class _Replica:
     """One replica pool and what the ``ReplicaSet`` knows about it."""
 
-    __slots__ = ("check_lock", "down", "down_until", "failures", "next_check", "pool", "reason")
+    __slots__ = (
+        "checked_at",
+        "down_until",
+        "failures",
+        "health",
+        "last_lag",
+        "lock",
+        "pool",
+        "probe_lock",
+        "status_sql",
+    )
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.down = False
+        self.health = ReplicaState.UNCHECKED
+        self.checked_at = float("-inf")
         self.down_until = 0.0
         self.failures = 0
-        self.next_check = float("-inf")  # first read checks replication status
-        self.reason = ""  # why it gets no reads: "", "lagging", "stopped", "down"
-        self.check_lock = threading.Lock()
+        self.last_lag: float | None = None
+        self.status_sql = STATUS_STATEMENTS[0]
+        self.lock = threading.Lock()
+        self.probe_lock = threading.Lock()
 
 
 class ReplicaSet:
@@ -62,15 +87,21 @@ class ReplicaSet:
 
     Args:
         primary: the pool every write, transaction and fallback read uses.
-        replicas: replica pools; their sessions are made ``READ ONLY``.
+        replicas: replica pools; their sessions are made ``READ ONLY`` and
+            their default timeouts are the replica ones (connect 2 s, read 10 s).
         max_lag: seconds of ``Seconds_Behind_Master`` above which a replica
             gets no reads.
         pin_after_write: seconds reads go to the primary after a write, in the
-            same context and for the written ``key``. Must exceed ``max_lag``.
+            same request and for the written ``key``. Must exceed
+            ``max_lag + 1 + lag_check_interval``: the lag is reported in whole
+            seconds and checked once per interval, so a replica that serves
+            may be up to that far behind.
         lag_check_interval: at most one replication-status query per replica
-            per this many seconds (run by the read that finds it due).
-        backoff: seconds a failed replica first stays out; doubles per
-            failure up to ``max_backoff``. After it a probe decides.
+            per this many seconds (run by the read that finds it due); no
+            read uses a status older than this.
+        backoff: seconds a failed replica first stays out; each further failed
+            probe doubles it, up to ``max_backoff``. Failures of one outage
+            (many reads failing together) count once; a good probe ends it.
         max_backoff: the cap of ``backoff``.
         marks: where marks for ``key=`` live: a ``MarkStore``, a Redis URL
             (``RedisMarks``) or None for this process's memory.
@@ -83,7 +114,7 @@ class ReplicaSet:
         clock: the clock for back-offs, pins and lag checks.
 
     Raises:
-        ConfigError: ``pin_after_write <= max_lag``, or another bad option.
+        ConfigError: ``pin_after_write`` too short for ``max_lag``, or another bad option.
     """
 
     def __init__(
@@ -95,7 +126,7 @@ class ReplicaSet:
         pin_after_write: float = 5.0,
         lag_check_interval: float = 1.0,
         backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        max_backoff: float = 5.0,
         marks: MarkStore | str | None = None,
         causal: bool = False,
         causal_timeout: float = 0.05,
@@ -103,13 +134,6 @@ class ReplicaSet:
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if pin_after_write <= max_lag:
-            raise ConfigError(
-                f"pin_after_write={pin_after_write!r} must exceed max_lag={max_lag!r}: a read "
-                "right after a write could otherwise hit a replica that has not applied it"
-            )
-        if balance not in ("round_robin", "least_in_use"):
-            raise ConfigError(f"balance={balance!r}: use 'round_robin' or 'least_in_use'")
         for option, value in (
             ("max_lag", max_lag),
             ("lag_check_interval", lag_check_interval),
@@ -118,6 +142,16 @@ class ReplicaSet:
         ):
             if value < 0:
                 raise ConfigError(f"{option}={value!r} must not be negative")
+        bound = max_lag + LAG_RESOLUTION + lag_check_interval
+        if pin_after_write <= bound:
+            raise ConfigError(
+                f"pin_after_write={pin_after_write!r} must exceed max_lag + 1 + "
+                f"lag_check_interval = {bound:g}: a replica may serve reads while up to that "
+                "many seconds behind (lag is reported in whole seconds and checked once per "
+                "interval), so a read right after the pin could miss the write"
+            )
+        if balance not in ("round_robin", "least_in_use"):
+            raise ConfigError(f"balance={balance!r}: use 'round_robin' or 'least_in_use'")
         if max_backoff < backoff:
             raise ConfigError(f"max_backoff={max_backoff!r} must be at least backoff={backoff!r}")
         self.primary = primary
@@ -125,8 +159,8 @@ class ReplicaSet:
         for pool in self.replicas:
             if pool is primary:
                 raise ConfigError("the primary pool cannot also be a replica")
-            pool.role = "replica"
-            pool._make_read_only()
+            pool.role = Role.REPLICA
+            pool.make_read_only()
         self.max_lag = max_lag
         self.pin_after_write = pin_after_write
         self.lag_check_interval = lag_check_interval
@@ -140,9 +174,7 @@ class ReplicaSet:
         self._owns_marks = isinstance(marks, str)
         if isinstance(marks, str):
             self._marks: MarkStore = (
-                MemoryMarks(clock=self._clock)
-                if marks.startswith("memory:")
-                else RedisMarks(marks, clock=self._clock)
+                MemoryMarks(clock=self._clock) if marks.startswith("memory:") else RedisMarks(marks)
             )
         else:
             self._marks = marks if marks is not None else MemoryMarks(clock=self._clock)
@@ -152,6 +184,12 @@ class ReplicaSet:
         self._replicas = [_Replica(pool) for pool in self.replicas]
         self._turn = itertools.count()
         self._id = next(_set_ids)
+        _fork.register(self._after_fork)
+
+    def _after_fork(self) -> None:
+        for replica in self._replicas:  # a parent thread may have held them at fork time
+            replica.lock = threading.Lock()
+            replica.probe_lock = threading.Lock()
 
     # -- reads -------------------------------------------------------------
     def query(
@@ -164,6 +202,10 @@ class ReplicaSet:
         after: str | None = None,
     ) -> list[Row]:
         """Run a read on a healthy, fresh replica, else on the primary.
+
+        A statement that is not a read by its text and was lost in flight is
+        not sent anywhere else (``WriteOutcomeUnknown``); on a replica it
+        fails as ``MisroutedWrite``.
 
         Args:
             sql: the statement, with ``%s`` placeholders.
@@ -181,13 +223,21 @@ class ReplicaSet:
             return self.primary.query(sql, params)
         to_primary, gtid, reason = self._plan(key, after)
         if not to_primary:
-            served, rows, reason = self._replica_read(sql, params, gtid)
+            served, rows, reason = self._replica_read(sql, params, gtid, self._candidates())
             if served:
                 return rows
         self._event("fallback_primary", reason)
         try:
             return self.primary.query(sql, params)
+        except WriteOutcomeUnknown:
+            raise
         except ConnectionLost as exc:
+            if not to_primary:  # nothing demands the primary: a detached replica will do
+                detached = [r for r in self._replicas if r.health is ReplicaState.DETACHED]
+                served, rows, _ = self._replica_read(sql, params, None, iter(detached))
+                if served:
+                    self._event("fallback_replica", "primary_down")
+                    return rows
             raise NoHealthyServer(
                 f"no replica of {self.name!r} could serve the read and the primary failed: {exc}"
             ) from exc
@@ -195,12 +245,12 @@ class ReplicaSet:
     def _plan(self, key: object, after: str | None) -> tuple[bool, str | None, str]:
         gtid = after
         now = self._clock.monotonic()
-        pin = _pins.get().get(self._id)
+        pin = _scope.pinned(self._id)
         if pin is not None and pin[0] > now:
             if not (self.causal and pin[1]):
                 return True, None, "pinned"
             gtid = merge_gtids(gtid, pin[1])
-        mark_key = str(key) if key is not None else _bound_key.get()
+        mark_key = str(key) if key is not None else _scope.bound_key()
         if mark_key is not None:
             try:
                 with self._marks_breaker.guard(failures=(MarkStoreUnavailable,)):
@@ -218,22 +268,34 @@ class ReplicaSet:
         return False, gtid, ""
 
     def _replica_read(
-        self, sql: str, params: Params, gtid: str | None
+        self, sql: str, params: Params, gtid: str | None, candidates: Iterator[_Replica]
     ) -> tuple[bool, list[Row], str]:
         reason = "no_replica"
-        for replica in self._candidates():
+        read = classify(sql).read
+        for replica in candidates:
+            pool = replica.pool
+            sent = False
             try:
-                with replica.pool.connection() as conn:
+                with pool.connection(deadline=pool.read_timeout) as conn:
                     if gtid is not None and not self._caught_up(conn, gtid):
                         return False, [], "causal_timeout"
+                    sent = True
                     return True, conn.query(sql, params), ""
-            except ConnectionLost:
-                self._mark_down(replica)
-                self._event("retry", "down")
-                reason = "down"
             except PoolTimeout:
                 self._event("replica_skipped", "busy")
                 reason = "busy"
+            except ConnectionLost as exc:
+                self._sideline(replica, exc, "read")
+                if sent and not read:
+                    raise  # a write that may have run somewhere: never send it again
+                self._event("retry", "down")
+                reason = "down"
+            except Exception as exc:
+                if error_code(exc) not in SERVER_REFUSED_CODES:
+                    raise
+                self._sideline(replica, exc, "read")
+                self._event("retry", "refused")
+                reason = "down"
         return False, [], reason
 
     def _caught_up(self, conn: Connection, gtid: str) -> bool:
@@ -243,97 +305,143 @@ class ReplicaSet:
     def _candidates(self) -> Iterator[_Replica]:
         replicas = self._replicas
         if self.balance == "least_in_use" and len(replicas) > 1:
-            order = sorted(replicas, key=lambda r: r.pool._in_use)
+            order = sorted(replicas, key=lambda r: r.pool.in_use)
         else:
             start = next(self._turn) % len(replicas)
             order = replicas[start:] + replicas[:start]
         for replica in order:
             now = self._clock.monotonic()
-            if replica.down and now < replica.down_until:
+            if replica.health is ReplicaState.DOWN and now < replica.down_until:
                 self._event("replica_skipped", "down")
                 continue
-            if now >= replica.next_check or replica.down:
-                self._check(replica, now)
-            if replica.reason:
-                self._event("replica_skipped", replica.reason)
+            if self._probe_due(replica, now):
+                self._probe(replica)  # due, or back from a back-off: probed before serving
+                now = self._clock.monotonic()
+            health = replica.health
+            if health is ReplicaState.SERVING and self._probe_due(replica, now):
+                health = ReplicaState.UNCHECKED  # the probe timed out: no read on an old status
+            if health is not ReplicaState.SERVING:
+                self._event("replica_skipped", health.value)
                 continue
             yield replica
 
-    def _check(self, replica: _Replica, now: float) -> None:
-        """Probe replication status; one thread at a time, others use the last state."""
-        if not replica.check_lock.acquire(blocking=False):
+    def _probe_due(self, replica: _Replica, now: float) -> bool:
+        if replica.health is ReplicaState.DOWN:
+            return now >= replica.down_until
+        return now >= replica.checked_at + self.lag_check_interval
+
+    def _probe(self, replica: _Replica) -> None:
+        """Check replication status; one thread probes, reads that find it due wait for it.
+
+        Any error — connect refused, timeout, a missing privilege — takes the
+        replica out for a back-off; a pool that is merely busy is left alone.
+        """
+        pool = replica.pool
+        limit = pool.connect_timeout
+        if not replica.probe_lock.acquire(timeout=-1 if limit is None else limit):
             return
         try:
-            replica.next_check = now + self.lag_check_interval
+            if not self._probe_due(replica, self._clock.monotonic()):
+                return  # another read probed while this one waited
             try:
-                with replica.pool.connection() as conn:
-                    if replica.pool.dialect == "mysql":
-                        rows = conn.query(_STATUS_SQL)
-                    else:
-                        conn.query("SELECT 1")
-                        rows = None
-            except ConnectionLost:
-                self._mark_down(replica)
-                return
+                with pool.connection(timeout=limit, deadline=limit) as conn:
+                    status = self._status(conn, replica)
             except PoolTimeout:
-                return  # busy, not down: keep what we knew; check again next interval
-            replica.down = False
-            replica.failures = 0
-            replica.reason = "" if rows is None else self._lag_reason(rows)
+                return  # busy, not down: reads skip it until a probe gets through
+            except Exception as exc:
+                self._sideline(replica, exc, "probe")
+                return
+            now = self._clock.monotonic()
+            with replica.lock:
+                replica.failures = 0
+                replica.checked_at = now
+                replica.health = self._judge(replica, status)
         finally:
-            replica.check_lock.release()
+            replica.probe_lock.release()
 
-    def _lag_reason(self, rows: list[Row]) -> str:
-        if not rows:
-            return "stopped"
-        status = rows[0]
-        io = status.get("Slave_IO_Running", status.get("Replica_IO_Running"))
-        applier = status.get("Slave_SQL_Running", status.get("Replica_SQL_Running"))
-        lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
-        if io != "Yes" or applier != "Yes" or lag is None:
-            return "stopped"
-        if float(lag) > self.max_lag:
-            return "lagging"
-        return ""
+    def _status(self, conn: Connection, replica: _Replica) -> ReplicaStatus | None:
+        if replica.pool.dialect != "mysql":
+            conn.query("SELECT 1")
+            return None
+        try:
+            return parse_replica_status(conn.query(replica.status_sql))
+        except Exception as exc:
+            if error_code(exc) != _SYNTAX_ERROR or replica.status_sql == STATUS_STATEMENTS[-1]:
+                raise
+        replica.status_sql = STATUS_STATEMENTS[-1]  # MariaDB < 10.5
+        return parse_replica_status(conn.query(replica.status_sql))
 
-    def _mark_down(self, replica: _Replica) -> None:
+    def _judge(self, replica: _Replica, status: ReplicaStatus | None) -> ReplicaState:
+        if status is None:
+            return ReplicaState.SERVING
+        if status.replicating:
+            replica.last_lag = status.lag
+            lagging = (status.lag or 0.0) > self.max_lag
+            return ReplicaState.LAGGING if lagging else ReplicaState.SERVING
+        if (
+            status.sql_running
+            and status.io is IoThread.CONNECTING
+            and status.applied_all_received
+            and replica.last_lag is not None
+            and replica.last_lag <= self.max_lag
+        ):
+            return ReplicaState.DETACHED
+        return ReplicaState.STOPPED
+
+    def _sideline(self, replica: _Replica, exc: BaseException, during: str) -> None:
+        """Take a replica out: one outage is one back-off step, however many reads failed."""
         now = self._clock.monotonic()
-        replica.failures += 1
-        replica.down = True
-        replica.reason = "down"
-        delay = min(self.backoff * 2 ** (replica.failures - 1), self.max_backoff)
-        replica.down_until = now + delay
+        with replica.lock:
+            if replica.health is ReplicaState.DOWN and now < replica.down_until:
+                return
+            replica.failures += 1
+            replica.health = ReplicaState.DOWN
+            delay = min(self.backoff * 2 ** (replica.failures - 1), self.max_backoff)
+            replica.down_until = now + delay
+        code = error_code(exc)
+        kind = "timeout" if is_timeout(exc) else (f"error_{code}" if code else "connection")
+        self._event("replica_down", kind)
+        if events.bus.has_listeners(events.BackendError):
+            events.emit(events.BackendError("db.replica", during, f"{replica.pool.where}: {exc}"))
 
     # -- writes ------------------------------------------------------------
-    def execute(self, sql: str, params: Params = None, *, key: object = None) -> Result:
-        """Run a write on the primary; reads in this context, and for ``key``, then see it.
+    def execute(
+        self, sql: str, params: Params = None, *, key: object = None, returning: bool = False
+    ) -> Result:
+        """Run a write on the primary; reads in this request, and for ``key``, then see it.
+
+        ``returning=True`` keeps the rows of ``INSERT … RETURNING`` in ``Result.rows``.
 
         Raises:
             WriteOutcomeUnknown: the connection died with the write in flight;
-                it is never sent again.
+                it is never sent again, and reads are pinned as after a success.
         """
-        result = self._execute(sql, params, key)
-        self._pin_context(result.token)
+        mark_key = str(key) if key is not None else _scope.bound_key()
+        try:
+            result, token = self._write(lambda conn: conn.execute(sql, params, returning=returning))
+        except WriteOutcomeUnknown:
+            self._wrote(mark_key, None)
+            raise
+        if token is not None:
+            result = Result(result.rowcount, result.lastrowid, token, result.rows)
+        self._wrote(mark_key, token)
         return result
 
-    def _execute(self, sql: str, params: Params, key: object) -> Result:
-        mark_key = str(key) if key is not None else _bound_key.get()
+    def _write(self, run: Callable[[Connection], T]) -> tuple[T, str | None]:
+        primary = self.primary
         for attempt in (0, 1):
+            used: Connection | None = None
             try:
-                with self.primary.connection() as conn:
-                    result = conn.execute(sql, params)
-                    token = self._last_gtid(conn) if self.causal else None
-                break
-            except ConnectionLost as exc:
-                # Only a connection that failed before sending gets here twice:
-                # a write in flight raised WriteOutcomeUnknown (a subclass) instead.
-                if attempt or type(exc) is not ConnectionLost:
+                with primary.connection(deadline=primary.read_timeout) as conn:
+                    used = conn
+                    value = run(conn)
+                    return value, (self._last_gtid(conn) if self.causal else None)
+            except ConnectionLost:
+                # Only a statement that never left (a closed socket) goes again.
+                if attempt or used is None or not used.lost_unsent:
                     raise
                 self._event("retry", "connect")
-        if token is not None:
-            result = Result(result.rowcount, result.lastrowid, token)
-        self._mark(mark_key, token)
-        return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _last_gtid(self, conn: Connection) -> str | None:
         try:
@@ -363,23 +471,18 @@ class ReplicaSet:
 
         Raises:
             RetryableTransactionError: deadlock or lock wait, retries used up.
-            WriteOutcomeUnknown: the connection died during ``COMMIT``.
+            WriteOutcomeUnknown: the connection died during ``COMMIT`` (reads
+                are pinned as after a commit).
         """
         if fn is None:
             if retries:
                 raise ConfigError("retries= needs a function: rs.transaction(fn, retries=3)")
-            return self._transaction_block(key, pin=True)
-        return self._run_transaction(fn, retries, key, pin=True)[0]
-
-    def _run_transaction(
-        self, fn: Callable[[Cursor], T], retries: int, key: object, *, pin: bool
-    ) -> tuple[T, str | None]:
+            return self._transaction_block(key)
         attempt = 0
         while True:
             try:
-                with self._transaction_block(key, pin=pin) as cursor:
-                    value = fn(cursor)
-                return value, cursor.token
+                with self._transaction_block(key) as cursor:
+                    return fn(cursor)
             except RetryableTransactionError:
                 if attempt >= retries:
                     raise
@@ -387,8 +490,8 @@ class ReplicaSet:
                 self._event("retry", "deadlock")
 
     @contextlib.contextmanager
-    def _transaction_block(self, key: object, *, pin: bool) -> Iterator[Cursor]:
-        mark_key = str(key) if key is not None else _bound_key.get()
+    def _transaction_block(self, key: object) -> Iterator[Cursor]:
+        mark_key = str(key) if key is not None else _scope.bound_key()
         with contextlib.ExitStack() as stack:
             conn = self._begin(stack)
             cursor = conn.cursor()
@@ -397,12 +500,13 @@ class ReplicaSet:
             except BaseException:
                 conn.rollback()
                 raise
-            conn.commit()
-            token = self._last_gtid(conn) if self.causal else None
-        cursor.token = token
-        self._mark(mark_key, token)
-        if pin:
-            self._pin_context(token)
+            try:
+                conn.commit()
+            except WriteOutcomeUnknown:
+                self._wrote(mark_key, None)
+                raise
+            cursor.token = self._last_gtid(conn) if self.causal else None
+        self._wrote(mark_key, cursor.token)
 
     def _begin(self, stack: contextlib.ExitStack[bool | None]) -> Connection:
         """A primary connection with a transaction begun; a stale one is replaced once.
@@ -423,22 +527,14 @@ class ReplicaSet:
         return conn
 
     # -- read-your-writes --------------------------------------------------
-    @contextlib.contextmanager
-    def bound(self, key: object) -> Iterator[None]:
+    def bound(self, key: object) -> contextlib.AbstractContextManager[None]:
         """Use ``key`` for every read and write in the block that passes none."""
-        token = _bound_key.set(str(key))
-        try:
-            yield
-        finally:
-            _bound_key.reset(token)
+        return _scope.bind(key)
 
-    def _pin_context(self, gtid: str | None) -> None:
-        now = self._clock.monotonic()
-        pins = dict(_pins.get())
-        old = pins.get(self._id)
-        old_gtid = old[1] if old is not None and old[0] > now else None
-        pins[self._id] = (now + self.pin_after_write, merge_gtids(old_gtid, gtid))
-        _pins.set(pins)
+    def _wrote(self, mark_key: str | None, gtid: str | None) -> None:
+        """After a write (or one whose outcome is unknown): mark its key, pin this request."""
+        self._mark(mark_key, gtid)
+        _scope.pin(self._id, self._clock.monotonic() + self.pin_after_write, gtid)
 
     def _mark(self, key: str | None, gtid: str | None) -> None:
         if key is None:
@@ -466,25 +562,23 @@ class ReplicaSet:
         after: str | None = None,
     ) -> list[Row]:
         """``query`` in a worker thread (contextvars carried), so the event loop never blocks."""
-        return await _to_thread(
+        return await _scope.run_in_thread(
             functools.partial(self.query, sql, params, key=key, primary=primary, after=after)
         )
 
-    async def aexecute(self, sql: str, params: Params = None, *, key: object = None) -> Result:
+    async def aexecute(
+        self, sql: str, params: Params = None, *, key: object = None, returning: bool = False
+    ) -> Result:
         """``execute`` in a worker thread; pins reads in the caller's context."""
-        result = await _to_thread(functools.partial(self._execute, sql, params, key))
-        self._pin_context(result.token)
-        return result
+        return await _scope.run_in_thread(
+            functools.partial(self.execute, sql, params, key=key, returning=returning)
+        )
 
     async def atransaction(
         self, fn: Callable[[Cursor], T], *, retries: int = 0, key: object = None
     ) -> T:
-        """``transaction(fn, retries=...)`` in a worker thread."""
-        value, token = await _to_thread(
-            functools.partial(self._run_transaction, fn, retries, key, pin=False)
-        )
-        self._pin_context(token)
-        return value
+        """``transaction(fn, retries=...)`` in a thread; pins reads in the caller's context."""
+        return await _scope.run_in_thread(lambda: self.transaction(fn, retries=retries, key=key))
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -502,10 +596,3 @@ class ReplicaSet:
 
     def __repr__(self) -> str:
         return f"<ReplicaSet {self.name!r} replicas={len(self.replicas)}>"
-
-
-async def _to_thread(call: Callable[[], T]) -> T:
-    import anyio.to_thread
-
-    context = contextvars.copy_context()
-    return await anyio.to_thread.run_sync(context.run, call)

@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scalekit._clock import Clock, get_clock
+from scalekit._replica_status import STATUS_STATEMENTS, parse_replica_status
 
 __all__ = [
     "HEALTH_MEDIA_TYPE",
@@ -225,9 +226,6 @@ class PoolCheck(Check):
         return CheckResult("pass", _elapsed_ms(start), "ms")
 
 
-_REPLICA_STATUS_SQL = ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS")
-
-
 class ReplicaSetCheck(Check):
     """Replication lag of each replica of a replica set, in seconds (duck-typed).
 
@@ -303,7 +301,7 @@ class ReplicaSetCheck(Check):
     @staticmethod
     def _status(pool: Any) -> list[Mapping[str, Any]]:
         error: Exception | None = None
-        for sql in _REPLICA_STATUS_SQL:
+        for sql in STATUS_STATEMENTS:
             try:
                 return list(pool.query(sql))
             except Exception as exc:  # older servers know only the SLAVE spelling
@@ -313,15 +311,8 @@ class ReplicaSetCheck(Check):
 
 
 def _lag_of(rows: list[Mapping[str, Any]]) -> float | None:
-    if not rows:
-        return None
-    status = rows[0]
-    io = status.get("Slave_IO_Running", status.get("Replica_IO_Running"))
-    sql = status.get("Slave_SQL_Running", status.get("Replica_SQL_Running"))
-    lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
-    if io != "Yes" or sql != "Yes" or lag is None:
-        return None
-    return float(lag)
+    status = parse_replica_status(rows)
+    return status.lag if status.replicating else None
 
 
 class RedisCheck(Check):

@@ -568,8 +568,7 @@ class ShardSet:
 
 def _writer(sql: str, params: Params) -> Callable[[Cursor], Result]:
     def write(cursor: Cursor) -> Result:
-        rowcount = cursor.execute(sql, params)
-        return Result(rowcount, cursor.lastrowid)
+        return cursor.execute(sql, params)
 
     return write
 

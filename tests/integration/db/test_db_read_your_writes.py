@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import anyio
 import pytest
@@ -17,6 +18,7 @@ from db_helpers import (
     marker,
 )
 from harness import MariaDBReplication, RedisServer
+from harness.ports import wait_until
 
 from scalekit._clock import ManualClock
 from scalekit.db import Mark, RedisMarks, ReplicaSet
@@ -31,7 +33,7 @@ READER = textwrap.dedent(
     rs = ReplicaSet(
         Pool.from_url(primary_url, name="primary"),
         [Pool.from_url(replica_url, name="replica")],
-        max_lag=100.0, pin_after_write=120.0, lag_check_interval=3600.0,
+        max_lag=100.0, pin_after_write=4000.0, lag_check_interval=3600.0,
         marks=redis_url, causal=causal == "causal", causal_timeout=0.05,
     )
     sql = "SELECT COUNT(*) AS n FROM db_items WHERE note = %s"
@@ -55,13 +57,13 @@ def read_in_other_process(
     return result
 
 
-def writer(pools: Pools, redis_url: str, *, causal: bool, clock: ManualClock | None) -> ReplicaSet:
-    """A ReplicaSet with Redis marks; ``clock=None``: real wall clock, as other processes use."""
+def writer(pools: Pools, redis_url: str, *, causal: bool) -> ReplicaSet:
+    """A ReplicaSet with Redis marks (which expire by Redis' own clock)."""
     return pools.replica_set(
         max_lag=100.0,
-        pin_after_write=120.0,
+        pin_after_write=4000.0,
         lag_check_interval=3600.0,
-        marks=RedisMarks(redis_url, clock=clock),
+        marks=RedisMarks(redis_url),
         causal=causal,
     )
 
@@ -73,7 +75,7 @@ def test_write_in_one_process_is_read_in_another(
     pools: Pools,
     mode: str,
 ) -> None:
-    rs = writer(pools, redis_server.url, causal=mode == "causal", clock=None)
+    rs = writer(pools, redis_server.url, causal=mode == "causal")
     rs.query("SELECT 1")  # replica checked once while caught up
     mariadb_replication.set_delay(60)
     note, user = marker(), 4242
@@ -88,13 +90,18 @@ def test_write_in_one_process_is_read_in_another(
     assert rs.marks_unavailable == 0
 
 
-def test_mark_expiry_sends_reads_back_to_the_replica(
+def test_mark_lives_as_long_as_its_redis_key(
     mariadb_replication: MariaDBReplication,
     redis_server: RedisServer,
     pools: Pools,
-    clock: ManualClock,
 ) -> None:
-    rs = writer(pools, redis_server.url, causal=False, clock=clock)
+    prefix = f"{marker()}:"
+    rs = pools.replica_set(
+        max_lag=100.0,
+        pin_after_write=4000.0,
+        lag_check_interval=3600.0,
+        marks=RedisMarks(redis_server.url, prefix=prefix),
+    )
     rs.query("SELECT 1")
     mariadb_replication.set_delay(60)
     note, user = marker(), 77
@@ -102,12 +109,30 @@ def test_mark_expiry_sends_reads_back_to_the_replica(
     contextvars.copy_context().run(
         rs.execute, f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)", [user, note], key=user
     )
-    assert rs.query(sql, [note], key=user) == [{"n": 1}]  # the primary
-    clock.advance(119.0)
-    assert rs.query(sql, [note], key=user) == [{"n": 1}]
-    clock.advance(1.0)
+    client = redis_server.client()
+    try:
+        assert 3_990_000 < client.pttl(f"{prefix}{user}") <= 4_000_000  # Redis' clock keeps it
+        assert rs.query(sql, [note], key=user) == [{"n": 1}]  # the primary
+        client.pexpire(f"{prefix}{user}", 1)  # Redis expires it: the pin is over
+        wait_until(lambda: not client.exists(f"{prefix}{user}"), timeout=5, what="mark expired")
+    finally:
+        client.close()
     assert rs.query(sql, [note], key=user) == [{"n": 0}]  # the delayed replica again
     assert rs.marks_unavailable == 0
+
+
+def test_marks_ignore_clock_skew_between_hosts(redis_server: RedisServer) -> None:
+    prefix = f"{marker()}:"
+    behind = ManualClock(wall=time.time() - 3600)  # the writer's host runs an hour late
+    with pytest.warns(DeprecationWarning, match="unused"):
+        writer_marks = RedisMarks(redis_server.url, prefix=prefix, clock=behind)
+    reader_marks = RedisMarks(redis_server.url, prefix=prefix)
+    try:
+        writer_marks.mark("k", 5.0, "0-1-3")
+        assert reader_marks.lookup("k") == Mark("0-1-3")
+    finally:
+        writer_marks.close()
+        reader_marks.close()
 
 
 def test_causal_reads_are_served_by_a_running_replica(
@@ -116,7 +141,7 @@ def test_causal_reads_are_served_by_a_running_replica(
     pools: Pools,
     clock: ManualClock,
 ) -> None:
-    rs = writer(pools, redis_server.url, causal=True, clock=clock)
+    rs = writer(pools, redis_server.url, causal=True)
     tag = marker()
     for user in range(10):
         contextvars.copy_context().run(
@@ -136,14 +161,12 @@ def test_causal_reads_are_served_by_a_running_replica(
 
 
 def test_redis_marks_keep_the_highest_gtid_per_domain(redis_server: RedisServer) -> None:
-    clock = ManualClock()
-    marks = RedisMarks(redis_server.url, clock=clock, prefix=f"{marker()}:")
+    marks = RedisMarks(redis_server.url, prefix=f"{marker()}:")
     try:
         marks.mark("k", 5.0, "0-1-10,1-2-5")
         marks.mark("k", 5.0, "0-1-7,1-2-9")  # a slower writer never lowers domain 0
         assert marks.lookup("k") == Mark("0-1-10,1-2-9")
-        clock.advance(5.0)
-        assert marks.lookup("k") is None
+        assert marks.lookup("other") is None
     finally:
         marks.close()
 
@@ -154,7 +177,7 @@ def test_unreachable_redis_sends_keyed_reads_to_primary_and_counts(
     pools: Pools,
     clock: ManualClock,
 ) -> None:
-    rs = writer(pools, redis_server.url, causal=False, clock=clock)
+    rs = writer(pools, redis_server.url, causal=False)
     tag = marker()
     redis_server.stop()
     for user in range(5):

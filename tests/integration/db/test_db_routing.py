@@ -45,7 +45,7 @@ def test_reads_land_on_replica_and_writes_on_primary(
 def test_replica_stopped_reads_served_by_primary_then_back_after_backoff(
     general_log: MariaDBReplication, pools: Pools, clock: ManualClock
 ) -> None:
-    rs = pools.replica_set(backoff=1.0, lag_check_interval=3600)
+    rs = pools.replica_set(backoff=1.0, lag_check_interval=3600, pin_after_write=4000)
     before, during, after = marker(), marker(), marker()
     rs.query(f"SELECT /* {before} */ 1")
     general_log.replica.stop()
@@ -66,7 +66,7 @@ def test_replica_stopped_reads_served_by_primary_then_back_after_backoff(
 def test_lag_and_stopped_replication_send_reads_to_primary(
     general_log: MariaDBReplication, pools: Pools, clock: ManualClock
 ) -> None:
-    rs = pools.replica_set(max_lag=1.0, pin_after_write=2.0, lag_check_interval=1.0)
+    rs = pools.replica_set(max_lag=1.0, pin_after_write=3.5, lag_check_interval=1.0)
     tag = marker()
     assert rs.query(f"SELECT /* {tag} */ 1") == [{"1": 1}]
     assert count_statements(general_log.replica, tag) == 1
@@ -105,7 +105,7 @@ def test_lag_and_stopped_replication_send_reads_to_primary(
 def test_one_status_query_per_replica_per_interval(
     general_log: MariaDBReplication, pools: Pools
 ) -> None:
-    rs = pools.replica_set(lag_check_interval=3600)
+    rs = pools.replica_set(lag_check_interval=3600, pin_after_write=4000)
     status = "SHOW REPLICA STATUS"
     before = count_statements(general_log.replica, status)
     for _ in range(1000):

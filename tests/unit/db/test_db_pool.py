@@ -210,13 +210,18 @@ def test_session_settings_survive_reconnects() -> None:
 
 def test_connect_failure_raises_connection_lost_and_frees_the_slot() -> None:
     server = FakeServer("p")
-    pool = server.pool(max_connections=1)
+    clock = ManualClock()
+    pool = server.pool(max_connections=1, clock=clock)
     server.down = True
     with pytest.raises(ConnectionLost, match="cannot connect"):
         pool.query("SELECT 1")
     server.down = False
+    with pytest.raises(ConnectionLost, match="server down"):  # backing off: not even tried
+        pool.query("SELECT 1")
+    assert server.connect_attempts == 1
+    clock.advance(0.05)
     assert pool.query("SELECT 1")[0]["server"] == "p"
-    assert pool.stats().errors == 2
+    assert pool.stats().errors == 3
 
 
 def test_ten_thousand_operations_with_injected_errors_leave_nothing_checked_out() -> None:
@@ -270,7 +275,7 @@ def test_pool_stats_events_and_query_events() -> None:
     )
 
 
-def test_transaction_block_rolls_back_on_error() -> None:
+def test_block_that_raises_discards_its_connection() -> None:
     server = FakeServer("p")
     pool = server.pool()
 
@@ -282,8 +287,18 @@ def test_transaction_block_rolls_back_on_error() -> None:
 
     with pytest.raises(RuntimeError):
         fail_midway()
-    assert server.count("ROLLBACK") == 1
     assert server.count("COMMIT") == 0
+    assert (server.open_connections, pool.stats().open) == (0, 0)  # the server rolls it back
+
+
+def test_block_left_without_commit_is_rolled_back_and_kept() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    with pool.connection() as conn:
+        conn.begin()
+        conn.cursor().execute("INSERT INTO t VALUES (1)")
+    assert (server.count("ROLLBACK"), server.count("COMMIT")) == (1, 0)
+    assert pool.stats().idle == 1
 
 
 def test_any_connect_callable_works_and_learns_the_placeholder_style(tmp_path: Path) -> None:

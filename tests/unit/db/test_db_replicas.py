@@ -72,7 +72,9 @@ def test_replica_sessions_are_read_only() -> None:
 
 
 def test_down_replica_backs_off_exponentially_and_only_a_probe_brings_it_back() -> None:
-    rs, _primary, (replica,), clock = make(backoff=1.0, max_backoff=4.0, lag_check_interval=3600)
+    rs, _primary, (replica,), clock = make(
+        backoff=1.0, max_backoff=4.0, lag_check_interval=3600, pin_after_write=4000
+    )
     assert served_by(rs.query("SELECT 1")) == "replica0"
     replica.down = True
     for _ in range(500):
@@ -128,7 +130,7 @@ def test_lag_and_stopped_replication_route_to_primary_until_recovered() -> None:
 
 
 def test_status_probed_at_most_once_per_interval() -> None:
-    rs, _, (replica,), clock = make(lag_check_interval=3600)
+    rs, _, (replica,), clock = make(lag_check_interval=3600, pin_after_write=4000)
     for _ in range(1000):
         rs.query("SELECT 1")
     assert replica.count("SHOW REPLICA STATUS") == 1

@@ -156,7 +156,7 @@ def test_transaction_returns_the_function_result(tmp_path: Path) -> None:
             "INSERT INTO tasks (id, user_id, title) VALUES (3, 3, 'z')"
         )
 
-    assert shard_set.transaction(write, key=3) == 1
+    assert shard_set.transaction(write, key=3).rowcount == 1
     assert shard_set.query("SELECT title FROM tasks WHERE id = 3", key=3) == [{"title": "z"}]
 
 

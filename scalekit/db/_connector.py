@@ -1,0 +1,171 @@
+"""Opening connections to one server: timeouts, one TLS context, back-off while it is down.
+
+Why a connector: pymysql builds a new ``SSLContext`` (loading the system
+CA store, ~30 ms of CPU) on every ``connect()`` in its default "preferred"
+TLS mode, even when the server offers no TLS; during an outage a pool that
+reconnects on every checkout burns the CPU its callers need. Here one
+context per pool is made once, and a server that refused a connect is not
+tried again before its back-off ends — callers get "server down" at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+import threading
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from .._clock import Clock
+from ._deadline import Deadline
+
+__all__ = ["Connector", "ServerBackoff", "SslMode"]
+
+
+class SslMode(enum.StrEnum):
+    """TLS to the server, named as MySQL's ``--ssl-mode``."""
+
+    DISABLED = "disabled"
+    PREFERRED = "preferred"
+    """TLS when the server offers it, no certificate check (pymysql's default)."""
+    REQUIRED = "required"
+    """TLS or no connection; the certificate is checked when ``ssl_ca`` is given."""
+
+
+_SSL_ARGS = frozenset({"ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_disabled", "ssl_verify_cert"})
+
+
+class ServerBackoff:
+    """Connect back-off for one server: one outage is one step, a success ends it.
+
+    Failures of attempts that started before the current back-off (many
+    threads failing together) do not lengthen it; only an attempt made after
+    it ended and failing again doubles it, up to ``cap`` seconds.
+    """
+
+    def __init__(self, clock: Clock, *, base: float = 0.05, cap: float = 1.0) -> None:
+        self._clock = clock
+        self.base = base
+        self.cap = cap
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.until = 0.0
+        self.unresponsive = False
+        self.last_error = ""
+
+    def remaining(self) -> float:
+        """Seconds before the next connect may be tried (0: now)."""
+        return max(self.until - self._clock.monotonic(), 0.0)
+
+    def failed(self, error: str, *, unresponsive: bool) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            self.last_error = error
+            self.unresponsive = unresponsive
+            if now < self.until:
+                return  # the same outage, already counted
+            self.failures += 1
+            self.until = now + min(self.base * 2 ** (self.failures - 1), self.cap)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            with self._lock:
+                self.failures = 0
+                self.until = 0.0
+                self.unresponsive = False
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+class Connector:
+    """Connect arguments for one pool's server, and the connect call SteadyDB makes.
+
+    Args:
+        creator: the DB-API module or connect callable.
+        connect_args: keyword arguments for every connect.
+        pymysql_driver: the creator is pymysql: TLS context reuse and
+            per-operation socket timeouts apply.
+        ssl_mode: TLS (pymysql only, and only when ``connect_args`` sets no
+            ``ssl*`` argument itself).
+        ssl_ca: a CA file to verify the server certificate against.
+    """
+
+    def __init__(
+        self,
+        creator: Any,
+        connect_args: Mapping[str, Any],
+        *,
+        pymysql_driver: bool,
+        ssl_mode: SslMode,
+        ssl_ca: str | None,
+    ) -> None:
+        self._creator = creator
+        self.connect_args = dict(connect_args)
+        self._pymysql = pymysql_driver
+        self._manage_tls = pymysql_driver and not (_SSL_ARGS & set(connect_args))
+        self.ssl_mode = ssl_mode
+        self.ssl_ca = ssl_ca
+        self._context: ssl.SSLContext | None = None
+        self._context_lock = threading.Lock()
+        self.contexts_made = 0
+        """TLS contexts built so far (one per pool at most)."""
+        # SteadyDB reads ``.dbapi`` to find the driver's exception classes.
+        self.dbapi: ModuleType | None = creator if isinstance(creator, ModuleType) else None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._context_lock:
+            if self._context is None:
+                context = ssl.create_default_context(cafile=self.ssl_ca)
+                if self.ssl_ca is None:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self._context = context
+                self.contexts_made += 1
+            return self._context
+
+    def connect(self, **kwargs: Any) -> Any:
+        """Open one connection (SteadyDB calls this with the arguments from ``arguments``)."""
+        connect = getattr(self._creator, "connect", self._creator)
+        if not self._manage_tls or "ssl_disabled" in kwargs:
+            return connect(**kwargs)
+        if self.ssl_mode is SslMode.REQUIRED:
+            return connect(ssl=self._tls_context(), **kwargs)
+        connection = connect(ssl_disabled=True, defer_connect=True, **kwargs)
+        if hasattr(connection, "_ssl_required"):  # pymysql >= 1.1.2 knows "preferred"
+            connection.ssl = True
+            connection._ssl_required = False
+            connection.ctx = self._tls_context()
+        connection.connect()
+        return connection
+
+    def arguments(self, connect_timeout: float | None, deadline: Deadline) -> dict[str, Any]:
+        """The connect arguments for one attempt, its timeout cut to the deadline."""
+        arguments = dict(self.connect_args)
+        if self._manage_tls and self.ssl_mode is SslMode.DISABLED:
+            arguments["ssl_disabled"] = True
+        limit = deadline.cap(connect_timeout)
+        if limit is not None:
+            arguments["connect_timeout"] = max(limit, 0.001)
+        return arguments
+
+    @staticmethod
+    def limit(raw: Any, seconds: float | None) -> bool:
+        """Cut a pymysql connection's socket timeouts to ``seconds``; True if changed."""
+        if seconds is None or not hasattr(raw, "_read_timeout"):
+            return False
+        seconds = max(seconds, 0.001)
+        read = seconds if raw._read_timeout is None else min(raw._read_timeout, seconds)
+        write = seconds if raw._write_timeout is None else min(raw._write_timeout, seconds)
+        if (read, write) == (raw._read_timeout, raw._write_timeout):
+            return False
+        raw._read_timeout = read
+        raw._write_timeout = write
+        return True
+
+    @staticmethod
+    def restore(raw: Any, read: float | None, write: float | None) -> None:
+        """Put back the configured socket timeouts after ``limit``."""
+        raw._read_timeout = read
+        raw._write_timeout = write
