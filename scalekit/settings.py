@@ -324,11 +324,13 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(field.name, str(exc)) from None
             object.__setattr__(self, field.name, value)
-        if self.pin_after_write <= self.max_lag:
+        if self.pin_after_write <= self.max_lag + 2:
+            # ReplicaSet's bound: max_lag + 1 (whole-second lag) + lag_check_interval (1 s).
             raise SettingsError(
                 "pin_after_write",
-                f"({self.pin_after_write!r}) must exceed max_lag ({self.max_lag!r}): reads "
-                "return to replicas only once they have caught up with the write",
+                f"({self.pin_after_write!r}) must exceed max_lag + 2 = {self.max_lag + 2:g} "
+                f"(max_lag is {self.max_lag!r}; lag is reported in whole seconds and checked "
+                "every second): reads return to replicas only once they have the write",
             )
         if self.replica_urls and not self.database_url:
             raise SettingsError("replica_urls", "need a database_url for the primary")

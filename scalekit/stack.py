@@ -291,6 +291,10 @@ def install(
     stack._closers.append(forget_state)
 
     # add_middleware puts each new one outside the previous: innermost first.
+    if db is not None or shards is not None:
+        from scalekit.db import RequestScopeMiddleware
+
+        app.add_middleware(RequestScopeMiddleware)  # read-your-writes pins: one request each
     app.add_middleware(layers.middleware)
     app.add_middleware(
         MetricsMiddleware,

@@ -164,7 +164,7 @@ def test_good_values_still_parse() -> None:
             "SCALEKIT_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
             "SCALEKIT_RATE_LIMIT": "10/second;100/15 minutes",
             "SCALEKIT_MAX_LAG": "0",
-            "SCALEKIT_PIN_AFTER_WRITE": "1.5",
+            "SCALEKIT_PIN_AFTER_WRITE": "2.5",
             "SCALEKIT_METRICS_PATH": "/internal/metrics",
         }
     )
