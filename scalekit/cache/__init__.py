@@ -28,7 +28,8 @@ from scalekit.cache.backends import CacheBackend, Lookup, MemoryCache, RedisCach
 from scalekit.cache.entry import Entry
 from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheError, CacheUnavailable
 from scalekit.cache.keys import EntryKeys
-from scalekit.cache.middleware import CacheMiddleware, IdentityFunction, user_identity
+from scalekit.cache.middleware import CacheMiddleware
+from scalekit.cache.plan import IdentityFunction, user_identity
 from scalekit.cache.rules import CacheRule
 
 __all__ = [

@@ -3,8 +3,8 @@
 One request, stage by stage:
 
 1. **match** the first rule whose path matches (no rule: the app, untouched);
-2. **plan**: bypass (credentials, no identity, a request directive the rule
-   honours) or compute the request's keys once;
+2. **plan** (:mod:`~scalekit.cache.plan`): bypass (credentials, no identity,
+   a request directive the rule honours) or compute the request's keys once;
 3. **look up** (one backend call): a fresh entry is served, a stale one is
    served and then refreshed by the request that took the fill lock;
 4. on a **miss**, single flight (:mod:`~scalekit.cache.flight`) says whether
@@ -20,8 +20,7 @@ before their response starts. Answers are written by
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -37,40 +36,22 @@ from scalekit.cache.capture import Captured, ResponseCapture
 from scalekit.cache.entry import Entry
 from scalekit.cache.errors import CacheBackendError, CacheConfigError
 from scalekit.cache.flight import Alone, Flight, Follow, Lead, Shared, SingleFlight, Unshared
-from scalekit.cache.headers import (
-    RequestDirective,
-    cache_control,
-    request_directive,
-    revalidation_required,
-)
-from scalekit.cache.keys import (
-    EntryKeys,
-    base_digest,
-    entry_keys,
-    normalise_query,
-    request_target,
-    vary_values,
+from scalekit.cache.plan import (
+    Bypass,
+    CacheRequest,
+    Fresh,
+    IdentityFunction,
+    Missing,
+    Stale,
+    classify,
+    plan,
+    user_identity,
 )
 from scalekit.cache.rules import CacheRule
 
 __all__ = ["CacheMiddleware", "IdentityFunction", "user_identity"]
 
-IdentityFunction = Callable[[Scope], str | None]
-
 _logger = structlog.get_logger("scalekit.cache")
-_CREDENTIAL_HEADERS = (b"authorization", b"cookie")
-
-
-def user_identity(scope: Scope) -> str | None:
-    """The default identity: ``scope["user"].identity`` when authenticated, else ``None``.
-
-    ``scope["user"]`` is set by Starlette's ``AuthenticationMiddleware``.
-    """
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    identity = getattr(user, "identity", None)
-    return None if identity is None or identity == "" else str(identity)
 
 
 def _emit(rule: CacheRule, event: str, reason: str = "") -> None:
@@ -80,72 +61,6 @@ def _emit(rule: CacheRule, event: str, reason: str = "") -> None:
 
 async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
-
-
-@dataclass(frozen=True, slots=True)
-class CacheRequest:
-    """Everything one cacheable GET/HEAD request needs, computed once."""
-
-    rule: CacheRule
-    scope: Scope
-    headers: Sequence[tuple[bytes, bytes]]
-    digest: str
-    tags: tuple[str, ...]
-    keys: EntryKeys
-    head: bool
-
-    def with_vary(self, vary: tuple[str, ...]) -> CacheRequest:
-        """This request keyed on the values of the request headers ``vary`` names."""
-        if vary == self.keys.vary:
-            return self
-        values = vary_values(self.headers, vary)
-        return replace(self, keys=entry_keys(self.digest, self.tags, vary, values))
-
-
-@dataclass(frozen=True, slots=True)
-class Bypass:
-    """The request goes to the app, past the cache, for ``reason``."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fresh:
-    """A fresh entry: serve it."""
-
-    entry: Entry
-
-
-@dataclass(frozen=True, slots=True)
-class Stale:
-    """An entry ``-ttl`` seconds stale, still inside the rule's stale window."""
-
-    entry: Entry
-    ttl: int
-
-
-@dataclass(frozen=True, slots=True)
-class Missing:
-    """No entry to serve (none, expired, invalidated, or ``"corrupt"``)."""
-
-    reason: str
-
-
-def classify(found: Lookup, now: float, rule: CacheRule) -> Fresh | Stale | Missing:
-    """What a lookup found, at ``now``; an entry that cannot be read is a miss."""
-    if not found.usable or found.data is None:
-        return Missing("")
-    try:
-        entry = Entry.decode(found.data)
-    except ValueError:
-        return Missing("corrupt")
-    if now <= found.fresh_until:
-        return Fresh(entry)
-    if now <= found.fresh_until + rule.stale_ttl and not revalidation_required(
-        cache_control(entry.headers)
-    ):
-        return Stale(entry, int(found.fresh_until - now))
-    return Missing("")
 
 
 class CacheMiddleware:
@@ -226,67 +141,24 @@ class CacheMiddleware:
                 return rule, params
         return None
 
-    # -- plan ---------------------------------------------------------------------------------
-
-    def _has_identity(self, scope: Scope) -> bool:
-        """Whether the request carries credentials or an identity, by any means."""
-        if any(key.lower() in _CREDENTIAL_HEADERS for key, _ in scope["headers"]):
-            return True
-        user = scope.get("user")
-        if user is not None and getattr(user, "is_authenticated", False):
-            return True
-        return self.identity(scope) is not None
-
-    def _plan(self, rule: CacheRule, params: dict[str, Any], scope: Scope) -> CacheRequest | Bypass:
-        headers = scope["headers"]
-        user = None
-        if rule.vary_user:
-            user = self.identity(scope)
-            if user is None:
-                return Bypass("no-identity")
-        elif self._has_identity(scope):
-            return Bypass("credentials")
-        if (
-            rule.honor_request_directives
-            and request_directive(headers) is RequestDirective.NO_STORE
-        ):
-            return Bypass("request-no-store")
-        tags = rule.tags_for(
-            params,
-            user,
-            lambda: Request({**scope, "path_params": {**scope.get("path_params", {}), **params}}),
-        )
-        digest = base_digest(
-            rule.name,
-            request_target(scope),
-            normalise_query(scope.get("query_string", b"")),
-            user,
-            vary_values(headers, tuple(rule.vary_headers)),
-        )
-        vary = self._vary.get(rule.name, ())
-        keys = entry_keys(digest, tags, vary, vary_values(headers, vary))
-        return CacheRequest(rule, scope, headers, digest, tags, keys, scope["method"] == "HEAD")
-
     # -- look up and answer -------------------------------------------------------------------
 
     async def _cacheable(
         self, rule: CacheRule, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        plan = self._plan(rule, params, scope)
-        if isinstance(plan, Bypass):
-            await self._bypass(rule, plan.reason, scope, receive, send)
-            return
-        refresh = (
-            plan.rule.honor_request_directives
-            and request_directive(plan.headers) is RequestDirective.REFRESH
+        planned = plan(
+            rule, params, scope, identity=self.identity, vary=self._vary.get(rule.name, ())
         )
+        if isinstance(planned, Bypass):
+            await self._bypass(rule, planned.reason, scope, receive, send)
+            return
         try:
             # HEAD never fills, so it never takes the fill lock.
-            request, found = await self._lookup(plan, lock=not (plan.head or refresh))
+            request, found = await self._lookup(planned, lock=not (planned.head or planned.refresh))
         except CacheBackendError:
             await self._bypass(rule, "backend", scope, receive, send)
             return
-        if refresh:
+        if request.refresh:
             _emit(rule, "miss", "request")
             await _Fill(self, request, found, send, ("fwd=request",), None).run(receive)
             return
