@@ -22,7 +22,7 @@ _FLOAT_OPTIONS = frozenset(
         "ping_after_idle",
     }
 )
-_STR_OPTIONS = frozenset({"charset", "name"})
+_STR_OPTIONS = frozenset({"charset", "name", "ssl_mode", "ssl_ca"})
 OPTIONS = _INT_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS
 """Every option a pool URL's query string may carry."""
 
