@@ -162,11 +162,11 @@ def install(
     from scalekit.cache import MemoryCache, RedisCache
     from scalekit.observability import (
         Health,
-        MetricsMiddleware,
         PoolCheck,
         RedisCheck,
         ReplicaSetCheck,
         RequestContextMiddleware,
+        RequestMetrics,
         metrics_endpoint_for,
         subscribe_component_metrics,
     )
@@ -296,13 +296,6 @@ def install(
 
         app.add_middleware(RequestScopeMiddleware)  # read-your-writes pins: one request each
     app.add_middleware(layers.middleware)
-    app.add_middleware(
-        MetricsMiddleware,
-        registry=registry,
-        buckets=metrics.buckets,
-        exclude_paths=(*scalekit_paths, *metrics.exclude_paths),
-        max_routes=metrics.max_routes,
-    )
     context_options: dict[str, Any] = {}
     if request_context.id_factory is not None:
         context_options["id_factory"] = request_context.id_factory
@@ -315,6 +308,13 @@ def install(
         logger_name=request_context.logger_name,
         quiet_paths=(
             scalekit_paths if request_context.quiet_paths is None else request_context.quiet_paths
+        ),
+        # request metrics in the same layer: what MetricsMiddleware behind it would count
+        metrics=RequestMetrics(
+            registry=registry,
+            buckets=metrics.buckets,
+            exclude_paths=(*scalekit_paths, *metrics.exclude_paths),
+            max_routes=metrics.max_routes,
         ),
         **context_options,
     )

@@ -30,6 +30,7 @@ from scalekit.observability.logging import configure_logging
 from scalekit.observability.metrics import (
     HttpMetrics,
     MetricsMiddleware,
+    RequestMetrics,
     cleanup_dead_workers,
     metrics_endpoint,
     metrics_endpoint_for,
@@ -49,6 +50,7 @@ __all__ = [
     "RedisCheck",
     "ReplicaSetCheck",
     "RequestContextMiddleware",
+    "RequestMetrics",
     "cleanup_dead_workers",
     "configure_logging",
     "current_request_id",

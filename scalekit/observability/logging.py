@@ -12,6 +12,7 @@ as fields. An unhandled request error is one record, with its ``request_id``.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.util
 import logging
@@ -25,7 +26,7 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.types import EventDict, Processor
 
-from scalekit.observability.context import logged_request_id, request_id_of
+from scalekit.observability.context import logged_request_id, request_id_of, use_line_writer
 
 __all__ = ["REDACTED", "SENSITIVE_HEADERS", "configure_logging"]
 
@@ -120,18 +121,31 @@ def configure_logging(
         )
         tail = stdlib_tail = [console]
 
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        timestamper,
+        structlog.processors.StackInfoRenderer(),
+        redact,
+        *tail,
+    ]
+    wrapper_class = structlog.make_filtering_bound_logger(number)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            timestamper,
-            structlog.processors.StackInfoRenderer(),
-            redact,
-            *tail,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(number),
+        processors=processors,
+        wrapper_class=wrapper_class,
         logger_factory=factory,
         cache_logger_on_first_use=True,
+    )
+    use_line_writer(
+        _DirectLines(
+            processors,
+            wrapper_class,
+            factory,
+            number,
+            timestamper=timestamper,
+            redact=redact,
+            render=tail[-1],
+        )
     )
 
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -166,6 +180,100 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = not uvicorn_access
+
+
+class _DirectLines:
+    """Writes a line exactly as this setup's processors would, at a third of the cost.
+
+    The request context middleware's access line goes through here (see
+    :class:`~scalekit.observability.context.LineWriter`). The event dict is
+    built as structlog builds it (fields, then ``event``, then the bound
+    context, level and timestamp, in that order) and goes through the same
+    redaction and renderer to the same output; what is skipped is structlog's
+    logger machinery and the two processors that do nothing to such a line
+    (stack info and exception rendering: a line whose bound context carries
+    ``exc_info`` or ``stack_info`` takes the whole chain). It stands aside
+    (returns False) as soon as structlog is configured differently: another
+    ``structlog.configure``, ``reset_defaults``, or ``capture_logs`` (which
+    edits the processor list in place).
+    """
+
+    __slots__ = (
+        "_expected",
+        "_factory",
+        "_logger",
+        "_min_level",
+        "_processors",
+        "_redact",
+        "_render",
+        "_timestamper",
+        "_wrapper",
+    )
+
+    def __init__(
+        self,
+        processors: list[Processor],
+        wrapper: type,
+        factory: Any,
+        min_level: int,
+        *,
+        timestamper: _UTCTimestamp,
+        redact: _Redact,
+        render: Processor,
+    ) -> None:
+        self._processors = processors  # the list structlog holds
+        self._expected = tuple(processors)
+        self._wrapper = wrapper
+        self._factory = factory
+        self._logger = factory()
+        self._min_level = min_level
+        self._timestamper = timestamper
+        self._redact = redact
+        self._render = render
+
+    def _in_force(self) -> bool:
+        config = structlog.get_config()
+        processors = config["processors"]
+        return (
+            processors is self._processors
+            and config["wrapper_class"] is self._wrapper
+            and config["logger_factory"] is self._factory
+            and tuple(processors) == self._expected
+        )
+
+    def __call__(self, method_name: str, event: str, fields: dict[str, Any]) -> bool:
+        if method_name not in _DIRECT_LEVELS or not self._in_force():
+            return False
+        if _DIRECT_LEVELS[method_name] < self._min_level:
+            return True  # the filtering logger drops it too
+        logger = self._logger
+        event_dict: Any = fields
+        event_dict["event"] = event
+        # merge_contextvars, noting whether it brought anything but plain values
+        plain = True
+        prefix, cut = _CONTEXT_PREFIX, len(_CONTEXT_PREFIX)
+        for var, value in contextvars.copy_context().items():
+            name = var.name
+            if value is not Ellipsis and name.startswith(prefix):
+                key = name[cut:]
+                if key not in event_dict:
+                    event_dict[key] = value
+                    if type(value) not in _SCALARS:
+                        plain = False
+        if "exc_info" in event_dict or "stack_info" in event_dict:
+            for processor in self._expected[1:-1]:
+                event_dict = processor(logger, method_name, event_dict)
+        else:
+            event_dict["level"] = method_name  # add_log_level, for these two levels
+            event_dict["timestamp"] = self._timestamper.text()
+            if not plain or not self._redact.all_safe(event_dict):
+                event_dict = self._redact(logger, method_name, event_dict)
+        logger.msg(self._render(logger, method_name, event_dict))
+        return True
+
+
+_DIRECT_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_CONTEXT_PREFIX: str = getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_")
 
 
 _TRACEBACKS = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
@@ -218,6 +326,10 @@ class _Redact:
         if isinstance(key, str) and len(self._safe) < 4096:
             self._safe.add(key)
         return False
+
+    def all_safe(self, event_dict: Mapping[str, Any]) -> bool:
+        """True when every key is known harmless (the caller knows the values are plain)."""
+        return self._safe.issuperset(event_dict)
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         safe = self._safe
@@ -286,14 +398,18 @@ class _UTCTimestamp:
     def __init__(self) -> None:
         self._cache: tuple[int, str] = (-1, "")
 
-    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+    def text(self) -> str:
+        """The timestamp of now."""
         now = time.time()
         second = int(now)
         cache = self._cache
         if cache[0] != second:
             cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
             self._cache = cache
-        event_dict["timestamp"] = f"{cache[1]}.{int((now - second) * 1_000_000):06d}Z"
+        return "%s.%06dZ" % (cache[1], (now - second) * 1_000_000)  # noqa: UP031 - faster
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        event_dict["timestamp"] = self.text()
         return event_dict
 
 

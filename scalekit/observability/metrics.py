@@ -19,7 +19,9 @@ child-exit hook.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import math
 import os
 import threading
 import time
@@ -58,6 +60,7 @@ __all__ = [
     "UNMATCHED_ROUTE",
     "HttpMetrics",
     "MetricsMiddleware",
+    "RequestMetrics",
     "cleanup_dead_workers",
     "metrics_endpoint",
     "metrics_endpoint_for",
@@ -115,11 +118,11 @@ class HttpMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        # Label children by label values: one dict lookup per request instead
-        # of prometheus_client's locked lookup in labels().
-        self.request_children: dict[tuple[str, str, int], Any] = {}
-        self.duration_children: dict[tuple[str, str], Any] = {}
-        self.in_progress_children: dict[str, Any] = {}
+        # Label children resolved once per (method, route, status) and kept:
+        # one dict lookup per request instead of prometheus_client's locked
+        # lookup in labels() for each of the two series.
+        self.children: dict[tuple[str, str, int], _PublicSeries | _DirectSeries] = {}
+        self.in_progress_children: dict[str, _LiveGauge] = {}
 
     @classmethod
     def for_registry(
@@ -144,24 +147,166 @@ class HttpMetrics:
 
     def observe(self, method: str, route: str, status: int, duration: float) -> None:
         """Count one finished request."""
-        child = self.request_children.get((method, route, status))
-        if child is None:
-            child = self.requests.labels(method, route, str(status))
-            self.request_children[(method, route, status)] = child
-        child.inc()
-        timer = self.duration_children.get((method, route))
-        if timer is None:
-            timer = self.duration.labels(method, route)
-            self.duration_children[(method, route)] = timer
-        timer.observe(duration)
+        key = (method, route, status)
+        series = self.children.get(key)
+        if series is None:
+            series = _request_series(
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route),
+            )
+            self.children[key] = series
+        series.record(duration)
 
-    def gauge(self, method: str) -> Any:
-        """The in-progress gauge child of ``method``."""
-        child = self.in_progress_children.get(method)
-        if child is None:
-            child = self.in_progress.labels(method)
-            self.in_progress_children[method] = child
-        return child
+    def gauge(self, method: str) -> _LiveGauge:
+        """The in-progress gauge of ``method`` (``inc()`` and ``dec()``)."""
+        gauge = self.in_progress_children.get(method)
+        if gauge is None:
+            gauge = _LiveGauge(self.in_progress.labels(method))
+            self.in_progress_children[method] = gauge
+        return gauge
+
+
+# prometheus_client's children check on every call that they are label
+# children and not in "mostrecent" mode, and the histogram walks its buckets
+# in Python; both are known when the child is resolved. The helpers below hold
+# the children's value objects (plain or multiprocess, both with inc()) and
+# fall back to the public methods with a prometheus_client that lacks them.
+# tests/unit/observability/test_http_metrics.py checks both give the same output.
+
+
+def _value_inc(child: Any, attribute: str = "_value") -> Callable[[float], None] | None:
+    value = getattr(child, attribute, None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else None
+
+
+class _LiveGauge:
+    """``inc()`` / ``dec()`` of one in-progress gauge child."""
+
+    __slots__ = ("_child", "_inc")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        mode = getattr(child, "_multiprocess_mode", "livesum")
+        self._inc = _value_inc(child) if mode != "mostrecent" else None
+
+    def inc(self) -> None:
+        if self._inc is not None:
+            self._inc(1)
+        else:
+            self._child.inc()
+
+    def dec(self) -> None:
+        if self._inc is not None:
+            self._inc(-1)
+        else:
+            self._child.dec()
+
+
+class _PublicSeries:
+    """The request counter and duration histogram children of one label set."""
+
+    __slots__ = ("_counter", "_histogram")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self._counter = counter
+        self._histogram = histogram
+
+    def record(self, duration: float) -> None:
+        self._counter.inc()
+        self._histogram.observe(duration)
+
+
+class _DirectSeries:
+    """The same through the children's value objects: what their public methods end in."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_sum")
+
+    def __init__(
+        self,
+        count: Callable[[float], None],
+        total: Callable[[float], None],
+        buckets: list[Callable[[float], None]],
+        bounds: list[float],
+    ) -> None:
+        self._count = count
+        self._sum = total
+        self._buckets = buckets
+        self._bounds = bounds
+
+    def record(self, duration: float) -> None:
+        self._count(1)
+        self._sum(duration)
+        # The first bucket whose upper bound is >= duration, as Histogram.observe picks it
+        # (durations are perf_counter differences: never NaN).
+        self._buckets[bisect.bisect_left(self._bounds, duration)](1)
+
+
+def _request_series(counter: Any, histogram: Any) -> _PublicSeries | _DirectSeries:
+    count = _value_inc(counter)
+    total = _value_inc(histogram, "_sum")
+    buckets = [getattr(bucket, "inc", None) for bucket in getattr(histogram, "_buckets", ())]
+    bounds = [float(bound) for bound in getattr(histogram, "_upper_bounds", ())]
+    if (
+        count is None
+        or total is None
+        or not buckets
+        or len(buckets) != len(bounds)
+        or bounds[-1] != math.inf
+    ):
+        return _PublicSeries(counter, histogram)
+    incs = [inc for inc in buckets if callable(inc)]
+    if len(incs) != len(buckets):
+        return _PublicSeries(counter, histogram)
+    return _DirectSeries(count, total, incs, bounds)
+
+
+class RequestMetrics:
+    """What :class:`MetricsMiddleware` counts, for a layer that also does other work.
+
+    ``RequestContextMiddleware(app, metrics=RequestMetrics(...))`` counts every
+    request in the request-context layer itself: the same series, labels and
+    exclusions as ``MetricsMiddleware`` behind it, one ASGI layer fewer
+    (``install()`` does this).
+
+    Args:
+        registry: where the metrics are registered (default: prometheus_client's
+            global ``REGISTRY``). Apps sharing a registry share the series.
+        buckets: histogram buckets in seconds.
+        exclude_paths: paths not counted (default :data:`DEFAULT_EXCLUDED_PATHS`).
+        max_routes: a hard cap on distinct ``route`` values; later new
+            templates are counted as :data:`OVERFLOW_ROUTE`. None: no cap.
+
+    Raises:
+        ValueError: ``max_routes`` below 1, or ``buckets`` that differ from the
+            ones already registered in ``registry``.
+    """
+
+    __slots__ = ("exclude_paths", "metrics", "registry", "route_names")
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        exclude_paths: Iterable[str] = DEFAULT_EXCLUDED_PATHS,
+        max_routes: int | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        self.metrics = HttpMetrics.for_registry(self.registry, buckets)
+        self.exclude_paths = frozenset(exclude_paths)
+        self.route_names = RouteNames(max_routes=max_routes)
+
+    def counts(self, scope: Scope) -> bool:
+        """Whether an HTTP request is counted; leaves the registry in the scope either way.
+
+        ``metrics_endpoint`` behind the layer reads the registry from the scope.
+        """
+        scope[REGISTRY_SCOPE_KEY] = self.registry
+        paths = self.exclude_paths
+        if scope["path"] in paths:
+            return False
+        return not (scope.get("root_path") and route_path(scope) in paths)
 
 
 class MetricsMiddleware:
@@ -191,18 +336,15 @@ class MetricsMiddleware:
         max_routes: int | None = None,
     ) -> None:
         self.app = app
-        self.registry = registry if registry is not None else REGISTRY
-        self.metrics = HttpMetrics.for_registry(self.registry, buckets)
-        self.exclude_paths = frozenset(exclude_paths)
-        self.route_names = RouteNames(max_routes=max_routes)
+        self.counter = RequestMetrics(
+            registry=registry, buckets=buckets, exclude_paths=exclude_paths, max_routes=max_routes
+        )
+        self.registry = self.counter.registry
+        self.metrics = self.counter.metrics
+        self.route_names = self.counter.route_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        # metrics_endpoint behind this middleware serves this middleware's registry.
-        scope[REGISTRY_SCOPE_KEY] = self.registry
-        if self._excluded(scope):
+        if scope["type"] != "http" or not self.counter.counts(scope):
             await self.app(scope, receive, send)
             return
 
@@ -225,9 +367,6 @@ class MetricsMiddleware:
             self.metrics.observe(
                 method, self.route_names(scope), status, time.perf_counter() - start
             )
-
-    def _excluded(self, scope: Scope) -> bool:
-        return scope["path"] in self.exclude_paths or route_path(scope) in self.exclude_paths
 
 
 def _pid_alive(pid: int) -> bool:

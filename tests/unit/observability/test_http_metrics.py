@@ -21,7 +21,17 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Host, Mount, Route, Router
 
 from scalekit.observability import MetricsMiddleware, cleanup_dead_workers, metrics_endpoint_for
-from scalekit.observability.metrics import OVERFLOW_ROUTE, UNMATCHED_ROUTE, render_metrics
+from scalekit.observability.metrics import (
+    DEFAULT_BUCKETS,
+    OVERFLOW_ROUTE,
+    UNMATCHED_ROUTE,
+    HttpMetrics,
+    _DirectSeries,
+    _LiveGauge,
+    _PublicSeries,
+    _request_series,
+    render_metrics,
+)
 
 
 async def ok(request: Request) -> Response:
@@ -420,3 +430,61 @@ async def test_answered_before_the_router_still_counts_under_its_template() -> N
     assert registry.get_sample_value("http_requests_total", {**labels, "status": "200"}) == 1.0
     unmatched = {"method": "GET", "route": "<unmatched>", "status": "429"}
     assert registry.get_sample_value("http_requests_total", unmatched) == 1.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([0.0, *DEFAULT_BUCKETS]),  # exactly on a bound
+            st.floats(min_value=0, max_value=100, allow_nan=False),
+        ),
+        max_size=40,
+    )
+)
+def test_direct_series_count_exactly_what_the_public_methods_count(durations: list[float]) -> None:
+    direct, public = CollectorRegistry(), CollectorRegistry()
+    fast = HttpMetrics(direct, DEFAULT_BUCKETS)
+    slow = HttpMetrics(public, DEFAULT_BUCKETS)
+    assert isinstance(fast.gauge("GET"), _LiveGauge)
+    for duration in durations:
+        fast.observe("GET", "/items/{item_id}", 200, duration)
+        slow.requests.labels("GET", "/items/{item_id}", "200").inc()
+        slow.duration.labels("GET", "/items/{item_id}").observe(duration)
+        fast.gauge("GET").inc()
+        slow.in_progress.labels("GET").inc()
+    fast.gauge("GET").dec()
+    slow.in_progress.labels("GET").dec()
+    if durations:
+        assert isinstance(fast.children[("GET", "/items/{item_id}", 200)], _DirectSeries)
+    assert without_created(render_metrics(direct)[0]) == without_created(render_metrics(public)[0])
+
+
+def without_created(body: bytes) -> list[str]:
+    return [line for line in body.decode().splitlines() if "_created" not in line]
+
+
+def test_children_without_the_expected_internals_use_the_public_methods() -> None:
+    class Child:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, float]] = []
+
+        def inc(self, amount: float = 1) -> None:
+            self.calls.append(("inc", amount))
+
+        def dec(self, amount: float = 1) -> None:
+            self.calls.append(("dec", amount))
+
+        def observe(self, amount: float) -> None:
+            self.calls.append(("observe", amount))
+
+    counter, histogram, gauge_child = Child(), Child(), Child()
+    series = _request_series(counter, histogram)
+    assert isinstance(series, _PublicSeries)
+    series.record(0.25)
+    gauge = _LiveGauge(gauge_child)
+    gauge.inc()
+    gauge.dec()
+    assert counter.calls == [("inc", 1)]
+    assert histogram.calls == [("observe", 0.25)]
+    assert gauge_child.calls == [("inc", 1), ("dec", 1)]
