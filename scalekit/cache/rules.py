@@ -126,6 +126,12 @@ class CacheRule:
                 f"CacheRule({self.path!r}): max_body must be a whole number of bytes >= 0, "
                 f"got {self.max_body!r}"
             )
+        for flag in ("vary_user", "honor_request_directives"):
+            if not isinstance(getattr(self, flag), bool):
+                raise CacheConfigError(
+                    f"CacheRule({self.path!r}): {flag} must be True or False, "
+                    f"got {getattr(self, flag)!r}"
+                )
         statuses = frozenset(int(status) for status in self.statuses)
         if not statuses or any(not 200 <= status <= 599 for status in statuses):
             raise CacheConfigError(

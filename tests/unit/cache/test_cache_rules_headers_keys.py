@@ -43,6 +43,8 @@ def test_all_is_sorted_and_complete() -> None:
         ({"ttl": 1, "invalidate_on": ("POST",)}, "needs tags"),
         ({"ttl": 1, "tags": ["user:{user}"]}, "vary_user=True"),
         ({"ttl": 1, "tags": []}, "must not be empty"),
+        ({"ttl": 1, "honor_request_directives": "no"}, "honor_request_directives must be True"),
+        ({"ttl": 1, "vary_user": 1}, "vary_user must be True or False"),
     ],
 )
 def test_invalid_rules_fail_at_construction(kwargs: dict[str, object], message: str) -> None:
