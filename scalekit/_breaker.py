@@ -48,6 +48,7 @@ from types import TracebackType
 import structlog
 
 from scalekit._clock import Clock, get_clock, sleep
+from scalekit.errors import ConfigurationError, ScalekitError
 
 __all__ = ["BreakerState", "CircuitBreaker", "CircuitOpen", "Guard"]
 
@@ -64,7 +65,7 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-class CircuitOpen(Exception):
+class CircuitOpen(ScalekitError):
     """The breaker refused the call: the backend was not contacted."""
 
 
@@ -106,13 +107,13 @@ class CircuitBreaker:
         clock: Clock | None = None,
     ) -> None:
         if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
+            raise ConfigurationError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
         if cooldown < 0:
-            raise ValueError(f"cooldown must be >= 0 seconds, got {cooldown!r}")
+            raise ConfigurationError(f"cooldown must be >= 0 seconds, got {cooldown!r}")
         if not trial_timeout > 0:
-            raise ValueError(f"trial_timeout must be > 0 seconds, got {trial_timeout!r}")
+            raise ConfigurationError(f"trial_timeout must be > 0 seconds, got {trial_timeout!r}")
         if not probe_interval > 0:
-            raise ValueError(f"probe_interval must be > 0 seconds, got {probe_interval!r}")
+            raise ConfigurationError(f"probe_interval must be > 0 seconds, got {probe_interval!r}")
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
         self.trial_timeout = trial_timeout

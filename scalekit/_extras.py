@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from scalekit.errors import ScalekitError
+
 __all__ = ["MissingExtraError", "require"]
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(ScalekitError, ImportError):
     """An optional dependency of scalekit is not installed."""
 
 

@@ -133,6 +133,19 @@ def _sample(template: str) -> str | None:
     return None if unknown else sample
 
 
+def _first_route_for(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
+    """The first route whose path matches ``path``, whatever its methods."""
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    for route in routes:
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a custom converter that raises
+            continue
+        if match is not Match.NONE:
+            return route
+    return None
+
+
 def check_rule_paths(routes: Sequence[BaseRoute], rules: Sequence[tuple[str, str]]) -> None:
     """Each ``(what, path)`` must cover a route of the app; else name the closest route.
 
@@ -148,15 +161,15 @@ def check_rule_paths(routes: Sequence[BaseRoute], rules: Sequence[tuple[str, str
     probe = _probe_path()
     for what, path in rules:
         template = RouteTemplate(path)
-        if any(sample is not None and template.match(sample) for sample in samples):
+        if any(sample is not None and template.match(sample) is not None for sample in samples):
             continue
         own = _sample(path)
         if own is None:
             continue  # a custom converter: we cannot tell
-        owner = first_full_match(routes, own)
+        owner = _first_route_for(routes, own)
         if isinstance(owner, Mount) and not owner.routes:
             continue
-        if owner is not None and first_full_match([owner], probe) is None:
+        if owner is not None and _first_route_for([owner], probe) is None:
             continue  # a route answers it (one our samples did not reach)
         known = sorted({t for t, _ in templates})
         closest = difflib.get_close_matches(path, known, n=1, cutoff=0.0)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from scalekit.errors import ConfigurationError
+
 __all__ = [
     "ClientIP",
     "ForwardedHeader",
@@ -74,7 +76,7 @@ class ForwardedHeader(enum.StrEnum):
             return cls(value)
         except ValueError:
             choices = ", ".join(repr(member.value) for member in cls)
-            raise ValueError(
+            raise ConfigurationError(
                 f"{setting} must be one of {choices} (the header your proxy sets), got {value!r}"
             ) from None
 
@@ -184,12 +186,12 @@ class ClientIP:
             try:
                 networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
             except ValueError as exc:
-                raise ValueError(
+                raise ConfigurationError(
                     f"trusted_proxies: {cidr!r} is not an IP address or CIDR "
                     "(write e.g. '10.0.0.0/8' or '127.0.0.1')"
                 ) from exc
         if ipv6_prefix is not None and not 0 <= ipv6_prefix <= 128:
-            raise ValueError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
+            raise ConfigurationError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
         self.header = ForwardedHeader.parse(header, setting="header")
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(networks)
         self.ipv6_prefix = ipv6_prefix

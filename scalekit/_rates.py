@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from scalekit.errors import ConfigurationError
+
 __all__ = ["UNITS", "Rate", "RateSyntaxError", "parse_rates"]
 
 UNITS: dict[str, int] = {
@@ -31,7 +33,7 @@ _SEPARATORS = re.compile(r"[,;|]")
 _RATE = re.compile(r"\s*([0-9]+)\s*(?:/|per)\s*([0-9]+)?\s*([a-z]+)\s*", re.IGNORECASE)
 
 
-class RateSyntaxError(ValueError):
+class RateSyntaxError(ConfigurationError):
     """A rate string that does not parse; components re-raise it as their config error."""
 
 

@@ -29,6 +29,8 @@ from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import PARAM_REGEX, Match, Route
 from starlette.types import Receive, Scope, Send
 
+from scalekit.errors import ConfigurationError
+
 try:  # the router's own function, so exact-path checks strip root_path as it does
     from starlette._utils import get_route_path as _get_route_path
 except ImportError:  # pragma: no cover - a Starlette that moved it
@@ -70,7 +72,7 @@ KNOWN_METHODS = frozenset(
 )
 
 
-class RouteTemplateError(ValueError):
+class RouteTemplateError(ConfigurationError):
     """A route template Starlette would reject (components re-raise it as their config error)."""
 
 
@@ -232,7 +234,7 @@ class RouteNames:
 
     def __init__(self, *, max_routes: int | None = None) -> None:
         if max_routes is not None and max_routes < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"max_routes must be at least 1 (or None for no cap), got {max_routes}"
             )
         self.max_routes = max_routes

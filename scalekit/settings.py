@@ -92,28 +92,10 @@ def _redis_url(url: object) -> str | None:
     if not isinstance(url, str) or not url:
         raise ValueError(f"must be a Redis URL such as redis://host:6379/0, got {url!r}")
     try:
-        parsed = _redis.parse_url(url)
-        _check_redis(parsed)
+        _redis.parse_url(url)  # the scheme, hosts and every query option
     except ValueError as exc:
         raise ValueError(f"is not a usable Redis URL: {exc}") from None
     return url
-
-
-def _check_redis(parsed: object) -> None:
-    """The URL options the client reads must convert (until ``_redis`` checks them itself)."""
-    options: dict[str, str] = getattr(parsed, "options", {})
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if name in options:
-            _seconds(_number(options[name], name), name)
-    if "retries" in options and not options["retries"].isdigit():
-        raise ValueError(f"retries must be a whole number, got {options['retries']!r}")
-
-
-def _number(text: str, name: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
 
 
 def _seconds(value: object, what: str = "") -> float:

@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+from scalekit.errors import ConfigurationError, ScalekitError
+
 __all__ = ["CacheBackendError", "CacheConfigError", "CacheError", "CacheUnavailable"]
 
 
-class CacheError(Exception):
+class CacheError(ScalekitError):
     """Base class of every scalekit.cache error."""
 
 
-class CacheConfigError(CacheError, ValueError):
+class CacheConfigError(CacheError, ConfigurationError):
     """A rule, middleware or backend argument is invalid."""
 
 

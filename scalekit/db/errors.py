@@ -20,6 +20,8 @@ they are the caller's to handle and retrying them would not help.
 
 from __future__ import annotations
 
+from scalekit.errors import ConfigurationError, ScalekitError
+
 __all__ = [
     "CONNECTION_LOST_CODES",
     "SERVER_REFUSED_CODES",
@@ -71,11 +73,11 @@ READ_ONLY_CODE = 1290
 READ_ONLY_TRANSACTION_CODE = 1792
 
 
-class DatabaseError(Exception):
+class DatabaseError(ScalekitError):
     """Base class of every error ``scalekit.db`` raises."""
 
 
-class ConfigError(DatabaseError, ValueError):
+class ConfigError(DatabaseError, ConfigurationError):
     """A bad URL, option or combination of options; raised at construction."""
 
 

@@ -16,13 +16,15 @@ import threading
 import warnings
 from typing import Any, Protocol, runtime_checkable
 
+from scalekit.errors import ConfigurationError, ScalekitError
+
 from .._clock import Clock, get_clock
 from .._redis import redis_errors, sync_from_url
 
 __all__ = ["Mark", "MarkStore", "MarkStoreUnavailable", "MemoryMarks", "RedisMarks", "merge_gtids"]
 
 
-class MarkStoreUnavailable(Exception):
+class MarkStoreUnavailable(ScalekitError):
     """The mark store could not be reached; reads for the key go to the primary."""
 
 
@@ -161,7 +163,7 @@ class RedisMarks:
         clock: Clock | None = None,
     ) -> None:
         if (url is None) == (client is None):
-            raise ValueError("RedisMarks takes a url or a client (one of them)")
+            raise ConfigurationError("RedisMarks takes a url or a client (one of them)")
         if clock is not None:
             warnings.warn(
                 "RedisMarks(clock=...) is unused: marks expire by Redis' own TTL; "

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit._net import ClientIP, ForwardedHeader
 from scalekit._routes import RouteNames, normalise_method, route_path
+from scalekit.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from scalekit.observability.metrics import RequestMetrics
@@ -215,7 +216,9 @@ class RequestContextMiddleware:
         metrics: RequestMetrics | None = None,
     ) -> None:
         if not header or not header.isascii():
-            raise ValueError(f"header must be a non-empty ASCII header name, got {header!r}")
+            raise ConfigurationError(
+                f"header must be a non-empty ASCII header name, got {header!r}"
+            )
         self.app = app
         self.header = header
         self._header_key = header.lower().encode("latin-1")

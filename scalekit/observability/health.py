@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 
 from scalekit._clock import Clock, get_clock
 from scalekit._replica_status import STATUS_STATEMENTS, parse_replica_status
+from scalekit.errors import ConfigurationError
 
 __all__ = [
     "HEALTH_MEDIA_TYPE",
@@ -85,7 +86,9 @@ class CheckResult:
 
     def __post_init__(self) -> None:
         if self.status not in _STATUS_ORDER:
-            raise ValueError(f"status must be 'pass', 'warn' or 'fail', got {self.status!r}")
+            raise ConfigurationError(
+                f"status must be 'pass', 'warn' or 'fail', got {self.status!r}"
+            )
 
 
 class Check:
@@ -102,9 +105,11 @@ class Check:
 
     def __init__(self, name: str, *, critical: bool = True, timeout: float | None = None) -> None:
         if not name or ":" in name:
-            raise ValueError(f"check name must be non-empty and contain no ':', got {name!r}")
+            raise ConfigurationError(
+                f"check name must be non-empty and contain no ':', got {name!r}"
+            )
         if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+            raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
         self.name = name
         self.critical = critical
         self.timeout = timeout
@@ -492,16 +497,18 @@ class Health:
         description: str | None = None,
     ) -> None:
         if timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+            raise ConfigurationError(f"timeout must be positive seconds, got {timeout!r}")
         if cache_ttl < 0:
-            raise ValueError(f"cache_ttl must not be negative, got {cache_ttl!r}")
+            raise ConfigurationError(f"cache_ttl must not be negative, got {cache_ttl!r}")
         for check in checks:
             if not isinstance(check, Check):
                 raise TypeError(f"Health takes Check objects, got {type(check).__name__}")
         keys = [check.key for check in checks]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
-            raise ValueError(f"two checks share the key {duplicates[0]!r}: give them other names")
+            raise ConfigurationError(
+                f"two checks share the key {duplicates[0]!r}: give them other names"
+            )
         self.checks = tuple(checks)
         self.timeout = timeout
         self.cache_ttl = cache_ttl

@@ -26,6 +26,7 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.types import EventDict, Processor
 
+from scalekit.errors import ConfigurationError
 from scalekit.observability.context import logged_request_id, request_id_of, use_line_writer
 
 __all__ = ["REDACTED", "SENSITIVE_HEADERS", "configure_logging"]
@@ -45,7 +46,7 @@ def _level_number(level: int | str) -> int:
         return level
     number = logging.getLevelNamesMapping().get(level.upper())
     if number is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"level={level!r} is not a logging level: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
     return number
@@ -289,7 +290,7 @@ def _console_tracebacks() -> Any:
 
 def _header_names(names: Iterable[str]) -> frozenset[str]:
     if isinstance(names, (str, bytes)) or not all(isinstance(name, str) and name for name in names):
-        raise ValueError(
+        raise ConfigurationError(
             f"redact_headers must be a list of header names such as ['X-API-Key'], got {names!r}"
         )
     return SENSITIVE_HEADERS | {_normalise(name) for name in names}

@@ -49,6 +49,7 @@ from scalekit._routes import (
     normalise_method,
     route_path,
 )
+from scalekit.errors import ConfigurationError
 from scalekit.options import DEFAULT_METRICS_BUCKETS
 
 __all__ = [
@@ -139,7 +140,7 @@ class HttpMetrics:
                 metrics = cls(registry, buckets)
                 cls._by_registry[registry] = metrics
             elif metrics.buckets != tuple(float(b) for b in buckets):
-                raise ValueError(
+                raise ConfigurationError(
                     "http_request_duration_seconds is already registered in this registry with "
                     f"buckets {metrics.buckets}; pass the same buckets or another registry"
                 )

@@ -23,6 +23,7 @@ from typing import Any
 
 from scalekit._identity import IDENTITY_SCOPE_KEY
 from scalekit._net import ClientIP
+from scalekit.errors import ConfigurationError
 
 __all__ = [
     "CLIENT_IP_SCOPE_KEY",
@@ -86,7 +87,7 @@ def header(name: str) -> KeyFunction:
         ValueError: ``name`` is empty.
     """
     if not name or not name.strip():
-        raise ValueError('header() needs a header name, e.g. header("X-API-Key")')
+        raise ConfigurationError('header() needs a header name, e.g. header("X-API-Key")')
     wanted = name.strip().lower().encode("latin-1")
     prefix = "header:" + wanted.decode("latin-1") + ":"
 

@@ -430,3 +430,26 @@ async def test_a_callable_limit_on_a_middleware_rule_and_a_bad_answer() -> None:
         assert codes == [200, 429]
         with pytest.raises(ValueError, match="its limit callable"):
             await client.get("/x", headers={"x-rate": "lots"})
+
+
+async def test_path_rules_for_routes_of_other_methods_and_fixed_paths_pass() -> None:
+    app = FastAPI()
+
+    @app.post("/api/v1/auth/login")
+    async def login() -> dict[str, str]:
+        return {}
+
+    @app.put("/api/v1/items/{item_id}")
+    async def put_item(item_id: int) -> dict[str, int]:
+        return {}
+
+    install(
+        app,
+        registry=CollectorRegistry(),
+        rate_rules=[
+            Rule("5/minute", path="/api/v1/auth/login", methods=["POST"]),
+            Rule("5/minute", path="/api/v1/items/{item_id}"),
+        ],
+    )
+    async with serve(app) as client:
+        assert (await client.post("/api/v1/auth/login")).status_code == 200

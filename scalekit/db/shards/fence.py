@@ -17,6 +17,8 @@ import enum
 from collections.abc import Callable
 from typing import TypeVar
 
+from scalekit.errors import ScalekitError
+
 from ..pool import Connection, Cursor, Pool
 from .dialect import Dialect, dialect_of, identifier
 
@@ -46,7 +48,7 @@ class FenceState(enum.StrEnum):
     MOVED = "moved"
 
 
-class Fenced(Exception):
+class Fenced(ScalekitError):
     """Raised inside a guarded transaction that met a fence; it is rolled back."""
 
     def __init__(self, state: FenceState) -> None:

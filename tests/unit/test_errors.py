@@ -1,0 +1,64 @@
+"""One root: every exception scalekit defines is a ScalekitError; config errors are ValueErrors."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import scalekit
+from scalekit.errors import ConfigurationError, ScalekitError
+
+# Internal signals that never leave the module that raises them.
+PRIVATE = {"_UsageError", "_NeverRaised", "_Mismatch", "CheckTimeout"}
+
+
+def exception_classes() -> list[type[BaseException]]:
+    found: dict[str, type[BaseException]] = {}
+    for module_info in pkgutil.walk_packages(scalekit.__path__, "scalekit."):
+        if module_info.name.startswith("scalekit.cli"):
+            continue
+        try:
+            module = importlib.import_module(module_info.name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("scalekit")
+                and name not in PRIVATE
+            ):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    return sorted(found.values(), key=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
+
+
+CLASSES = exception_classes()
+
+
+def test_the_walk_finds_the_component_trees() -> None:
+    names = {cls.__name__ for cls in CLASSES}
+    assert {"CacheError", "RateLimitError", "DatabaseError", "MarkStoreUnavailable"} <= names
+    assert {"BucketMoved", "MoveError", "SettingsError", "MissingExtraError"} <= names
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
+def test_every_error_is_a_scalekit_error(cls: type[BaseException]) -> None:
+    assert issubclass(cls, ScalekitError)
+    if "Config" in cls.__name__ or cls.__name__.endswith(("SyntaxError", "URLError")):
+        assert issubclass(cls, ConfigurationError)
+        assert issubclass(cls, ValueError)
+
+
+def test_observability_and_plumbing_argument_errors_are_configuration_errors() -> None:
+    from scalekit._breaker import CircuitBreaker
+    from scalekit.observability import Health, RequestContextMiddleware
+
+    with pytest.raises(ConfigurationError, match="timeout"):
+        Health([], timeout=0)
+    with pytest.raises(ConfigurationError, match="header"):
+        RequestContextMiddleware(lambda *a: None, header="")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="failure_threshold"):
+        CircuitBreaker(failure_threshold=0)
