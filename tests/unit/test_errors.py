@@ -20,6 +20,8 @@ def exception_classes() -> list[type[BaseException]]:
     for module_info in pkgutil.walk_packages(scalekit.__path__, "scalekit."):
         if module_info.name.startswith("scalekit.cli"):
             continue
+        if any(part.startswith("_") for part in module_info.name.split(".")):
+            continue  # private modules: what escapes them is re-raised or re-exported
         try:
             module = importlib.import_module(module_info.name)
         except ImportError:  # an optional extra that is not installed
@@ -41,7 +43,7 @@ CLASSES = exception_classes()
 def test_the_walk_finds_the_component_trees() -> None:
     names = {cls.__name__ for cls in CLASSES}
     assert {"CacheError", "RateLimitError", "DatabaseError", "MarkStoreUnavailable"} <= names
-    assert {"BucketMoved", "MoveError", "SettingsError", "MissingExtraError"} <= names
+    assert {"BucketMoved", "MoveError", "SettingsError", "ConfigurationError"} <= names
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
@@ -62,3 +64,16 @@ def test_observability_and_plumbing_argument_errors_are_configuration_errors() -
         RequestContextMiddleware(lambda *a: None, header="")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="failure_threshold"):
         CircuitBreaker(failure_threshold=0)
+
+
+def test_errors_of_the_plumbing_are_rooted_too() -> None:
+    from scalekit._breaker import CircuitOpen
+    from scalekit._extras import MissingExtraError
+    from scalekit._rates import RateSyntaxError
+    from scalekit._redis import RedisURLError
+    from scalekit._routes import RouteTemplateError
+
+    for cls in (CircuitOpen, MissingExtraError):
+        assert issubclass(cls, ScalekitError)
+    for cls in (RateSyntaxError, RedisURLError, RouteTemplateError):
+        assert issubclass(cls, ConfigurationError)
