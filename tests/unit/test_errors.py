@@ -31,6 +31,7 @@ def exception_classes() -> list[type[BaseException]]:
                 inspect.isclass(value)
                 and issubclass(value, BaseException)
                 and value.__module__.startswith("scalekit")
+                and not any(part.startswith("_") for part in value.__module__.split("."))
                 and name not in PRIVATE
             ):
                 found[f"{value.__module__}.{value.__qualname__}"] = value
