@@ -32,11 +32,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from scalekit import events
-from scalekit._breaker import CircuitBreaker, CircuitOpen
+from scalekit._breaker import BreakerState, CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, from_url, redis_errors
 from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
+from scalekit.ratelimit.failover import SentinelFollower
 
 __all__ = [
     "Backend",
@@ -274,6 +275,9 @@ class RedisBackend:
             pipeline (each still one atomic script); not on Cluster.
         breaker: the circuit breaker (default: 5 failed round trips, 5 s cool-down).
         clock: the clock the default breaker reads.
+        failover_hold: on Sentinel, the longest checks wait while a failover
+            is under way (see :mod:`scalekit.ratelimit.failover`), so that
+            none lands on the master being replaced; ``0`` never waits.
     """
 
     def __init__(
@@ -285,7 +289,10 @@ class RedisBackend:
         batching: bool = True,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
+        failover_hold: float = 5.0,
     ) -> None:
+        if not failover_hold >= 0:
+            raise RateLimitConfigError(f"failover_hold must be >= 0 seconds, got {failover_hold!r}")
         if client is None:
             if url is None:
                 raise RateLimitConfigError("RedisBackend needs a url or a client")
@@ -309,11 +316,20 @@ class RedisBackend:
         self._read_only: type[BaseException] = exceptions.ReadOnlyError
         self._tasks: set[asyncio.Future[None]] = set()
         self._no_script: type[BaseException] = exceptions.NoScriptError
+        # On Sentinel: hold checks while a failover is under way and move the
+        # held connection to the announced master (see failover.py).
+        self._follower = SentinelFollower.for_client(client, hold_limit=failover_hold, clock=clock)
+        self._switches_seen = 0
 
     @property
     def client(self) -> Any:
         """The redis-py asyncio client."""
         return self._client
+
+    @property
+    def sentinel_follower(self) -> SentinelFollower | None:
+        """What follows the master through failovers, on Sentinel (else None)."""
+        return self._follower
 
     async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
         """Run ``checks`` in one ``EVALSHA`` (``EVAL`` once after a restart or failover).
@@ -332,9 +348,12 @@ class RedisBackend:
                 check.mode.value,
             ]
         try:
+            if self._follower is not None:
+                self._follower.start()
             if self._batching:
                 raw = await self._batched(keys, args)
             else:
+                await self._follow_the_master()
                 raw = await self._round_trip(self._run, keys, args)
         except CircuitOpen as exc:
             raise BackendUnavailable(f"Redis rate-limit check skipped: {exc}") from exc
@@ -399,6 +418,7 @@ class RedisBackend:
 
     async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
+            await self._follow_the_master()
             results = await self._round_trip(self._on_connection, pending)
             missing = [i for i, result in enumerate(results) if isinstance(result, self._no_script)]
             if missing:
@@ -435,8 +455,7 @@ class RedisBackend:
         # a fresh one (after a Sentinel failover, to the new master).
         connection = self._connection
         if connection is None:
-            connection = await self._client.connection_pool.get_connection()
-            self._connection = connection
+            connection = await self._connect()
         try:
             commands: list[tuple[Any, ...]] = [
                 ("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _ in pending
@@ -463,6 +482,46 @@ class RedisBackend:
             await self._drop(connection)  # a demoted master: ask the sentinels again
         return results
 
+    async def _follow_the_master(self) -> None:
+        # Outside the breaker's guard: waiting out a failover is not a failed call.
+        follower = self._follower
+        if follower is None:
+            return
+        if follower.holding and self.breaker.state is BreakerState.CLOSED:
+            # Redis answers, so the old master is alive and would take the
+            # check: wait for the switch. (A dead master cannot split the
+            # counters; with the breaker open, requests fail open or closed
+            # at once as in any outage.)
+            await follower.wait_until_settled()
+        if follower.switches == self._switches_seen:
+            return
+        if self._connection is not None:
+            await self._drop(self._connection)
+        pool = self._client.connection_pool
+        # redis-py rediscovers on the next connect, asking the sentinels in
+        # order: the one that announced the switch first, as others may lag.
+        sentinels = pool.sentinel_manager.sentinels
+        for position, sentinel in enumerate(sentinels):
+            settings = sentinel.connection_pool.connection_kwargs
+            if (settings["host"], int(settings["port"])) == follower.announced_by:
+                sentinels.insert(0, sentinels.pop(position))
+                break
+        await pool.disconnect(inuse_connections=False)
+
+    async def _connect(self) -> Any:
+        """The connection the sender keeps; on Sentinel, to the announced master."""
+        connection = await self._client.connection_pool.get_connection()
+        follower = self._follower
+        if follower is not None and follower.switches != self._switches_seen:
+            # just after a switch: the announced master, whatever a lagging
+            # sentinel told redis-py (later reconnects trust the sentinels again)
+            if (connection.host, connection.port) != follower.master:
+                await connection.disconnect()
+                await connection.connect_to(follower.master)
+            self._switches_seen = follower.switches
+        self._connection = connection
+        return connection
+
     async def _drop(self, connection: Any) -> None:
         if self._connection is connection:
             self._connection = None
@@ -483,6 +542,8 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Stop the breaker's probe; close the client if this backend built it."""
         await self.breaker.aclose()
+        if self._follower is not None:
+            await self._follower.aclose()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await self._client.connection_pool.release(connection)

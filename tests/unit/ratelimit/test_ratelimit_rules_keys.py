@@ -21,6 +21,7 @@ def test_all_is_complete_and_sorted() -> None:
         not in {
             "backends",
             "errors",
+            "failover",
             "keys",
             "middleware",
             "outcomes",
