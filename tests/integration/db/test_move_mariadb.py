@@ -9,6 +9,7 @@ case rolls the killed move back (``--abort``) and moves again.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import subprocess
@@ -22,13 +23,22 @@ from typing import Any
 import pytest
 from harness import MariaDBReplication
 
+from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
+    ConfigError,
     Cursor,
+    MapStore,
+    MoveError,
     Pool,
     ReplicaSet,
+    ShardedTable,
     ShardSet,
+    abort_move,
+    move_bucket,
 )
+from scalekit.db.shards import Step
+from scalekit.db.shards.rows import BucketRows
 
 BUCKETS = 1024
 BUCKET = 6  # even: starts on shard 0 (round-robin map)
@@ -250,32 +260,307 @@ def test_move_a_bucket_while_writing_and_killed_at_each_step(
         control.close()
 
 
-def test_sql_bucket_expression_matches_python(databases: Databases) -> None:
-    keys: list[Any] = [0, 1, 42, 2**40 + 3, 2**63 - 1]
-    texts = ["user-42", "é", "日本", ""]
-    int_rows = databases.run(
-        SHARD_DBS[0],
-        " UNION ALL ".join(
-            [
-                "SELECT %s AS k, CAST(CONV(LEFT(SHA2(CAST(%s AS CHAR), 256), 16), 16, 10) "
-                "AS UNSIGNED) %% 1024 AS b"
-            ]
-            * len(keys)
-        ),
-        [value for key in keys for value in (key, key)],
-    )
-    assert [int(row["b"]) for row in int_rows] == [MAP.bucket_for(key) for key in keys]
-    databases.run(SHARD_DBS[0], "DROP TABLE IF EXISTS bucket_probe")
-    databases.run(SHARD_DBS[0], "CREATE TABLE bucket_probe (k VARCHAR(20) CHARACTER SET utf8mb4)")
-    for text in texts:
-        databases.run(SHARD_DBS[0], "INSERT INTO bucket_probe VALUES (%s)", [text])
-    text_rows = databases.run(
-        SHARD_DBS[0],
-        "SELECT k, CAST(CONV(LEFT(SHA2(CAST(k AS CHAR), 256), 16), 16, 10) AS UNSIGNED) "
-        "%% 1024 AS b FROM bucket_probe",
-        [],
-    )
-    assert {row["k"]: int(row["b"]) for row in text_rows} == {
-        text: MAP.bucket_for(text) for text in texts
+def test_the_sql_bucket_predicate_selects_what_python_computes(databases: Databases) -> None:
+    """The mover's own predicate (``BucketRows``), on ints, text in two charsets, and bytes."""
+    values: dict[str, list[Any]] = {
+        "BIGINT": [0, 1, 42, 2**40 + 3, 2**63 - 1, -7],
+        "VARCHAR(20) CHARACTER SET utf8mb4": ["user-42", "é", "日本", ""],
+        "VARCHAR(20) CHARACTER SET latin1": ["café", "plain"],
+        "VARBINARY(16)": [b"\xff\xfe\x00\x01", b"\xc3\xa9", b"", bytes(range(16))],
+        "BINARY(4)": [b"\xff\x00\x80\x7f"],
     }
-    databases.run(SHARD_DBS[0], "DROP TABLE bucket_probe")
+    pool = Pool.from_url(databases.shard_urls[0])
+    try:
+        for number, (column_type, keys) in enumerate(values.items()):
+            name = f"bucket_probe_{number}"
+            pool.execute(f"DROP TABLE IF EXISTS {name}")
+            pool.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, k {column_type})")
+            for index, key in enumerate(keys):
+                pool.execute(f"INSERT INTO {name} VALUES (%s, %s)", [index, key])
+            table = ShardedTable(name, "k", "id")
+            for index, key in enumerate(keys):
+                rows = BucketRows(pool, BUCKETS, MAP.bucket_for(key), [table])
+                with rows.connect() as conn:
+                    found = [row["id"] for row in rows.batch(conn, table, None, 0)]
+                assert index in found, (column_type, key)
+                # ... and no row of another bucket: the predicate is exact.
+                assert all(MAP.bucket_for(keys[other]) == MAP.bucket_for(key) for other in found)
+            pool.execute(f"DROP TABLE {name}")
+    finally:
+        pool.close()
+
+
+# -- regression tests of issue 11 on one small bucket -------------------------------
+
+SMALL_CONTROL = "scalekit_move_ctl"
+SMALL_DBS = ["scalekit_move_a", "scalekit_move_b"]
+SMALL_BUCKETS = 64
+ITEMS_DDL = (
+    "CREATE TABLE items (id BIGINT NOT NULL PRIMARY KEY, user_id BIGINT NOT NULL, "
+    "note VARCHAR(32) NOT NULL)"
+)
+ITEMS = [ShardedTable("items", "user_id", "id")]
+
+
+@dataclass
+class Small:
+    """Two shard databases, a control database, a map, and one bucket's rows on shard 0."""
+
+    server: Any
+    control: Pool
+    shards: list[ReplicaSet]
+    map: BucketMap
+    bucket: int
+    users: list[int]
+    rows: int
+    waits: list[float] = field(default_factory=list)
+
+    def count(self, shard: int, users: list[int] | None = None) -> int:
+        users = users or self.users
+        marks = ", ".join(["%s"] * len(users))
+        (row,) = self.shards[shard].primary.query(
+            f"SELECT COUNT(*) AS n FROM items WHERE user_id IN ({marks})", users
+        )
+        return int(row["n"])
+
+    def move(self, to: int, **options: Any) -> Any:
+        options.setdefault("sleep", self.waits.append)
+        options.setdefault("batch_size", 25)
+        return move_bucket(self.shards, self.bucket, to, tables=ITEMS, control=self.control,
+                           **options)  # fmt: skip
+
+
+@pytest.fixture
+def small(mariadb_replication: MariaDBReplication) -> Iterator[Small]:
+    server = mariadb_replication.primary
+    base = server.url.rsplit("/", 1)[0]
+    with server.app_connect(db=None) as conn, conn.cursor() as cursor:
+        for name in [SMALL_CONTROL, *SMALL_DBS]:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            cursor.execute(f"CREATE DATABASE {name}")
+        for name in SMALL_DBS:
+            cursor.execute(f"USE {name}")
+            cursor.execute(ITEMS_DDL)
+    control = Pool.from_url(f"{base}/{SMALL_CONTROL}", name="control")
+    shards = [ReplicaSet(Pool.from_url(f"{base}/{name}", name=name, acquire_timeout=30.0))
+              for name in SMALL_DBS]  # fmt: skip
+    bucket_map = BucketMap(SMALL_BUCKETS, shards=2)
+    bucket_map.save_db(control)
+    bucket = 6
+    users = [u for u in range(5000) if bucket_map.bucket_for(u) == bucket][:20]
+    others = [u for u in range(5000) if bucket_map.shard_for(u) == 0
+              and bucket_map.bucket_for(u) != bucket][:60]  # fmt: skip
+    # One row in four is the bucket's, interleaved by id with other buckets' rows.
+    values = [(i + 1, users[i // 4 % 20] if i % 4 == 0 else others[i % 60], "n")
+              for i in range(800)]  # fmt: skip
+    shards[0].execute(
+        "INSERT INTO items (id, user_id, note) VALUES " + ", ".join(["(%s, %s, %s)"] * 800),
+        [value for row in values for value in row],
+    )
+    small = Small(server, control, shards, bucket_map, bucket, users, 200)
+    yield small
+    control.close()
+    for replica_set in shards:
+        replica_set.close()
+
+
+def test_moving_a_bucket_back_keeps_a_write_routed_by_an_old_map(small: Small) -> None:
+    """Issue 11 point 10: copy unfenced the target before the flip; sync deleted the write."""
+    old_map = BucketMap.load_db(small.control)
+    small.move(1)
+    stale = ShardSet(small.shards, strategy=old_map, map_store=MapStore(small.control),
+                     refresh_interval=None, freeze_timeout=30.0)  # fmt: skip
+    user = small.users[0]
+
+    def write_by_the_old_map(step: Step, batch: int) -> None:
+        if (step, batch) == (Step.COPY, 1):
+            stale.execute("INSERT INTO items VALUES (9001, %s, 'late')", (user,), key=user)
+
+    small.move(0, checkpoint=write_by_the_old_map)
+    rows = small.shards[0].primary.query("SELECT note FROM items WHERE id = 9001")
+    assert rows == [{"note": "late"}]
+    assert small.count(0) == small.rows + 1
+    assert small.count(1) == 0
+
+
+def test_abort_leaves_the_target_fenced_against_old_maps(small: Small) -> None:
+    """Issue 11 point 10: abort_move left the target open to writers with an old map."""
+    old_map = BucketMap.load_db(small.control)
+    small.move(1)
+
+    def crash(step: Step, batch: int) -> None:
+        if step is Step.VERIFY:
+            raise RuntimeError("stopped before the flip")
+
+    with pytest.raises(RuntimeError):
+        small.move(0, checkpoint=crash)
+    abort_move(small.shards, small.bucket, tables=ITEMS, control=small.control)
+    stale = ShardSet(small.shards, strategy=old_map, map_store=MapStore(small.control),
+                     refresh_interval=None)  # fmt: skip
+    user = small.users[0]
+    stale.execute("INSERT INTO items VALUES (9002, %s, 'x')", (user,), key=user)
+    assert small.count(0) == 0
+    assert small.count(1) == small.rows + 1
+
+
+def test_an_instance_with_an_old_map_reads_the_new_shard_after_its_interval(
+    small: Small,
+) -> None:
+    """Issue 11 point 11: an instance holding the old map read the emptied source: no rows."""
+    clock = ManualClock()
+    reader = ShardSet(small.shards, map_store=MapStore(small.control), refresh_interval=3.0,
+                      clock=clock)  # fmt: skip
+    user = small.users[0]
+    select = "SELECT id FROM items WHERE user_id = %s ORDER BY id"
+    expected = reader.query(select, (user,), key=user)
+    assert len(expected) == 10
+    reads: list[tuple[Step, int, int]] = []
+
+    def read(step: Step, batch: int) -> None:
+        if batch == 0:
+            found = reader.query(select, (user,), key=user)
+            reads.append((step, reader.shard_for(user), len(found)))
+
+    def wait(seconds: float) -> None:
+        small.waits.append(seconds)
+        clock.advance(seconds)
+
+    small.move(1, refresh_interval=3.0, sleep=wait, checkpoint=read)
+    assert all(found == 10 for _, _, found in reads), reads  # never an empty read
+    assert [(step, shard) for step, shard, _ in reads][-2:] == [(Step.OPEN, 0), (Step.DELETE, 1)]
+    assert reader.query(select, (user,), key=user) == expected
+    assert small.count(0) == 0
+    assert reader.map_polls == 2  # one one-row poll after each of the mover's two waits
+
+
+def test_binary_shard_keys_move_end_to_end(small: Small) -> None:
+    """Issue 11 point 13: VARBINARY keys hashed as CAST(col AS CHAR) in SQL, as bytes in Python."""
+    rng = random.Random(13)
+    for shard in small.shards:
+        shard.execute("CREATE TABLE blobs (id BIGINT PRIMARY KEY, owner VARBINARY(16) NOT NULL, "
+                      "note VARCHAR(16) NOT NULL)")  # fmt: skip
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 17))) for _ in range(3000)]
+    keys = list(dict.fromkeys(key for key in keys if key.rstrip(b"\x00") == key))
+    bucket = small.map.bucket_for(keys[0])
+    source = small.map.shard_of_bucket(bucket)
+    writer = ShardSet(small.shards, map_store=MapStore(small.control), refresh_interval=0.0)
+    for number, key in enumerate(keys):
+        writer.execute("INSERT INTO blobs VALUES (%s, %s, 'b')", (number, key), key=key)
+    mine = [key for key in keys if small.map.bucket_for(key) == bucket]
+    assert len(mine) >= 20
+    assert any(not _utf8(key) for key in mine)  # bytes that are not text
+    moved = move_bucket(small.shards, bucket, 1 - source, control=small.control,
+                        tables=[ShardedTable("blobs", "owner", "id")],
+                        sleep=small.waits.append)  # fmt: skip
+    assert moved.rows == {"blobs": len(mine)}
+    on = [{row["owner"] for row in shard.primary.query("SELECT owner FROM blobs")}
+          for shard in small.shards]  # fmt: skip
+    assert on[1 - source] >= set(mine)
+    assert not on[source] & set(mine)
+    for number, key in enumerate(keys):
+        assert writer.query("SELECT id FROM blobs WHERE owner = %s", (key,), key=key) == [
+            {"id": number}
+        ]
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _slow_log(server: Any) -> Iterator[None]:
+    server.query("SET GLOBAL log_output = 'TABLE'")
+    server.query("TRUNCATE TABLE mysql.slow_log")
+    (filters,) = server.query("SELECT @@GLOBAL.log_slow_filter AS f")
+    server.query("SET GLOBAL long_query_time = 0")
+    server.query("SET GLOBAL log_slow_filter = ''")  # every statement, index range scans too
+    server.query("SET GLOBAL slow_query_log = 1")
+    try:
+        yield
+    finally:
+        server.query("SET GLOBAL slow_query_log = 0")
+        server.query("SET GLOBAL long_query_time = 10")
+        server.query("SET GLOBAL log_slow_filter = %s", (filters["f"],))
+        server.query("TRUNCATE TABLE mysql.slow_log")
+
+
+def _rows_hashed(server: Any, database: str, since: Any) -> int:
+    """Rows examined by the statements that evaluated a bucket predicate in ``database``."""
+    (row,) = server.query(
+        "SELECT COALESCE(SUM(rows_examined), 0) AS n FROM mysql.slow_log WHERE db = %s "
+        "AND start_time >= %s AND sql_text LIKE %s",
+        (database, since, "%SHA2(%"),
+    )
+    return int(row["n"])
+
+
+def test_the_delete_step_and_abort_hash_each_row_at_most_twice(small: Small) -> None:
+    """Issue 11 point 14: each batch rescanned from the first key (quadratic rows hashed)."""
+    marks: dict[Step, Any] = {}
+
+    def now() -> Any:
+        return small.server.query("SELECT NOW(6) AS t")[0]["t"]
+
+    def stop_before_the_flip(step: Step, batch: int) -> None:
+        if step is Step.VERIFY:
+            raise RuntimeError("stopped before the flip, to abort")
+
+    def mark(step: Step, batch: int) -> None:
+        if batch == 0:
+            marks[step] = now()
+
+    with _slow_log(small.server):
+        # New connections: long_query_time = 0 applies to sessions opened from now on.
+        base = small.server.url.rsplit("/", 1)[0]
+        shards = [Pool.from_url(f"{base}/{name}", name=name) for name in SMALL_DBS]
+        control = Pool.from_url(f"{base}/{SMALL_CONTROL}", name="control")
+        options: dict[str, Any] = {"tables": ITEMS, "control": control, "batch_size": 25}
+        try:
+            with pytest.raises(RuntimeError):
+                move_bucket(shards, small.bucket, 1, checkpoint=stop_before_the_flip,
+                            sleep=small.waits.append, **options)  # fmt: skip
+            target_rows = small.count(1)
+            assert target_rows == small.rows
+            since = now()
+            assert abort_move(shards, small.bucket, **options) == small.rows
+            assert 0 < _rows_hashed(small.server, SMALL_DBS[1], since) <= 2 * target_rows
+            move_bucket(shards, small.bucket, 1, checkpoint=mark, sleep=small.waits.append,
+                        **options)  # fmt: skip
+        finally:
+            control.close()
+            for pool in shards:
+                pool.close()
+        source_rows = 800  # the bucket's 200 among 600 of other buckets
+        hashed = _rows_hashed(small.server, SMALL_DBS[0], marks[Step.DELETE])
+        assert 0 < hashed <= 2 * source_rows
+    assert small.count(0) == 0
+
+
+def test_a_mover_that_loses_its_lock_stops(small: Small) -> None:
+    """Issue 11 point 17: GET_LOCK died with its connection unnoticed; a second mover could run."""
+    lock = f"{SMALL_CONTROL}.scalekit.bucket_move.{small.bucket}"
+
+    def kill_the_lock_connection(step: Step, batch: int) -> None:
+        if (step, batch) == (Step.COPY, 1):
+            (row,) = small.server.query("SELECT IS_USED_LOCK(%s) AS id", (lock,))
+            small.server.query(f"KILL CONNECTION {int(row['id'])}")
+
+    with pytest.raises(MoveError, match="lost the lock of bucket"):
+        small.move(1, checkpoint=kill_the_lock_connection)
+    assert small.server.query("SELECT IS_USED_LOCK(%s) AS id", (lock,)) == [{"id": None}]
+    done = small.move(1)  # a rerun resumes and finishes
+    assert done.resumed_from == "copy"
+    assert (small.count(0), small.count(1)) == (0, small.rows)
+
+
+def test_a_stale_save_is_refused_after_a_move_on_the_control_database(small: Small) -> None:
+    """Issue 11 point 12 through the mover's own flip."""
+    stale = BucketMap.load_db(small.control)
+    small.move(1)
+    with pytest.raises(ConfigError, match="derived from version 1"):
+        stale.reassign({0: 1}).save_db(small.control)
+    assert BucketMap.load_db(small.control).shard_of_bucket(small.bucket) == 1

@@ -432,3 +432,21 @@ def test_map_polls_cost_one_row_per_interval(setup: Setup) -> None:
     clock.advance(100.0)
     never.query("SELECT 1 AS one", key=1)
     assert never.map_polls == 0
+
+
+def test_a_second_mover_on_sqlite_is_refused(setup: Setup) -> None:
+    # Issue 11 point 17: SQLite had no mover lock; two movers could run at once.
+    refused: list[str] = []
+
+    def second_mover(step: Step, batch: int) -> None:
+        if (step, batch) == (Step.COPY, 1):
+            with pytest.raises(MoveError, match="another mover") as caught:
+                move_bucket(setup.shards, setup.bucket, 1, tables=TABLES, control=setup.control,
+                            sleep=setup.waits.append)  # fmt: skip
+            refused.append(str(caught.value))
+            with pytest.raises(MoveError, match="another mover"):
+                abort_move(setup.shards, setup.bucket, tables=TABLES, control=setup.control)
+
+    setup.move(checkpoint=second_mover)
+    assert len(refused) == 1
+    assert setup.move().already  # the lock was released
