@@ -708,7 +708,7 @@ class Pool:
                 old.close()
         try:
             if slot is not None and not self._usable(slot, error_generation, deadline):
-                slot.close()
+                slot.close()  # gone (a restart, a kill): a fresh connection will do
                 slot = None
             if slot is None:
                 if self.server_down():
@@ -716,6 +716,8 @@ class Pool:
                 with self._slots.connecting_one():
                     slot = self._new_slot(deadline)
         except BaseException:
+            if slot is not None:
+                slot.close()  # its server did not answer the ping
             self._slots.release(None, discard=True, now=self._clock.monotonic(), failed=True)
             raise
         slot.error_generation = error_generation

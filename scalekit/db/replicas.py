@@ -398,7 +398,7 @@ class ReplicaSet:
             replica.health = ReplicaState.DOWN
             delay = min(self.backoff * 2 ** (replica.failures - 1), self.max_backoff)
             replica.down_until = now + delay
-        code = error_code(exc)
+        code = error_code(exc) or (exc.__cause__ and error_code(exc.__cause__))
         kind = "timeout" if is_timeout(exc) else (f"error_{code}" if code else "connection")
         self._event("replica_down", kind)
         if events.bus.has_listeners(events.BackendError):
