@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import enum
 import inspect
 import threading
 import time
@@ -50,6 +51,7 @@ __all__ = [
     "CheckResult",
     "Health",
     "HealthReport",
+    "HealthStatus",
     "PoolCheck",
     "RedisCheck",
     "ReplicaSetCheck",
@@ -58,7 +60,17 @@ __all__ = [
 HEALTH_MEDIA_TYPE = "application/health+json"
 
 _logger = structlog.get_logger("scalekit.health")
-_STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+class HealthStatus(enum.StrEnum):
+    """A check's or the whole answer's status (strings ``"pass"``, ``"warn"``, ``"fail"`` too)."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+_STATUS_ORDER: dict[str, int] = {HealthStatus.PASS: 0, HealthStatus.WARN: 1, HealthStatus.FAIL: 2}
 T = TypeVar("T")
 
 
@@ -78,7 +90,7 @@ class CheckResult:
         component_id: which instance, when a check reports several (replicas).
     """
 
-    status: str
+    status: HealthStatus | str
     observed_value: float | int | str | None = None
     observed_unit: str | None = None
     output: str | None = None
@@ -89,6 +101,7 @@ class CheckResult:
             raise ConfigurationError(
                 f"status must be 'pass', 'warn' or 'fail', got {self.status!r}"
             )
+        object.__setattr__(self, "status", HealthStatus(self.status))
 
 
 class Check:

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
@@ -267,3 +268,52 @@ def test_in_memory_limits_run_on_the_core_install() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "[200, 200, 429]" in result.stdout
+
+
+def test_a_core_install_runs_memory_limits_a_memory_cache_and_a_sqlite_pool(
+    tmp_path: Path,
+) -> None:
+    # What `pip install scalekit` brings: no redis, limits or pymysql.
+    blocker = (
+        "import sys\nfor name in ('redis', 'limits', 'pymysql'):\n    sys.modules[name] = None\n"
+    )
+    code = textwrap.dedent(
+        f"""
+        import asyncio, httpx
+        from prometheus_client import CollectorRegistry
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+        from scalekit import Settings, Stack, install
+        from scalekit.cache import CacheRule
+
+        async def tasks(request):
+            return JSONResponse(Stack.of(request).db.query("SELECT 1 AS one"))
+
+        async def main():
+            app = Starlette(routes=[Route("/tasks", tasks)])
+            settings = Settings(database_url="sqlite:///{tmp_path}/app.db", rate_limit="3/minute")
+            install(app, settings, cache_rules=[CacheRule("/tasks", ttl=60)],
+                    registry=CollectorRegistry())
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                    answers = [await c.get("/tasks") for _ in range(4)]
+            print([a.status_code for a in answers], answers[1].headers["cache-status"])
+
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "[200, 200, 200, 429] scalekit; hit" in result.stdout
+
+
+def test_dbutils_is_a_core_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert any(dep.startswith("dbutils") for dep in project["project"]["dependencies"])
