@@ -338,3 +338,43 @@ def test_idle_expiry_keeps_min_idle_connections() -> None:
     clock.advance(60.0)
     pool.query("SELECT 1")
     assert server.connects == 2  # neither idle connection was expired below min_idle
+
+
+def test_cursor_execute_returns_a_result_that_still_acts_as_the_old_int() -> None:
+    server = FakeServer("p")
+    pool = server.pool()
+    with pool.connection() as conn:
+        result = conn.cursor().execute("INSERT INTO t VALUES (1)")
+    assert result.rowcount == 1
+    with pytest.warns(DeprecationWarning, match="use result.rowcount"):
+        assert result == 1
+    with pytest.warns(DeprecationWarning, match="int()"):
+        assert int(result) == 1
+    with pytest.warns(DeprecationWarning, match="truth testing"):
+        assert result
+
+
+def test_a_released_connection_goes_to_the_longest_waiter() -> None:
+    server = FakeServer("p")
+    pool = server.pool(max_connections=1, acquire_timeout=10.0)
+    order: list[int] = []
+    holder = pool.connection()
+    holder.__enter__()
+    threads = []
+    for n in range(5):
+
+        def wait(n: int = n) -> None:
+            with pool.connection():
+                order.append(n)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        threads.append(thread)
+        while pool.stats().waiting != n + 1:  # parked in this order
+            threading.Event().wait(0.001)
+    holder.__exit__(None, None, None)
+    with pool.connection():  # a newcomer queues behind them
+        order.append(99)
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3, 4, 99]

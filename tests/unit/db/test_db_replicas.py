@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 
 import anyio
 import pytest
@@ -283,3 +284,80 @@ def test_transaction_begin_on_a_dead_connection_starts_again_on_a_fresh_one() ->
         cur.execute("INSERT INTO t VALUES (1)")
     assert (primary.count("BEGIN"), primary.count("COMMIT")) == (2, 1)
     assert rs.primary.stats().in_use == 0
+
+
+@pytest.mark.parametrize(
+    ("max_lag", "interval", "pin"),
+    [(2.0, 1.0, 2.05), (2.0, 1.0, 4.0), (0.0, 5.0, 5.5)],
+)
+def test_pin_after_write_must_cover_the_real_lag_bound(
+    max_lag: float, interval: float, pin: float
+) -> None:
+    # Seconds_Behind_Master is whole seconds, checked once per interval: a
+    # serving replica can be up to max_lag + 1 + interval behind.
+    with pytest.raises(ConfigError, match=r"max_lag \+ 1 \+ lag_check_interval"):
+        ReplicaSet(
+            FakeServer("p").pool(),
+            [],
+            max_lag=max_lag,
+            lag_check_interval=interval,
+            pin_after_write=pin,
+        )
+    ReplicaSet(
+        FakeServer("p").pool(),
+        [],
+        max_lag=max_lag,
+        lag_check_interval=interval,
+        pin_after_write=max_lag + 1 + interval + 0.01,
+    )
+
+
+def test_no_read_is_served_on_a_status_older_than_the_interval() -> None:
+    rs, _, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    clock.advance(1.0)  # the status is due again
+    assert replica.status is not None
+    replica.status["Seconds_Behind_Master"] = 30
+    probing = threading.Event()
+    release = threading.Event()
+
+    def slow_probe(sql: str) -> None:
+        if sql.startswith("SHOW REPLICA STATUS"):
+            probing.set()
+            release.wait(10)
+
+    replica.hook = slow_probe  # type: ignore[assignment]
+    first: list[object] = []
+    prober = threading.Thread(target=lambda: first.append(served_by(rs.query("SELECT 1"))))
+    prober.start()
+    probing.wait(10)
+    second: list[object] = []
+    waiter = threading.Thread(target=lambda: second.append(served_by(rs.query("SELECT 1"))))
+    waiter.start()
+    release.set()
+    prober.join(10)
+    waiter.join(10)
+    # The second read did not use the old "serving" status while the probe ran.
+    assert (first, second) == (["primary"], ["primary"])
+    assert replica.count("SHOW REPLICA STATUS") == 2  # one probe per interval still
+
+
+def test_a_status_probe_that_fails_in_any_way_sidelines_the_replica() -> None:
+    rs, _, (replica,), clock = make(lag_check_interval=0.0, pin_after_write=1.5, max_lag=0.0)
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append)
+
+    def refuse(sql: str) -> None:
+        if sql.startswith("SHOW REPLICA STATUS"):
+            raise OperationalError(1227, "Access denied; you need the REPLICA MONITOR privilege")
+
+    replica.hook = refuse  # type: ignore[assignment]
+    try:
+        for _ in range(5):
+            clock.advance(60.0)
+            assert served_by(rs.query("SELECT 1")) == "primary"
+    finally:
+        unsubscribe()
+    routing = [(e.decision, e.reason) for e in seen if isinstance(e, events.DbRouting)]
+    assert routing.count(("replica_down", "error_1227")) == 5
+    assert any(isinstance(e, events.BackendError) and "1227" in e.error for e in seen)

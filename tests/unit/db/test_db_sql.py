@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scalekit.db._sql import to_qmark
+from scalekit.db._sql import classify, to_qmark
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,49 @@ def test_literal_text_round_trips_through_sqlite(text: str, value: int) -> None:
         assert conn.execute(to_qmark(sql), [value]).fetchall() == [(text, value)]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "read", "session_clean"),
+    [
+        ("SELECT 1", True, True),
+        ("/* c */ select * from t", True, True),
+        ("-- c\nSELECT 1", True, True),
+        ("(SELECT 1) UNION (SELECT 2)", True, True),
+        ("WITH a AS (SELECT 1) SELECT * FROM a", True, True),
+        ("SHOW REPLICA STATUS", True, True),
+        ("SELECT * FROM t WHERE id = 1 FOR UPDATE", True, True),
+        ("SELECT 'DELETE', `update` FROM t", True, True),
+        ("SELECT updated_at FROM t -- DELETE", True, True),
+        ("SELECT 1 INTO @x", False, False),
+        ("SELECT @n := @n + 1", True, False),
+        ("SELECT GET_LOCK('job', 0)", True, False),
+        ("INSERT INTO t VALUES (1) RETURNING id", False, True),
+        ("WITH a AS (SELECT 1) UPDATE t SET x = 1", False, False),  # unknown shape: reset
+        ("/*!50000 INSERT INTO t VALUES (1) */", False, True),
+        ("DELETE FROM t RETURNING *", False, True),
+        ("CREATE TABLE t (a INT)", False, True),
+        ("CREATE TEMPORARY TABLE t (a INT)", False, False),
+        ("SET @tenant = 'acme'", False, False),
+        ("SET SESSION sql_mode = ''", False, False),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", False, False),
+        ("CALL refresh()", False, False),
+        ("BEGIN", False, True),
+        ("BEGIN NOT ATOMIC SELECT 1; END", False, False),
+        ("START TRANSACTION READ ONLY", False, True),
+        ("COMMIT", False, True),
+        ("PRAGMA query_only = ON", False, False),
+    ],
+)
+def test_statements_are_classified_by_their_text(sql: str, read: bool, session_clean: bool) -> None:
+    statement = classify(sql)
+    assert (statement.read, statement.session_clean) == (read, session_clean)
+
+
+def test_transaction_boundaries() -> None:
+    assert classify("START TRANSACTION").begins
+    assert classify("BEGIN WORK").begins
+    assert classify("COMMIT").ends
+    assert classify("ROLLBACK").ends
+    assert not classify("ROLLBACK TO SAVEPOINT a").ends
+    assert not classify("COMMIT AND CHAIN").ends
