@@ -46,13 +46,21 @@ def normalise_query(query_string: bytes) -> str:
     if not query_string:
         return ""
     parts = [part for part in query_string.decode("latin-1").split("&") if part]
-    parts.sort(key=lambda part: unquote_plus(part.partition("=")[0], encoding="latin-1"))
+    if len(parts) > 1:
+        parts.sort(key=_decoded_name)
     return "&".join(parts)
+
+
+def _decoded_name(part: str) -> str:
+    name = part.partition("=")[0]
+    if "%" in name or "+" in name:
+        return unquote_plus(name, encoding="latin-1")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class RequestTarget:
-    """Where a request went: scheme, host (lower-case), ``root_path``, path."""
+    """Where a request went: scheme, host (as sent), ``root_path``, path."""
 
     scheme: str
     host: str
@@ -63,14 +71,15 @@ class RequestTarget:
 def request_target(scope: Scope) -> RequestTarget:
     """The target of ``scope`` as Starlette's ``Request.url`` sees it.
 
-    The host is the first ``Host`` header (lower-cased), else the server
-    address; the port is dropped when it is the scheme's default.
+    The host is the first ``Host`` header exactly as sent (the app sees it
+    so), else the server address; the port is dropped when it is the
+    scheme's default.
     """
     scheme = str(scope.get("scheme", "http"))
     host = ""
     for key, value in scope.get("headers", ()):
         if key.lower() == b"host":
-            host = value.decode("latin-1").lower()
+            host = value.decode("latin-1")
             break
     else:
         server = scope.get("server")

@@ -10,8 +10,8 @@ nothing usable (:class:`Missing`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.types import Scope
@@ -78,9 +78,12 @@ def has_identity(scope: Scope, identity: IdentityFunction) -> bool:
     return identity(scope) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class CacheRequest:
-    """Everything one cacheable GET/HEAD request needs, computed once."""
+class CacheRequest(NamedTuple):
+    """Everything one cacheable GET/HEAD request needs, computed once (immutable).
+
+    ``refresh``: the rule honours request directives and this request asked
+    for a fresh answer.
+    """
 
     rule: CacheRule
     scope: Scope
@@ -90,14 +93,13 @@ class CacheRequest:
     keys: EntryKeys
     head: bool
     refresh: bool
-    """The rule honours request directives and this one asked for a fresh answer."""
 
     def with_vary(self, vary: tuple[str, ...]) -> CacheRequest:
         """This request keyed on the values of the request headers ``vary`` names."""
         if vary == self.keys.vary:
             return self
         values = vary_values(self.headers, vary)
-        return replace(self, keys=entry_keys(self.digest, self.tags, vary, values))
+        return self._replace(keys=entry_keys(self.digest, self.tags, vary, values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +159,8 @@ def plan(
         digest,
         tags,
         keys,
-        head=scope["method"] == "HEAD",
-        refresh=directive is RequestDirective.REFRESH,
+        scope["method"] == "HEAD",
+        directive is RequestDirective.REFRESH,
     )
 
 

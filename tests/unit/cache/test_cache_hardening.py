@@ -40,9 +40,12 @@ async def test_host_is_part_of_the_key() -> None:
     victim = await call(middleware, headers=[("host", "good.example")])
     assert b"evil" not in victim.body
     assert victim.header("cache-status") == "scalekit; fwd=miss; stored"
-    again = await call(middleware, headers=[("Host", "GOOD.example")])
+    again = await call(middleware, headers=[("Host", "good.example")])
     assert again.header("cache-status") == "scalekit; hit"
-    assert app.runs == 2
+    # The app sees the Host as sent, so another spelling is another entry.
+    shouted = await call(middleware, headers=[("Host", "GOOD.example")])
+    assert shouted.header("cache-status") == "scalekit; fwd=miss; stored"
+    assert app.runs == 3
 
 
 async def test_scheme_and_root_path_are_part_of_the_key() -> None:
