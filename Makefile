@@ -34,9 +34,12 @@ system-deps:
 test: system-deps lint docs
 	$(PY) -m pytest
 
+# Every HTTP variant side by side (bench/run_all.py; BENCH_ARGS=--quick for a short run),
+# then the database routing bench on MariaDB. Rewrites docs/benchmarks.md and its JSON and chart.
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[all,dev,bench]"
-	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	$(PY) bench/run_all.py --db $(BENCH_ARGS)
 
 clean:
 	rm -rf .site .pytest_cache .mypy_cache .ruff_cache

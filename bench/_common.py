@@ -1,11 +1,12 @@
-"""Shared harness of the HTTP benches (cache, ratelimit, observability).
+"""Shared harness of the HTTP benches (bench/run_all.py and the per-component scripts).
 
-Each bench serves its variants with ``uvicorn --loop uvloop --http httptools
---workers 1`` on a free 127.0.0.1 port (:class:`UvicornServer`), drives them
-with ``wrk`` (:func:`run_wrk`) in interleaved rounds (:func:`interleaved_rounds`)
-and prints medians (:func:`medians`, :func:`print_banner`, :func:`print_table`).
-The scripts run as ``.venv/bin/python bench/x_bench.py``, so this directory is
-on ``sys.path`` and they import it as ``_common``.
+Each variant is served by ``uvicorn --loop uvloop --http httptools --workers
+1`` on a free 127.0.0.1 port (:class:`UvicornServer`), optionally pinned to
+one CPU with ``taskset``, and driven by ``wrk`` (:func:`run_wrk`, pinned to
+another CPU) in interleaved rounds (:func:`interleaved_rounds`); medians
+(:func:`medians`) go into fixed-width tables (:func:`print_table`). The
+scripts run as ``.venv/bin/python bench/x.py``, so this directory is on
+``sys.path`` and they import it as ``_common``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,6 +30,22 @@ from typing import NamedTuple, TypeVar
 BENCH_DIR = Path(__file__).resolve().parent
 UVICORN = "uvicorn --loop uvloop --http httptools --workers 1"
 R = TypeVar("R")
+
+
+def taskset_prefix(cpu: int | None) -> list[str]:
+    """``["taskset", "-c", cpu]`` when pinning is asked for and possible, else ``[]``."""
+    if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) <= cpu:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Pin a running process to ``cpu`` (no-op without taskset or that CPU)."""
+    prefix = taskset_prefix(cpu)
+    if prefix:
+        subprocess.run(
+            ["taskset", "-pc", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL
+        )
 
 
 # -- processes ---------------------------------------------------------------
@@ -84,6 +102,7 @@ class UvicornServer:
         path: str,
         env: Mapping[str, str] | None = None,
         log_prefix: str | None = None,
+        cpu: int | None = None,
     ) -> None:
         self.variant = variant
         self.path = path
@@ -97,6 +116,7 @@ class UvicornServer:
         try:
             self.proc = subprocess.Popen(
                 [
+                    *taskset_prefix(cpu),
                     sys.executable, "-m", "uvicorn", app, "--factory",
                     "--app-dir", str(BENCH_DIR),
                     "--host", "127.0.0.1", "--port", str(self.port),
@@ -143,15 +163,22 @@ class UvicornServer:
 # -- wrk ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class WrkResult:
-    """One wrk run: totals, throughput, p99 and (with ``cpu_pid``) server CPU."""
+    """One wrk run: totals, throughput, p50, p99 and (with ``cpu_pid``) server CPU."""
 
     requests: int
     req_per_s: float
     p99_ms: float
     cpu_us_per_request: float | None = None
+    p50_ms: float = 0.0
 
 
 _P99_SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _percentile_ms(output: str, percent: int) -> float:
+    found = re.search(rf"{percent}%\s+([\d.]+)(us|ms|s)", output)
+    assert found is not None, output
+    return float(found.group(1)) * _P99_SCALE[found.group(2)]
 
 
 def run_wrk(
@@ -163,30 +190,32 @@ def run_wrk(
     wrk: str = "wrk",
     label: str | None = None,
     cpu_pid: int | None = None,
+    cpu: int | None = None,
 ) -> WrkResult:
     """``wrk -t<threads> -c<connections> -d<duration>s --latency url``, parsed.
 
     Exits (naming ``label``) on any non-2xx/3xx response. With ``cpu_pid``,
     also measures that process's CPU microseconds per request over the run.
+    With ``cpu``, wrk runs pinned to that CPU.
     """
     cpu_before = cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
     output = subprocess.run(
-        [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
+        [*taskset_prefix(cpu), wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
+         "--latency", url],
         capture_output=True, text=True, check=True, timeout=duration + 60,
     ).stdout  # fmt: skip
-    cpu = cpu_seconds(cpu_pid) - cpu_before if cpu_pid is not None else None
+    cpu_used = cpu_seconds(cpu_pid) - cpu_before if cpu_pid is not None else None
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99_text = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
-    assert p99_text is not None, output
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
         raise SystemExit(f"{label or url}: {errors.group(1)} error responses")
     return WrkResult(
         requests=requests,
         req_per_s=rps,
-        p99_ms=float(p99_text.group(1)) * _P99_SCALE[p99_text.group(2)],
-        cpu_us_per_request=None if cpu is None else cpu / max(requests, 1) * 1e6,
+        p99_ms=_percentile_ms(output, 99),
+        cpu_us_per_request=None if cpu_used is None else cpu_used / max(requests, 1) * 1e6,
+        p50_ms=_percentile_ms(output, 50),
     )
 
 

@@ -106,15 +106,26 @@ class ComponentMetrics:
             ("component", "mode"),
             registry=registry,
         )
+        # label children by metric and label values: per-request events skip labels()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, resolved once per label values (a dict lookup after)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            self._children[key] = child
+        return child
 
     def on_db_query(self, event: DbQuery) -> None:
         """Record a :class:`~scalekit.events.DbQuery`."""
-        self.db_query_duration.labels(event.pool, event.role).observe(event.duration)
-        self.db_queries.labels(event.pool, event.role, event.outcome).inc()
+        self._child(self.db_query_duration, event.pool, event.role).observe(event.duration)
+        self._child(self.db_queries, event.pool, event.role, event.outcome).inc()
 
     def on_db_routing(self, event: DbRouting) -> None:
         """Record a :class:`~scalekit.events.DbRouting`."""
-        self.db_routing.labels(event.pool, event.decision, event.reason).inc()
+        self._child(self.db_routing, event.pool, event.decision, event.reason).inc()
 
     def on_db_pool_stats(self, event: DbPoolStats) -> None:
         """Record a :class:`~scalekit.events.DbPoolStats`."""
@@ -124,19 +135,19 @@ class ComponentMetrics:
 
     def on_cache_event(self, event: CacheEvent) -> None:
         """Record a :class:`~scalekit.events.CacheEvent`."""
-        self.cache_events.labels(event.rule, event.event).inc()
+        self._child(self.cache_events, event.rule, event.event).inc()
 
     def on_ratelimit_decision(self, event: RateLimitDecision) -> None:
         """Record a :class:`~scalekit.events.RateLimitDecision`."""
-        self.ratelimit_decisions.labels(event.rule, event.decision).inc()
+        self._child(self.ratelimit_decisions, event.rule, event.decision).inc()
 
     def on_backend_error(self, event: BackendError) -> None:
         """Record a :class:`~scalekit.events.BackendError`."""
-        self.backend_errors.labels(event.component).inc()
+        self._child(self.backend_errors, event.component).inc()
 
     def on_degraded_request(self, event: DegradedRequest) -> None:
         """Record a :class:`~scalekit.events.DegradedRequest`."""
-        self.degraded_requests.labels(event.component, event.mode).inc()
+        self._child(self.degraded_requests, event.component, event.mode).inc()
 
     def subscribe(self, bus: EventBus | None = None) -> Callable[[], None]:
         """Subscribe every listener to ``bus`` (default: the process-wide bus).
