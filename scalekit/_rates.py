@@ -71,5 +71,6 @@ def parse_rates(limit: str) -> tuple[Rate, ...]:
         multiple = int(found.group(2)) if found.group(2) is not None else 1
         if amount == 0 or multiple == 0:
             raise RateSyntaxError(f"rate {limit!r} admits nothing ({part.strip()!r}); {example}")
-        rates.append(Rate(amount, multiple * UNITS[unit], f"{amount}/{multiple} {unit}"))
+        per = unit if multiple == 1 else f"{multiple} {unit}s"
+        rates.append(Rate(amount, multiple * UNITS[unit], f"{amount}/{per}"))
     return tuple(rates)

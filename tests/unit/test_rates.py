@@ -38,7 +38,10 @@ def test_every_rate_scalekit_accepts_limits_reads_the_same(text: str) -> None:
     assert [(rate.amount, rate.window) for rate in ours] == [
         (int(item.amount), int(item.get_expiry())) for item in theirs
     ]
-    assert [rate.text for rate in ours] == [str(item).replace(" per ", "/") for item in theirs]
+    for rate, item in zip(ours, theirs, strict=True):
+        multiple, unit = int(item.multiples), item.GRANULARITY.name
+        per = unit if multiple == 1 else f"{multiple} {unit}s"
+        assert rate.text == f"{item.amount}/{per}"
 
 
 @given(rate_strings())
@@ -57,7 +60,8 @@ def test_scalekit_accepts_what_limits_accepts_unless_it_admits_nothing(text: str
 
 
 def test_examples() -> None:
-    assert parse_rates("100/15 minutes") == (Rate(100, 900, "100/15 minute"),)
+    assert parse_rates("100/15 minutes") == (Rate(100, 900, "100/15 minutes"),)
+    assert parse_rates("3 per minute")[0].text == "3/minute"
     assert [r.window for r in parse_rates("10/second;100/hour")] == [1, 3600]
     for bad in ("100/fortnight", "", "5/minute;", "five/minute", "0/minute", "5/0 seconds"):
         with pytest.raises(RateSyntaxError):
