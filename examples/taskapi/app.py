@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
@@ -25,6 +26,7 @@ from .errors import (
     ApiError,
     BodyLimitMiddleware,
     UnexpectedErrorMiddleware,
+    error_response,
     install_error_handlers,
 )
 from .models import (
@@ -271,6 +273,27 @@ def _no_task(task_id: int) -> ApiError:
     return ApiError(404, "not_found", f"you have no task {task_id}")
 
 
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    # Starlette's 405 lists the methods of the first route matching the path
+    # only (GET /tasks hides POST /tasks); list those of every route here.
+    path = str(request.scope.get("path", ""))
+    allowed = sorted(
+        {
+            method
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods or ()
+        }
+    )
+    header = ", ".join(allowed) or getattr(exc, "headers", {}).get("Allow", "")
+    return error_response(
+        405,
+        "method_not_allowed",
+        f"{request.method} is not allowed on {path}" + (f"; use {header}" if header else ""),
+        headers={"Allow": header} if header else None,
+    )
+
+
 def _outside_api(scope: Any) -> bool:
     return not str(scope.get("path", "")).startswith(API_PREFIX + "/")
 
@@ -308,6 +331,7 @@ def create_app(
     )
     app.include_router(router)
     install_error_handlers(app)
+    app.add_exception_handler(405, _method_not_allowed)
     # Added first, so innermost: right around the routes, inside scalekit's stack.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(UnexpectedErrorMiddleware)

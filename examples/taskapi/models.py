@@ -6,7 +6,15 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ErrorBody",
@@ -44,13 +52,21 @@ def _storable(value: str) -> str:
     return value
 
 
+# Patterns use explicit classes, never \s or \S: Python, pydantic's Rust
+# engine and JSON Schema's ECMA-262 disagree on what whitespace is (U+0085).
+_NOT_BLANK = r"[^\t\n\x0b\x0c\r ]"
+_ADDRESS_PART = r"[^@\x00-\x20\x7f-\x9f]+"
 Title = Annotated[
-    str, Field(min_length=1, max_length=200, pattern=r"\S"), AfterValidator(_storable)
+    str, Field(min_length=1, max_length=200, pattern=_NOT_BLANK), AfterValidator(_storable)
 ]
 Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
 Email = Annotated[
     str,
-    Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    Field(
+        min_length=3,
+        max_length=254,
+        pattern=rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}$",
+    ),
     AfterValidator(lambda value: _storable(value).lower()),
 ]
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -111,32 +127,38 @@ class TaskReplace(BaseModel):
     status: TaskStatus
 
 
+def _non_null(schema: dict[str, Any]) -> None:
+    # The field is optional, never null: document only its non-null branch.
+    options = schema.pop("anyOf", [])
+    schema.update(next((option for option in options if option.get("type") != "null"), {}))
+    schema.pop("default", None)
+
+
 class TaskPatch(BaseModel):
     """``PATCH /api/v1/tasks/{id}``: the fields to change (at least one; none may be null)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
-    title: Title | None = None
-    description: Description | None = None
-    status: TaskStatus | None = None
+    title: Title | None = Field(default=None, json_schema_extra=_non_null)
+    description: Description | None = Field(default=None, json_schema_extra=_non_null)
+    status: TaskStatus | None = Field(default=None, json_schema_extra=_non_null)
+
+    @field_validator("title", "description", "status", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep it")
+        return value
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if not data:
-                raise ValueError("give at least one of title, description, status")
-            nulls = sorted(name for name, value in data.items() if value is None)
-            if nulls:
-                raise ValueError(f"{', '.join(nulls)} cannot be null")
+    def _not_empty(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data:
+            raise ValueError("give at least one of title, description, status")
         return data
 
     def changes(self) -> dict[str, str]:
         """The fields given, as column → value."""
-        return {
-            name: str(value)
-            for name, value in self.model_dump(exclude_unset=True).items()
-            if value is not None
-        }
+        return {name: str(getattr(self, name)) for name in sorted(self.model_fields_set)}
 
 
 class Task(BaseModel):

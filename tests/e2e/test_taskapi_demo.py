@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,18 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import free_port, require_binary, wait_until
+from taskapi_e2e import readme_session
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-
-
-def readme_session() -> str:
-    """The first ``sh`` block under "Try the example" in README.md."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Try the example") :]
-    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert match, "README.md has no curl session under 'Try the example'"
-    return match.group(1)
 
 
 class Demo:
