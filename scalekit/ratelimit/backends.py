@@ -4,8 +4,10 @@ The middleware decides *what* to check; a backend knows *how* the counters
 are stored. Both backends run the same algorithm: every check of one call is
 evaluated first, and counters change only when all of them pass, so a
 rejected request consumes nothing. The Redis backend does this in one Lua
-script (``lua/check.lua``) per call, reading Redis' clock (``TIME``); the
-memory backend does it under a lock, reading the injected clock.
+script (``lua/check.lua``) per call, reading Redis' clock (``TIME``) so every
+instance counts on one clock — or the injected clock, when one is given
+(tests: windows move when the test advances it, never with the wall clock);
+the memory backend does it under a lock, reading the injected clock.
 
 Strategies, with the meanings of the ``limits`` package:
 
@@ -274,7 +276,10 @@ class RedisBackend:
         batching: send the checks issued in the same event-loop turn in one
             pipeline (each still one atomic script); not on Cluster.
         breaker: the circuit breaker (default: 5 failed round trips, 5 s cool-down).
-        clock: the clock the default breaker reads.
+        clock: the clock the default breaker reads and, when given, the windows
+            too instead of Redis' ``TIME``: for tests, which then move windows
+            by advancing it. Leave it out in production, so that every
+            instance counts on Redis' one clock.
         failover_hold: on Sentinel, the longest checks wait while a failover
             is under way (see :mod:`scalekit.ratelimit.failover`), so that
             none lands on the master being replaced; ``0`` never waits.
@@ -298,6 +303,7 @@ class RedisBackend:
                 raise RateLimitConfigError("RedisBackend needs a url or a client")
             client = from_url(url, socket_timeout=socket_timeout)
         self.breaker = breaker or CircuitBreaker(name="ratelimit", clock=clock)
+        self._window_clock = clock
         self.breaker.set_probe(self._ping)
         self._client = client
         self._owns_client = url is not None
@@ -338,6 +344,8 @@ class RedisBackend:
             BackendUnavailable: Redis failed or timed out.
         """
         keys = [check.key for check in checks]
+        if at is None and self._window_clock is not None:
+            at = self._window_clock.time()
         args: list[Any] = [len(checks), round(at * 1000) if at is not None else 0]
         for check in checks:
             args += [
@@ -558,7 +566,8 @@ def backend_from_url(
 
     Args:
         storage: the URL.
-        clock: the clock the memory backend's windows and the Redis breaker read.
+        clock: the clock the windows and the Redis breaker read (Redis' ``TIME``
+            when None).
         breaker: the Redis backend's circuit breaker (ignored for ``memory://``).
 
     Raises:

@@ -65,7 +65,9 @@ class RateLimitMiddleware:
         headers: send ``RateLimit-Policy`` and ``RateLimit`` on covered responses.
         legacy_headers: also send ``X-RateLimit-Limit``, ``-Remaining``, ``-Reset``.
         ipv6_prefix: IPv6 clients are keyed by this prefix (default /64).
-        clock: the clock the memory backend and the Redis backend's breaker read.
+        clock: the clock every time-based rule reads — the windows (also on
+            Redis, instead of its ``TIME``) and the breaker; for tests. Leave
+            it out in production.
         breaker: the circuit breaker of the Redis backend built from ``storage``
             (a backend object passed as ``storage`` brings its own).
         key_prefix: prefix of every Redis key.

@@ -49,7 +49,14 @@ async def proxied(
 
 
 def middleware(storage: str, rules: list[Rule], **kwargs: Any) -> RateLimitMiddleware:
+    # Windows read the test's clock, not Redis' TIME: an exact count must not
+    # depend on where the wall clock falls in a window (a burst that crossed a
+    # minute boundary under CPU load let an 11th request through 10/minute).
+    kwargs.setdefault("clock", ManualClock(wall=WINDOW_START))
     return RateLimitMiddleware(make_app(), storage, rules, **kwargs)
+
+
+WINDOW_START = 1_700_000_040.0  # the first second of a minute: an epoch-aligned window starts
 
 
 async def test_one_round_trip_per_request_with_headers(
@@ -404,4 +411,23 @@ async def test_redis_keys_hold_a_digest_of_the_identity(redis_server: RedisServe
         assert redis.dbsize() == 6
     finally:
         redis.close()
+        await app.aclose()
+
+
+async def test_redis_windows_follow_the_injected_clock(redis_server: RedisServer) -> None:
+    # Without an injected clock the script read Redis' TIME, so a test could
+    # neither place its burst inside one window nor move to the next one.
+    redis_server.flushall()
+    clock = ManualClock(wall=WINDOW_START + 30)  # half way through a minute
+    app = middleware(redis_server.url, [Rule("10/minute")], clock=clock)
+    try:
+        async with client(app) as http:
+            statuses = [(await http.get("/")).status_code for _ in range(12)]
+            assert statuses == [200] * 10 + [429] * 2
+            clock.advance(60.0)  # half way through the next: the last minute weighs 1/2
+            statuses = [(await http.get("/")).status_code for _ in range(7)]
+            assert statuses == [200] * 5 + [429] * 2
+            clock.advance(120.0)
+            assert (await http.get("/")).headers["ratelimit"] == '"default";r=9;t=30'
+    finally:
         await app.aclose()
