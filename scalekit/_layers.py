@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
     from scalekit._clock import Clock
     from scalekit.cache import CacheBackend, CacheRule
-    from scalekit.ratelimit import Backend as RateLimitBackend
-    from scalekit.ratelimit import Rule
+    from scalekit.ratelimit import RateLimitBackend, Rule
 
 __all__ = ["Chain", "IdentityFunction", "Layers", "check_not_shadowed", "check_paths_free"]
 

@@ -27,9 +27,9 @@ from scalekit.errors import ConfigurationError
 __all__ = [
     "ClientIP",
     "ForwardedHeader",
-    "client_ip",
     "parse_forwarded",
     "parse_x_forwarded_for",
+    "resolve_client_ip",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -240,7 +240,7 @@ class ClientIP:
         return nearest
 
 
-def client_ip(
+def resolve_client_ip(
     scope: Any,
     trusted_proxies: Iterable[str] = (),
     *,

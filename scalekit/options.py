@@ -26,7 +26,7 @@ from scalekit.errors import ConfigurationError
 if TYPE_CHECKING:
     from scalekit._breaker import CircuitBreaker
     from scalekit.cache import CacheBackend
-    from scalekit.ratelimit import Backend as RateLimitBackend
+    from scalekit.ratelimit import RateLimitBackend
 
 __all__ = [
     "DEFAULT_METRICS_BUCKETS",

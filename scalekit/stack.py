@@ -48,8 +48,7 @@ if TYPE_CHECKING:
     from scalekit.cache import CacheBackend, CacheRule
     from scalekit.db import ReplicaSet, ShardSet
     from scalekit.observability import Check, Health
-    from scalekit.ratelimit import Backend as RateLimitBackend
-    from scalekit.ratelimit import Rule
+    from scalekit.ratelimit import RateLimitBackend, Rule
 
 __all__ = ["Stack", "install"]
 

@@ -27,7 +27,7 @@ from typing import TypeVar
 from scalekit import events
 from scalekit._clock import Clock, ManualClock, SystemClock, get_clock, set_clock
 from scalekit.cache import MemoryCache
-from scalekit.ratelimit import MemoryBackend as MemoryRateLimitBackend
+from scalekit.ratelimit import MemoryRateLimitBackend
 
 __all__ = [
     "Clock",

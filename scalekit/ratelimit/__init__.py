@@ -13,48 +13,55 @@ Closed sets are StrEnums that also accept their string values:
 :class:`Strategy`, :class:`Count`, :class:`OnBackendError`,
 :class:`ForwardedHeader` and :class:`Mode`.
 
+Names follow one scheme with :mod:`scalekit.cache`: the rule, the backend
+protocol and the unavailable-backend error carry the component's name
+(``CacheBackend``/``RateLimitBackend``, ``CacheUnavailable``/
+``RateLimitUnavailable``). The old spellings (``Backend``, ``MemoryBackend``,
+``RedisBackend``, ``BackendUnavailable``, ``Check``, ``CheckResult``) still
+import, with a ``DeprecationWarning``.
+
 Errors::
 
     ScalekitError
     └── RateLimitError
         ├── RateLimitConfigError (also a ConfigurationError, a ValueError)
-        └── BackendUnavailable
+        └── RateLimitUnavailable
 """
 
 from scalekit._net import ForwardedHeader
 from scalekit.ratelimit.backends import (
-    Backend,
-    Check,
-    CheckResult,
-    MemoryBackend,
+    LimitCheck,
+    LimitResult,
+    MemoryRateLimitBackend,
     Mode,
-    RedisBackend,
+    RateLimitBackend,
+    RedisRateLimitBackend,
     Strategy,
     Verdict,
     backend_from_url,
 )
-from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, RateLimitError
+from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitError, RateLimitUnavailable
 from scalekit.ratelimit.keys import KeyFunction, client_ip, header, identity_tag, user
 from scalekit.ratelimit.middleware import RateLimitMiddleware
 from scalekit.ratelimit.rules import Count, LimitSource, OnBackendError, Rate, Rule, parse_rates
 
 __all__ = [
-    "Backend",
-    "BackendUnavailable",
-    "Check",
-    "CheckResult",
     "Count",
     "ForwardedHeader",
     "KeyFunction",
+    "LimitCheck",
+    "LimitResult",
     "LimitSource",
-    "MemoryBackend",
+    "MemoryRateLimitBackend",
     "Mode",
     "OnBackendError",
     "Rate",
+    "RateLimitBackend",
     "RateLimitConfigError",
     "RateLimitError",
     "RateLimitMiddleware",
-    "RedisBackend",
+    "RateLimitUnavailable",
+    "RedisRateLimitBackend",
     "Rule",
     "Strategy",
     "Verdict",
@@ -65,3 +72,27 @@ __all__ = [
     "parse_rates",
     "user",
 ]
+
+_RENAMED = {
+    "Backend": "RateLimitBackend",
+    "BackendUnavailable": "RateLimitUnavailable",
+    "Check": "LimitCheck",
+    "CheckResult": "LimitResult",
+    "MemoryBackend": "MemoryRateLimitBackend",
+    "RedisBackend": "RedisRateLimitBackend",
+}
+
+
+def __getattr__(name: str) -> object:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'scalekit.ratelimit' has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(
+        f"scalekit.ratelimit.{name} is now {new} (one naming scheme with scalekit.cache); "
+        f"the old name will be removed after 0.1",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]

@@ -38,16 +38,16 @@ from scalekit._breaker import BreakerState, CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, from_url, redis_errors
-from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError
+from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitUnavailable
 from scalekit.ratelimit.failover import SentinelFollower
 
 __all__ = [
-    "Backend",
-    "Check",
-    "CheckResult",
-    "MemoryBackend",
+    "LimitCheck",
+    "LimitResult",
+    "MemoryRateLimitBackend",
     "Mode",
-    "RedisBackend",
+    "RateLimitBackend",
+    "RedisRateLimitBackend",
     "Strategy",
     "Verdict",
     "backend_from_url",
@@ -82,9 +82,9 @@ class Mode(enum.StrEnum):
     """What a check does to its counter."""
 
     HIT = "hit"
-    """Check, and consume if every check of the call passes."""
+    """LimitCheck, and consume if every check of the call passes."""
     PEEK = "peek"
-    """Check only (``count="failures"`` before the response)."""
+    """LimitCheck only (``count="failures"`` before the response)."""
     ADD = "add"
     """Consume without checking (a failure is counted after the response)."""
     REFUND = "refund"
@@ -96,7 +96,7 @@ _T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Check:
+class LimitCheck:
     """One limit to check for one request: ``limit`` per ``window`` seconds on ``key``.
 
     ``strategy`` and ``mode`` take a :class:`Strategy` / :class:`Mode` or
@@ -121,7 +121,7 @@ class Check:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CheckResult:
+class LimitResult:
     """What one check found: passed or not, what is left, seconds until it resets.
 
     For a failed check ``reset`` is how long until the request could pass.
@@ -141,13 +141,13 @@ class Verdict:
 
     allowed: bool
     at: float
-    results: tuple[CheckResult, ...]
+    results: tuple[LimitResult, ...]
 
 
-class Backend(Protocol):
+class RateLimitBackend(Protocol):
     """A counter store."""
 
-    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         """Run ``checks`` atomically; write only if every check passes."""
         ...
 
@@ -156,7 +156,7 @@ class Backend(Protocol):
         ...
 
 
-class MemoryBackend:
+class MemoryRateLimitBackend:
     """Counters in this process; for one-process apps and tests.
 
     Args:
@@ -170,7 +170,7 @@ class MemoryBackend:
         self._sliding: dict[str, tuple[int, int, int]] = {}  # key -> (index, current, previous)
         self._moving: dict[str, list[float]] = {}  # key -> timestamps, newest first
 
-    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         """Run ``checks`` atomically against the in-process counters."""
         with self._lock:
             now = at if at is not None else (self._clock or get_clock()).time()
@@ -184,7 +184,7 @@ class MemoryBackend:
     async def aclose(self) -> None:
         """Nothing to release."""
 
-    def _evaluate(self, check: Check, now: float) -> CheckResult:
+    def _evaluate(self, check: LimitCheck, now: float) -> LimitResult:
         limit, window, cost = check.limit, check.window, check.cost
         checking = check.mode is Mode.HIT or check.mode is Mode.PEEK
         consuming = check.cost if check.mode is Mode.HIT or check.mode is Mode.ADD else 0
@@ -194,8 +194,8 @@ class MemoryBackend:
                 used, expires = 0, now + window
             if checking and used + cost > limit:
                 # failures counted after admission ("add") can pass the limit
-                return CheckResult(False, max(0, limit - used), expires - now)
-            return CheckResult(True, max(0, limit - used - consuming), expires - now)
+                return LimitResult(False, max(0, limit - used), expires - now)
+            return LimitResult(True, max(0, limit - used - consuming), expires - now)
         if check.strategy is Strategy.SLIDING_WINDOW_COUNTER:
             _, current, previous = self._sliding_state(check.key, window, now)
             # the same expression as limits' MemoryStorage, so both agree to the bit
@@ -207,14 +207,14 @@ class MemoryBackend:
                     wait = left + max(0.0, window - (limit - cost + 1) * window / current)
                 else:
                     wait = max(window - (limit - current - cost + 1) * window / previous - into, 0)
-                return CheckResult(False, max(0, limit - weighted), wait + 0.001)
-            return CheckResult(True, max(0, limit - weighted - consuming), left)
+                return LimitResult(False, max(0, limit - weighted), wait + 0.001)
+            return LimitResult(True, max(0, limit - weighted - consuming), left)
         entries = self._moving.get(check.key, [])
         if checking and len(entries) > limit - cost and entries[limit - cost] >= now - window:
-            return CheckResult(False, 0, entries[limit - cost] + window - now + 0.001)
+            return LimitResult(False, 0, entries[limit - cost] + window - now + 0.001)
         inside = [stamp for stamp in entries[:limit] if stamp >= now - window]
         oldest = inside[-1] if inside else now
-        return CheckResult(True, max(0, limit - len(inside) - consuming), oldest + window - now)
+        return LimitResult(True, max(0, limit - len(inside) - consuming), oldest + window - now)
 
     def _sliding_state(self, key: str, window: int, now: float) -> tuple[int, int, int]:
         index = int(now // window)
@@ -225,7 +225,7 @@ class MemoryBackend:
             return index, 0, current
         return index, 0, 0
 
-    def _apply(self, check: Check, now: float) -> None:
+    def _apply(self, check: LimitCheck, now: float) -> None:
         if check.mode is Mode.PEEK:
             return
         cost = check.cost
@@ -259,12 +259,12 @@ def _load_script() -> str:
     return resources.files("scalekit.ratelimit").joinpath("lua/check.lua").read_text("utf-8")
 
 
-class RedisBackend:
+class RedisRateLimitBackend:
     """Counters in Redis (standalone, Sentinel or Cluster): one script call per check.
 
     A circuit breaker guards every round trip (a pipeline of many checks is
     one round trip, so one failure); while it is open, checks raise
-    :class:`BackendUnavailable` without touching Redis, and a background
+    :class:`RateLimitUnavailable` without touching Redis, and a background
     ``PING`` per second closes it as soon as Redis answers.
 
     Args:
@@ -300,7 +300,7 @@ class RedisBackend:
             raise RateLimitConfigError(f"failover_hold must be >= 0 seconds, got {failover_hold!r}")
         if client is None:
             if url is None:
-                raise RateLimitConfigError("RedisBackend needs a url or a client")
+                raise RateLimitConfigError("RedisRateLimitBackend needs a url or a client")
             client = from_url(url, socket_timeout=socket_timeout)
         self.breaker = breaker or CircuitBreaker(name="ratelimit", clock=clock)
         self._window_clock = clock
@@ -337,11 +337,11 @@ class RedisBackend:
         """What follows the master through failovers, on Sentinel (else None)."""
         return self._follower
 
-    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         """Run ``checks`` in one ``EVALSHA`` (``EVAL`` once after a restart or failover).
 
         Raises:
-            BackendUnavailable: Redis failed or timed out.
+            RateLimitUnavailable: Redis failed or timed out.
         """
         keys = [check.key for check in checks]
         if at is None and self._window_clock is not None:
@@ -364,12 +364,12 @@ class RedisBackend:
                 await self._follow_the_master()
                 raw = await self._round_trip(self._run, keys, args)
         except CircuitOpen as exc:
-            raise BackendUnavailable(f"Redis rate-limit check skipped: {exc}") from exc
+            raise RateLimitUnavailable(f"Redis rate-limit check skipped: {exc}") from exc
         except self._errors as exc:
-            raise BackendUnavailable(f"Redis rate-limit check failed: {exc!r}") from exc
+            raise RateLimitUnavailable(f"Redis rate-limit check failed: {exc!r}") from exc
         values = [int(value) for value in raw]
         results = tuple(
-            CheckResult(values[i] == 1, values[i + 1], values[i + 2] / 1000)
+            LimitResult(values[i] == 1, values[i + 1], values[i + 2] / 1000)
             for i in range(2, len(values), 3)
         )
         return Verdict(values[0] == 1, values[1] / 1000, results)
@@ -561,8 +561,11 @@ class RedisBackend:
 
 def backend_from_url(
     storage: str, *, clock: Clock | None = None, breaker: CircuitBreaker | None = None
-) -> MemoryBackend | RedisBackend:
-    """``memory://`` -> :class:`MemoryBackend`; a Redis URL -> :class:`RedisBackend`.
+) -> MemoryRateLimitBackend | RedisRateLimitBackend:
+    """The backend for ``storage``: ``memory://`` or a Redis URL.
+
+    ``memory://`` gives a :class:`MemoryRateLimitBackend`, a Redis URL a
+    :class:`RedisRateLimitBackend`.
 
     Args:
         storage: the URL.
@@ -574,9 +577,9 @@ def backend_from_url(
         RateLimitConfigError: the URL is neither.
     """
     if storage.startswith("memory://"):
-        return MemoryBackend(clock=clock)
+        return MemoryRateLimitBackend(clock=clock)
     try:
-        return RedisBackend(storage, breaker=breaker, clock=clock)
+        return RedisRateLimitBackend(storage, breaker=breaker, clock=clock)
     except ValueError as exc:
         raise RateLimitConfigError(
             f"storage must be 'memory://' or a Redis URL (redis://, redis+sentinel://, "

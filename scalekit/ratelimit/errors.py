@@ -6,7 +6,7 @@
     └── RateLimitError
         ├── RateLimitConfigError (also a ConfigurationError and a ValueError):
         │   invalid rules or settings
-        └── BackendUnavailable: the counter store failed or timed out
+        └── RateLimitUnavailable: the counter store failed or timed out
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from scalekit.errors import ConfigurationError, ScalekitError
 
-__all__ = ["BackendUnavailable", "RateLimitConfigError", "RateLimitError", "choice"]
+__all__ = ["RateLimitConfigError", "RateLimitError", "RateLimitUnavailable", "choice"]
 
 _Choice = TypeVar("_Choice", bound=enum.StrEnum)
 
@@ -29,7 +29,7 @@ class RateLimitConfigError(RateLimitError, ConfigurationError):
     """A rule or a middleware argument is invalid; the message says how to fix it."""
 
 
-class BackendUnavailable(RateLimitError):
+class RateLimitUnavailable(RateLimitError):
     """The counter store (Redis) failed or timed out; the rule's on_backend_error decides."""
 
 

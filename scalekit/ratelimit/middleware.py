@@ -26,8 +26,15 @@ from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock
 from scalekit._net import ClientIP, ForwardedHeader
 from scalekit.ratelimit import responses
-from scalekit.ratelimit.backends import Backend, Check, Mode, Strategy, Verdict, backend_from_url
-from scalekit.ratelimit.errors import BackendUnavailable, RateLimitConfigError, choice
+from scalekit.ratelimit.backends import (
+    LimitCheck,
+    Mode,
+    RateLimitBackend,
+    Strategy,
+    Verdict,
+    backend_from_url,
+)
+from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitUnavailable, choice
 from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY
 from scalekit.ratelimit.outcomes import Admitted, Checked, Outcome, Rejected, Unavailable
 from scalekit.ratelimit.plan import Plan, Planner
@@ -79,7 +86,7 @@ class RateLimitMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        storage: str | Backend,
+        storage: str | RateLimitBackend,
         rules: Sequence[Rule],
         *,
         strategy: Strategy | str = Strategy.SLIDING_WINDOW_COUNTER,
@@ -101,7 +108,7 @@ class RateLimitMiddleware:
         if breaker is not None and not isinstance(storage, str):
             raise RateLimitConfigError(
                 "breaker= configures the Redis backend built from a storage URL; "
-                "pass it to the backend instead: RedisBackend(url, breaker=...)"
+                "pass it to the backend instead: RedisRateLimitBackend(url, breaker=...)"
             )
         try:
             header = ForwardedHeader.parse(forwarded_header)
@@ -110,7 +117,7 @@ class RateLimitMiddleware:
             raise RateLimitConfigError(str(exc)) from exc
         self.app = app
         self.key_prefix = key_prefix
-        self.backend: Backend = (
+        self.backend: RateLimitBackend = (
             backend_from_url(storage, clock=clock, breaker=breaker)
             if isinstance(storage, str)
             else storage
@@ -188,7 +195,7 @@ class RateLimitMiddleware:
                 for checked in counted_on_failure:
                     await self._call(checked.group.failure_counts())
 
-    async def _call(self, checks: Sequence[Check], at: float | None = None) -> Verdict | None:
+    async def _call(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict | None:
         """One backend call; ``None`` when the backend is unavailable.
 
         The backend's breaker and its failure reports (one per failed round
@@ -196,7 +203,7 @@ class RateLimitMiddleware:
         """
         try:
             return await self.backend.check(checks, at)
-        except BackendUnavailable:
+        except RateLimitUnavailable:
             return None
         except Exception as exc:  # a backend's own bug degrades too; never a 500
             _logger.warning("ratelimit_backend_error", error=repr(exc))

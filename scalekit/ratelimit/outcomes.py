@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scalekit.ratelimit.backends import CheckResult, Verdict
+from scalekit.ratelimit.backends import LimitResult, Verdict
 from scalekit.ratelimit.plan import IdentityLimits, Limit
 
 __all__ = ["Admitted", "Checked", "Outcome", "Rejected", "Unavailable"]
@@ -21,7 +21,7 @@ class Checked:
     group: IdentityLimits
     verdict: Verdict
 
-    def results(self) -> zip[tuple[Limit, CheckResult]]:
+    def results(self) -> zip[tuple[Limit, LimitResult]]:
         """Each limit with its result."""
         return zip(self.group.limits, self.verdict.results, strict=True)
 
@@ -47,7 +47,7 @@ class Rejected:
     passed: tuple[Checked, ...]
     """The identities checked before, which passed."""
 
-    def worst(self) -> tuple[Limit, CheckResult]:
+    def worst(self) -> tuple[Limit, LimitResult]:
         """The exceeded limit that frees up last: the one ``Retry-After`` describes."""
         failed = [(limit, result) for limit, result in self.rejecting.results() if not result.ok]
         return max(failed, key=lambda pair: pair[1].reset)

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import Scope
 
 from scalekit._net import ClientIP
-from scalekit.ratelimit.backends import Check, Mode, Strategy
+from scalekit.ratelimit.backends import LimitCheck, Mode, Strategy
 from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of, identity_tag
 from scalekit.ratelimit.rules import Count, OnBackendError, Rate, Rule
 
@@ -46,7 +46,7 @@ class IdentityLimits:
 
     identity: str
     limits: tuple[Limit, ...]
-    checks: tuple[Check, ...]
+    checks: tuple[LimitCheck, ...]
     """One per limit, in the same order."""
     counts_failures: bool
     """Some of the limits are ``count="failures"`` rules: a failed response is counted."""
@@ -62,7 +62,7 @@ class IdentityLimits:
             (limit.rule.on_backend_error or default) is OnBackendError.DENY for limit in self.limits
         )
 
-    def failure_counts(self) -> tuple[Check, ...]:
+    def failure_counts(self) -> tuple[LimitCheck, ...]:
         """The checks that count a failed response against the ``count="failures"`` rules."""
         return tuple(
             dataclasses.replace(check, mode=Mode.ADD)
@@ -145,7 +145,7 @@ class Planner:
         strategy = self.strategy
         checks = tuple(
             [
-                Check(
+                LimitCheck(
                     prefix + limit.suffix,
                     strategy,
                     limit.rate.amount,

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Message, Send
 
-from scalekit.ratelimit.backends import CheckResult
+from scalekit.ratelimit.backends import LimitResult
 from scalekit.ratelimit.outcomes import Checked, Rejected
 from scalekit.ratelimit.plan import Limit
 
@@ -58,7 +58,7 @@ class HeaderFields:
         """The fields of the limit with the least remaining, then the latest reset."""
         if not self.enabled:
             return []
-        best: tuple[Limit, CheckResult] | None = None
+        best: tuple[Limit, LimitResult] | None = None
         for one in checked:
             for limit, result in one.results():
                 if best is None or (result.remaining, -result.reset) < (

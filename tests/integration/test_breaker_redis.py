@@ -22,7 +22,7 @@ from scalekit import events
 from scalekit._breaker import BreakerState, CircuitBreaker
 from scalekit._clock import ManualClock
 from scalekit.cache import CacheMiddleware, CacheRule, RedisCache
-from scalekit.ratelimit import RateLimitMiddleware, RedisBackend, Rule
+from scalekit.ratelimit import RateLimitMiddleware, RedisRateLimitBackend, Rule
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +68,7 @@ async def wait_for(predicate: Callable[[], bool], rounds: int = 500) -> bool:
 
 def limiter(url: str, clock: ManualClock, **backend_options: Any) -> RateLimitMiddleware:
     breaker = CircuitBreaker(failure_threshold=5, cooldown=5.0, name="ratelimit", clock=clock)
-    backend = RedisBackend(url, breaker=breaker, **backend_options)
+    backend = RedisRateLimitBackend(url, breaker=breaker, **backend_options)
     return RateLimitMiddleware(
         Counter().app, backend, [Rule("1000/minute", name="api")], clock=clock
     )

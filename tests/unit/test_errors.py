@@ -78,3 +78,33 @@ def test_errors_of_the_plumbing_are_rooted_too() -> None:
         assert issubclass(cls, ScalekitError)
     for cls in (RateSyntaxError, RedisURLError, RouteTemplateError):
         assert issubclass(cls, ConfigurationError)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("Backend", "RateLimitBackend"),
+        ("BackendUnavailable", "RateLimitUnavailable"),
+        ("Check", "LimitCheck"),
+        ("CheckResult", "LimitResult"),
+        ("MemoryBackend", "MemoryRateLimitBackend"),
+        ("RedisBackend", "RedisRateLimitBackend"),
+    ],
+)
+def test_old_rate_limit_names_still_import_with_a_deprecation_warning(old: str, new: str) -> None:
+    import scalekit.ratelimit as ratelimit
+
+    with pytest.warns(DeprecationWarning, match=f"{old} is now {new}"):
+        found = getattr(ratelimit, old)
+    assert found is getattr(ratelimit, new)
+
+
+def test_cache_and_limiter_share_one_naming_scheme() -> None:
+    import scalekit.cache as cache
+    import scalekit.ratelimit as ratelimit
+
+    for kind in ("Backend", "Unavailable", "ConfigError", "Error", "Middleware"):
+        assert hasattr(cache, f"Cache{kind}")
+        assert hasattr(ratelimit, f"RateLimit{kind}")
+    # The rate limiter's backend checks no longer share names with health checks.
+    assert not {"Check", "CheckResult"} & set(ratelimit.__all__)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from scalekit._net import (
     ClientIP,
     ForwardedHeader,
-    client_ip,
     parse_forwarded,
     parse_x_forwarded_for,
+    resolve_client_ip,
 )
 
 
@@ -222,5 +222,5 @@ def test_parse_x_forwarded_for_splits_and_strips() -> None:
 
 def test_one_off_function() -> None:
     request = scope("127.0.0.1", ("X-Forwarded-For", "203.0.113.9"))
-    assert client_ip(request, ["127.0.0.1"]) == "203.0.113.9"
-    assert client_ip(request) == "127.0.0.1"
+    assert resolve_client_ip(request, ["127.0.0.1"]) == "203.0.113.9"
+    assert resolve_client_ip(request) == "127.0.0.1"

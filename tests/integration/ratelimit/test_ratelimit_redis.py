@@ -16,10 +16,10 @@ from rl_integration_helpers import client, command_calls, make_app
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import ManualClock
 from scalekit.ratelimit import (
-    Check,
-    MemoryBackend,
+    LimitCheck,
+    MemoryRateLimitBackend,
     RateLimitMiddleware,
-    RedisBackend,
+    RedisRateLimitBackend,
     Rule,
     header,
     identity_tag,
@@ -133,8 +133,8 @@ async def test_redis_script_agrees_with_limits_and_memory(
     redis_server: RedisServer, strategy: str
 ) -> None:
     redis_server.flushall()
-    backend = RedisBackend(redis_server.url)
-    memory = MemoryBackend()
+    backend = RedisRateLimitBackend(redis_server.url)
+    memory = MemoryRateLimitBackend()
     item = limits.parse("5/10 seconds")
     # odd milliseconds: limits' float arithmetic and the script's integer
     # milliseconds agree except exactly on boundaries, which real time never hits
@@ -144,7 +144,7 @@ async def test_redis_script_agrees_with_limits_and_memory(
     try:
         for step in steps:
             now += step
-            check = Check("{t}:k", strategy, item.amount, item.get_expiry())
+            check = LimitCheck("{t}:k", strategy, item.amount, item.get_expiry())
             ours = await backend.check([check], at=now)
             reference = await memory.check([check], at=now)
             assert ours.allowed == reference.allowed
@@ -155,9 +155,9 @@ async def test_redis_script_agrees_with_limits_and_memory(
 
 async def test_the_window_follows_redis_clock_not_the_app_host(redis_server: RedisServer) -> None:
     redis_server.flushall()
-    backend = RedisBackend(redis_server.url)
+    backend = RedisRateLimitBackend(redis_server.url)
     try:
-        verdict = await backend.check([Check("{t}:clock", "sliding", 5, 60)])
+        verdict = await backend.check([LimitCheck("{t}:clock", "sliding", 5, 60)])
         seconds, micros = redis_server.client().time()
         assert abs(verdict.at - (seconds + micros / 1e6)) < 5
         stored = redis_server.client().hget("{t}:clock", "w")
@@ -252,8 +252,8 @@ async def test_concurrent_checks_share_a_pipeline_and_stay_exact(
     proxied: tuple[CountingProxy, str], redis_server: RedisServer
 ) -> None:
     proxy, url = proxied
-    backend = RedisBackend(url + "?socket_timeout=2")
-    check = Check("{batch}:k", "fixed", 30, 60)
+    backend = RedisRateLimitBackend(url + "?socket_timeout=2")
+    check = LimitCheck("{batch}:k", "fixed", 30, 60)
     try:
         await backend.check([check])
         redis_server.client().script_flush()  # the batch meets NOSCRIPT

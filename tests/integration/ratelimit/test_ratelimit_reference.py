@@ -13,7 +13,7 @@ from harness import RedisServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scalekit.ratelimit import Check, RedisBackend
+from scalekit.ratelimit import LimitCheck, RedisRateLimitBackend
 
 REFERENCE = {
     "fixed": limits.strategies.FixedWindowRateLimiter,
@@ -43,8 +43,8 @@ def _reference(strategy: str, rate: str, times: list[float]) -> list[bool]:
 
 async def _ours(url: str, strategy: str, rate: str, times: list[float]) -> list[bool]:
     item = limits.parse(rate)
-    backend = RedisBackend(url + "?socket_timeout=2")
-    check = Check(f"{{ref}}:{next(_names)}", strategy, item.amount, item.get_expiry())
+    backend = RedisRateLimitBackend(url + "?socket_timeout=2")
+    check = LimitCheck(f"{{ref}}:{next(_names)}", strategy, item.amount, item.get_expiry())
     try:
         return [(await backend.check([check], at=moment)).allowed for moment in times]
     finally:

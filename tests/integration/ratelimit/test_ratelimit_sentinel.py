@@ -11,7 +11,7 @@ import redis
 from harness import SERVICE_NAME, RedisSentinel, wait_until
 from rl_integration_helpers import client, make_app
 
-from scalekit.ratelimit import RateLimitMiddleware, RedisBackend, Rule, identity_tag
+from scalekit.ratelimit import RateLimitMiddleware, RedisRateLimitBackend, Rule, identity_tag
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +54,7 @@ async def test_graceful_failover_under_load_never_admits_more_than_the_limit(
                 group.start_soon(load)
                 group.start_soon(load)
                 await some_admitted.wait()
-                assert isinstance(app.backend, RedisBackend)
+                assert isinstance(app.backend, RedisRateLimitBackend)
                 follower = app.backend.sentinel_follower
                 assert follower is not None
                 with anyio.fail_after(10):

@@ -15,12 +15,12 @@ from scalekit import events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import ManualClock
 from scalekit.ratelimit import (
-    BackendUnavailable,
-    Check,
-    MemoryBackend,
+    LimitCheck,
+    MemoryRateLimitBackend,
     RateLimitConfigError,
     RateLimitMiddleware,
-    RedisBackend,
+    RateLimitUnavailable,
+    RedisRateLimitBackend,
     Rule,
     Verdict,
     header,
@@ -90,7 +90,7 @@ async def test_retry_after_is_never_earlier_than_t_and_is_honest(strategy: str) 
 
 async def test_two_rules_one_rejecting_consume_nothing() -> None:
     clock = ManualClock()
-    backend = MemoryBackend(clock=clock)
+    backend = MemoryRateLimitBackend(clock=clock)
     app = RateLimitMiddleware(
         make_app(),
         backend,
@@ -305,9 +305,9 @@ class _BrokenBackend:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         self.calls += 1
-        raise BackendUnavailable("Redis is down")
+        raise RateLimitUnavailable("Redis is down")
 
     async def aclose(self) -> None:
         pass
@@ -369,7 +369,7 @@ async def test_breaker_lets_one_call_per_cooldown_through() -> None:
     clock = ManualClock()
     dead = _DeadRedis()
     breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
-    backend = RedisBackend(client=dead, batching=False, breaker=breaker)
+    backend = RedisRateLimitBackend(client=dead, batching=False, breaker=breaker)
     seen: list[events.Event] = []
     unsubscribe = events.subscribe(seen.append, events.BackendError, events.DegradedRequest)
     app = RateLimitMiddleware(make_app(), backend, [Rule("5/minute")], clock=clock)
@@ -394,7 +394,7 @@ async def test_breaker_lets_one_call_per_cooldown_through() -> None:
 def test_breaker_belongs_to_the_backend() -> None:
     with pytest.raises(RateLimitConfigError, match="pass it to the backend"):
         RateLimitMiddleware(
-            make_app(), MemoryBackend(), [Rule("5/minute")], breaker=CircuitBreaker()
+            make_app(), MemoryRateLimitBackend(), [Rule("5/minute")], breaker=CircuitBreaker()
         )
 
 
@@ -455,7 +455,7 @@ def test_invalid_middleware_settings() -> None:
 async def test_lifespan_shutdown_closes_the_backend() -> None:
     closed: list[bool] = []
 
-    class _Backend(MemoryBackend):
+    class _Backend(MemoryRateLimitBackend):
         async def aclose(self) -> None:
             closed.append(True)
 

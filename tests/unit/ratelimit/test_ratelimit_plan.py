@@ -13,9 +13,9 @@ from rl_helpers import client, make_app
 
 import scalekit.ratelimit.middleware as middleware_module
 from scalekit.ratelimit import (
-    Check,
     Count,
-    MemoryBackend,
+    LimitCheck,
+    MemoryRateLimitBackend,
     Mode,
     OnBackendError,
     RateLimitConfigError,
@@ -30,12 +30,12 @@ from scalekit.ratelimit import (
 from scalekit.ratelimit.plan import NOTHING, Plan
 
 
-class _CountingBackend(MemoryBackend):
+class _CountingBackend(MemoryRateLimitBackend):
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[list[Check]] = []
+        self.calls: list[list[LimitCheck]] = []
 
-    async def check(self, checks: Sequence[Check], at: float | None = None) -> Verdict:
+    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         self.calls.append(list(checks))
         return await super().check(checks, at)
 
@@ -118,7 +118,7 @@ def test_closed_sets_are_str_enums_accepting_their_values() -> None:
     assert Count("failures") is Count.FAILURES
     assert OnBackendError("deny") is OnBackendError.DENY
     assert Mode("refund") is Mode.REFUND
-    check = Check("k", "moving", 5, 60, mode="peek")
+    check = LimitCheck("k", "moving", 5, 60, mode="peek")
     assert (check.strategy, check.mode) == (Strategy.MOVING_WINDOW, Mode.PEEK)
     rule = Rule("5/minute", count="failures", on_backend_error="deny")
     assert rule.count is Count.FAILURES
@@ -136,7 +136,7 @@ def test_closed_sets_are_str_enums_accepting_their_values() -> None:
     with pytest.raises(RateLimitConfigError, match="'allow', 'deny' or None, got 3"):
         Rule("5/minute", on_backend_error=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="token-bucket"):
-        Check("k", "token-bucket", 1, 1)
+        LimitCheck("k", "token-bucket", 1, 1)
 
 
 def test_the_request_path_fits_on_one_screen() -> None:

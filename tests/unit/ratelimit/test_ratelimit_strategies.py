@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scalekit.ratelimit import Check, MemoryBackend
+from scalekit.ratelimit import LimitCheck, MemoryRateLimitBackend
 
 REFERENCE = {
     "fixed": limits.strategies.FixedWindowRateLimiter,
@@ -57,9 +57,9 @@ def _reference(strategy: str, rate: str, steps: list[float], fake: _FakeTime) ->
 
 async def _ours(strategy: str, rate: str, steps: list[float]) -> list[bool]:
     item = limits.parse(rate)
-    backend = MemoryBackend()
+    backend = MemoryRateLimitBackend()
     now = 1_700_000_000.0
-    check = Check("k", strategy, item.amount, item.get_expiry())
+    check = LimitCheck("k", strategy, item.amount, item.get_expiry())
     decisions = []
     for step in steps:
         now += step
@@ -90,9 +90,9 @@ def test_allow_deny_sequence_equals_limits(
 @pytest.mark.anyio
 @pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
 async def test_a_rejected_check_consumes_nothing(strategy: str) -> None:
-    backend = MemoryBackend()
-    tight = Check("tight", strategy, 1, 60)
-    loose = Check("loose", strategy, 100, 60)
+    backend = MemoryRateLimitBackend()
+    tight = LimitCheck("tight", strategy, 1, 60)
+    loose = LimitCheck("loose", strategy, 100, 60)
     assert (await backend.check([tight, loose], at=1000.0)).allowed
     for _ in range(5):
         verdict = await backend.check([loose, tight], at=1001.0)
@@ -105,18 +105,18 @@ async def test_a_rejected_check_consumes_nothing(strategy: str) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
 async def test_refund_gives_a_hit_back(strategy: str) -> None:
-    backend = MemoryBackend()
-    check = Check("k", strategy, 2, 60)
+    backend = MemoryRateLimitBackend()
+    check = LimitCheck("k", strategy, 2, 60)
     first = await backend.check([check], at=1000.0)
-    await backend.check([Check("k", strategy, 2, 60, mode="refund")], at=first.at)
+    await backend.check([LimitCheck("k", strategy, 2, 60, mode="refund")], at=first.at)
     assert (await backend.check([check], at=1000.5)).results[0].remaining == 1
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
 async def test_retry_after_is_when_the_request_would_pass(strategy: str) -> None:
-    backend = MemoryBackend()
-    check = Check("k", strategy, 3, 10)
+    backend = MemoryRateLimitBackend()
+    check = LimitCheck("k", strategy, 3, 10)
     now = 1_700_000_003.0
     while (await backend.check([check], at=now)).allowed:
         now += 0.5
@@ -131,10 +131,10 @@ async def test_retry_after_is_when_the_request_would_pass(strategy: str) -> None
 async def test_remaining_is_never_negative_after_failures_pass_the_limit(strategy: str) -> None:
     # count="failures" admits while there is room and adds each failure after
     # the response, so a burst can push a counter past its limit: r=-3 was sent
-    backend = MemoryBackend()
+    backend = MemoryRateLimitBackend()
     for _ in range(8):
-        await backend.check([Check("k", strategy, 5, 60, mode="add")], at=1000.0)
-    verdict = await backend.check([Check("k", strategy, 5, 60, mode="peek")], at=1000.0)
+        await backend.check([LimitCheck("k", strategy, 5, 60, mode="add")], at=1000.0)
+    verdict = await backend.check([LimitCheck("k", strategy, 5, 60, mode="peek")], at=1000.0)
     assert not verdict.allowed
     assert verdict.results[0].remaining == 0
 
@@ -154,11 +154,11 @@ def test_remaining_stays_between_zero_and_the_limit(
     strategy: str, steps: list[tuple[str, int, int]]
 ) -> None:
     async def run() -> None:
-        backend = MemoryBackend()
+        backend = MemoryRateLimitBackend()
         now = 1_700_000_000.0
         for mode, cost, gap_ms in steps:
             now += gap_ms / 1000
-            verdict = await backend.check([Check("k", strategy, 5, 10, cost, mode)], at=now)
+            verdict = await backend.check([LimitCheck("k", strategy, 5, 10, cost, mode)], at=now)
             assert 0 <= verdict.results[0].remaining <= 5
 
     anyio.run(run)
