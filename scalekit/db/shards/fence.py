@@ -26,11 +26,9 @@ __all__ = [
     "FENCE_TABLE",
     "FenceState",
     "Fenced",
-    "clear",
     "ensure_fence_table",
     "guard",
     "open_if_missing",
-    "read_state",
     "set_state",
 ]
 
@@ -87,14 +85,6 @@ def guard(
     return guarded
 
 
-def read_state(
-    conn: Connection, dialect: Dialect, bucket: int, table: str = FENCE_TABLE
-) -> FenceState:
-    """The bucket's fence on the connection's shard (no row reads as ``open``)."""
-    rows = conn.query(f"SELECT state FROM {dialect.quote(table)} WHERE bucket = %s", [bucket])
-    return FenceState(rows[0]["state"]) if rows else FenceState.OPEN
-
-
 def set_state(
     conn: Connection, dialect: Dialect, bucket: int, state: FenceState, table: str = FENCE_TABLE
 ) -> None:
@@ -107,8 +97,3 @@ def open_if_missing(
 ) -> None:
     """Give the bucket an ``open`` fence row unless it has one (so freezing can lock it)."""
     conn.execute(dialect.insert_ignore(table, ["bucket", "state"]), [bucket, FenceState.OPEN.value])
-
-
-def clear(conn: Connection, dialect: Dialect, bucket: int, table: str = FENCE_TABLE) -> None:
-    """Remove the bucket's fence row on the connection's shard: writes flow again."""
-    conn.execute(f"DELETE FROM {dialect.quote(table)} WHERE bucket = %s", [bucket])
