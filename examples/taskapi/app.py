@@ -16,8 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
 from scalekit import Stack, install
-from scalekit.cache import CacheError, CacheRule
+from scalekit.cache import CacheError
 from scalekit.db import ShardSet
+from scalekit.fastapi import cached, limit
 from scalekit.ratelimit import Rule, user
 
 from .auth import AUTH_ERROR_KEY, BearerBackend, Passwords, TaskUser, Tokens
@@ -145,12 +146,19 @@ async def register(body: Registration, services: ServicesDep) -> User:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
+def _login_limit(request: Request) -> str:
+    # Read per request, so the limit comes from this app's configuration.
+    return _services(request).config.login_limit
+
+
 @router.post(
     "/auth/login",
     response_model=Token,
     responses=_errors(401),
     tags=["auth"],
     summary="Exchange email and password for an access token",
+    # Failed logins per client IP; successful ones are not counted.
+    dependencies=[Depends(limit(_login_limit, count="failures", name="login-failures"))],
 )
 async def login(body: Login, services: ServicesDep) -> Token:
     found = await services.storage.credentials(body.email)
@@ -176,6 +184,7 @@ async def me(current: UserDep, services: ServicesDep) -> User:
     tags=["tasks"],
     summary="Your tasks, newest first (cached per user, invalidated by every write)",
 )
+@cached(ttl=LIST_TTL, vary_user=True, tags=[TASKS_TAG])
 async def list_tasks(
     current: UserDep,
     services: ServicesDep,
@@ -346,19 +355,10 @@ def create_app(
         app,
         settings,
         auth_backend=BearerBackend(tokens),
-        cache_rules=[
-            CacheRule(f"{API_PREFIX}/tasks", ttl=LIST_TTL, vary_user=True, tags=[TASKS_TAG])
-        ],
-        rate_rules=[
-            Rule(config.api_limit, key=user, exempt=_outside_api, name="api"),
-            Rule(
-                config.login_limit,
-                path=f"{API_PREFIX}/auth/login",
-                methods=["POST"],
-                count="failures",
-                name="login-failures",
-            ),
-        ],
+        # The list's cache rule and the login limit are declared on their
+        # routes (@cached, Depends(limit(...))); the API-wide limit spans
+        # every route with one counter per user, so it is a rule here.
+        rate_rules=[Rule(config.api_limit, key=user, exempt=_outside_api, name="api")],
         registry=registry,
     )
     users = stack.db
