@@ -18,6 +18,8 @@ from .process import HarnessResource, ServerProcess, tail
 from .tls import Certificates
 
 SERVICE_NAME = "mymaster"
+HEAL_TIMEOUT = 60.0
+"""Seconds the harness waits for a Sentinel setup to converge (see ``wait_healthy``)."""
 CLUSTER_NODE_TIMEOUT_MS = 1000
 
 
@@ -393,35 +395,70 @@ class RedisSentinel(HarnessResource):
                     continue
         return None
 
-    def _healthy(self) -> bool:
+    def problems(self) -> list[str]:
+        """What keeps the setup from being healthy, one line per problem (empty: healthy)."""
         expected = (self.master.host, self.master.port)
         replica = (self.replica.host, self.replica.port)
-        for sentinel in self.sentinels:
-            with sentinel.client() as client:
-                state = client.sentinel_master(self.service_name)
-                if (state["ip"], int(state["port"])) != expected:
-                    return False
-                flags = set(state["flags"].split(","))
-                if flags & {"s_down", "o_down", "failover_in_progress", "disconnected"}:
-                    return False
-                if int(state["num-other-sentinels"]) != len(self.sentinels) - 1:
-                    return False
-                replicas = client.sentinel_slaves(self.service_name)
-            good = [
-                r
-                for r in replicas
-                if (r["ip"], int(r["port"])) == replica
-                and not r["is_sdown"]
-                and not r["is_disconnected"]
-                and r["master-link-status"] == "ok"
-            ]
-            if not good:
-                return False
-        return bool(self.replica.info("replication")["master_link_status"] == "up")
+        found: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            name = f"sentinel{index} :{sentinel.port}"
+            try:
+                with sentinel.client() as client:
+                    state = client.sentinel_master(self.service_name)
+                    replicas = client.sentinel_slaves(self.service_name)
+            except redis.RedisError as exc:
+                found.append(f"{name}: {exc!r}")
+                continue
+            if (state["ip"], int(state["port"])) != expected:
+                found.append(f"{name}: master is {state['ip']}:{state['port']}, not {expected}")
+            flags = set(state["flags"].split(","))
+            bad = flags & {"s_down", "o_down", "failover_in_progress", "disconnected"}
+            if bad:
+                found.append(f"{name}: master flags {sorted(bad)}")
+            if int(state["num-other-sentinels"]) != len(self.sentinels) - 1:
+                found.append(f"{name}: knows {state['num-other-sentinels']} other sentinels")
+            seen = [r for r in replicas if (r["ip"], int(r["port"])) == replica]
+            if not seen:
+                found.append(f"{name}: does not list replica {replica}")
+            for entry in seen:
+                if entry["is_sdown"] or entry["is_disconnected"]:
+                    found.append(f"{name}: replica flags {entry['flags']}")
+                if entry["master-link-status"] != "ok":
+                    found.append(
+                        f"{name}: replica master-link-status {entry['master-link-status']}"
+                    )
+        try:
+            link = self.replica.info("replication").get("master_link_status")
+        except redis.RedisError as exc:
+            found.append(f"replica :{self.replica.port}: {exc!r}")
+        else:
+            if link != "up":
+                found.append(f"replica :{self.replica.port}: master_link_status {link}")
+        return found
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Wait until every sentinel sees the master, the replica and the other sentinels."""
-        wait_until(self._healthy, timeout=timeout, what="sentinels to see master + replica")
+    def _healthy(self) -> bool:
+        return not self.problems()
+
+    def wait_healthy(self, timeout: float = HEAL_TIMEOUT) -> None:
+        """Wait until every sentinel sees the master, the replica and the other sentinels.
+
+        A sentinel that was starved of CPU for 2 s enters TILT mode and updates
+        nothing for 30 s, and it re-reads a replica's INFO only every 10 s:
+        on a busy machine convergence takes longer than 30 s, so the default
+        wait is longer. On a timeout the message lists what was still wrong.
+        """
+        last: list[str] = []
+
+        def healthy() -> bool:
+            last[:] = self.problems()
+            return not last
+
+        try:
+            wait_until(
+                healthy, timeout=timeout, interval=0.1, what="sentinels to see master + replica"
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; still: {'; '.join(last) or '?'}") from None
 
     def kill_master(self) -> RedisServer:
         """SIGKILL the current master and return it (see ``wait_for_failover``)."""
@@ -429,7 +466,7 @@ class RedisSentinel(HarnessResource):
         killed.kill()
         return killed
 
-    def wait_for_failover(self, timeout: float = 30.0) -> tuple[str, int]:
+    def wait_for_failover(self, timeout: float = HEAL_TIMEOUT) -> tuple[str, int]:
         """Wait until all sentinels name a new master that reports ``role:master``.
 
         Then swap ``master`` / ``replica`` and return the new master address.
