@@ -285,7 +285,7 @@ class CircuitBreaker:
     async def aclose(self) -> None:
         """Stop the background probe (the state is kept)."""
         task, self._probe_task = self._probe_task, None
-        if task is None or task.done():
+        if task is None or task.done() or task.get_loop().is_closed():
             return
         task.cancel()
         if task.get_loop() is asyncio.get_running_loop():

@@ -21,7 +21,7 @@ parameters override the keyword arguments.
 The default timeouts are short, because a cache or a rate limiter must fail
 fast rather than make requests wait, but not so short that a busy host
 turns a healthy Redis into errors: ``socket_timeout=0.25`` (one command),
-``socket_connect_timeout=0.25`` and no retries.
+``socket_connect_timeout=0.5`` (it covers the TLS handshake) and no retries.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ DEFAULT_SOCKET_TIMEOUT = 0.25
 """Seconds one command may take. Redis answers in well under a millisecond;
 50 ms (the old default) was exceeded by a healthy server whenever the host was
 busy for a moment, which opened breakers and let requests through unlimited."""
-DEFAULT_CONNECT_TIMEOUT = 0.25
-"""Seconds a connect may take (refused connections fail at once anyway)."""
+DEFAULT_CONNECT_TIMEOUT = 0.5
+"""Seconds a connect (and TLS handshake) may take; refused connections fail at once anyway."""
 
 
 class RedisURLError(ConfigurationError):
@@ -345,7 +345,12 @@ def parse_url(url: str) -> RedisURL:
                 "redis+sentinel://host:26379/mymaster[/db]"
             )
         service_name = unquote(segments.pop(0))
-    db = _int_option(segments[0] if segments else options.pop("db", "0"), "db")
+    query_db = options.pop("db", None)
+    if segments and query_db is not None and query_db != segments[0]:
+        raise RedisURLError(
+            f"Redis URL names two databases (/{segments[0]} and ?db={query_db}); keep one"
+        )
+    db = _int_option(segments[0] if segments else query_db or "0", "db")
     if kind == "cluster" and db != 0:
         raise RedisURLError(f"Redis Cluster has only database 0, the URL asks for {db}")
     return RedisURL(
@@ -423,6 +428,8 @@ def _make_client(
     if parsed.kind == "cluster":
         cluster = require(f"{prefix}.cluster", "redis")
         nodes = [cluster.ClusterNode(host, port) for host, port in parsed.hosts]
+        if not asynchronous:
+            _check_sync_cluster(cluster, kwargs)
         return cluster.RedisCluster(startup_nodes=nodes, **kwargs)
     if parsed.kind == "sentinel":
         sentinel_module = require(f"{prefix}.sentinel", "redis")
@@ -443,6 +450,20 @@ def _make_client(
         return client_module.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
     host, port = parsed.hosts[0]
     return client_module.Redis(host=host, port=port, db=parsed.db, **kwargs)
+
+
+def _check_sync_cluster(cluster: Any, kwargs: dict[str, Any]) -> None:
+    # redis-py's blocking RedisCluster drops connection options it does not
+    # list (health_check_interval, ssl_min_version …) without a word.
+    allowed = set(getattr(cluster, "REDIS_ALLOWED_KEYS", ())) | set(
+        inspect.signature(cluster.RedisCluster.__init__).parameters
+    )
+    dropped = sorted(name for name in kwargs if name not in allowed and name != "retry")
+    if allowed and dropped:
+        raise RedisURLError(
+            f"Redis URL options {', '.join(dropped)} are not supported by redis-py's "
+            "blocking Cluster client (used for invalidate_sync and read-your-writes marks)"
+        )
 
 
 _owning_classes: dict[tuple[Any, bool], type] = {}

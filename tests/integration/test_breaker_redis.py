@@ -66,6 +66,11 @@ async def wait_for(predicate: Callable[[], bool], rounds: int = 500) -> bool:
     return predicate()
 
 
+# Generous timeouts: the outages here are a killed server (refused at once)
+# or a frozen one the test controls; a busy machine must not add its own.
+PATIENT = "socket_timeout=2&socket_connect_timeout=2"
+
+
 def limiter(url: str, clock: ManualClock, **backend_options: Any) -> RateLimitMiddleware:
     breaker = CircuitBreaker(failure_threshold=5, cooldown=5.0, name="ratelimit", clock=clock)
     backend = RedisRateLimitBackend(url, breaker=breaker, **backend_options)
@@ -82,7 +87,7 @@ async def test_a_timed_out_pipeline_of_50_checks_is_one_failure(
     # Redis was healthy, and every request after it went unlimited.
     redis_server.flushall()
     clock = ManualClock()
-    app = limiter(redis_server.url, clock)
+    app = limiter(f"{redis_server.url}?socket_timeout=1&socket_connect_timeout=2", clock)
     breaker = app.breaker
     assert breaker is not None
     try:
@@ -187,7 +192,7 @@ async def test_the_probe_closes_the_limiter_within_one_interval_without_traffic(
     # Regression: limits came back only after the 5 s cool-down and a request's trial.
     redis_server.flushall()
     clock = ManualClock()
-    app = limiter(redis_server.url, clock)
+    app = limiter(f"{redis_server.url}?{PATIENT}", clock)
     breaker = app.breaker
     assert breaker is not None
     try:
@@ -210,7 +215,9 @@ async def test_the_probe_closes_the_cache_within_one_interval_and_stops_on_aclos
     redis_server: RedisServer,
 ) -> None:
     clock = ManualClock()
-    backend = RedisCache.from_url(redis_server.url, prefix="breaker-probe:", clock=clock)
+    backend = RedisCache.from_url(
+        f"{redis_server.url}?{PATIENT}", prefix="breaker-probe:", clock=clock
+    )
     counter = Counter()
     app = CacheMiddleware(counter.app, backend, [CacheRule("/items", ttl=600)], clock=clock)
     try:
@@ -249,11 +256,13 @@ async def test_backend_errors_count_calls_and_degraded_requests_count_requests(
     # calls there, and every request served without Redis as degraded.
     redis_server.flushall()
     clock = ManualClock()
-    cache_backend = RedisCache.from_url(redis_server.url, prefix="breaker-count:", clock=clock)
+    cache_backend = RedisCache.from_url(
+        f"{redis_server.url}?{PATIENT}", prefix="breaker-count:", clock=clock
+    )
     cache = CacheMiddleware(
         Counter().app, cache_backend, [CacheRule("/items", ttl=600)], clock=clock
     )
-    limited = limiter(redis_server.url, clock)
+    limited = limiter(f"{redis_server.url}?{PATIENT}", clock)
     try:
         async with http(cache) as cache_client, http(limited) as limit_client:
             await cache_client.get("/items")

@@ -25,6 +25,11 @@ from scalekit.ratelimit import RateLimitMiddleware, Rule
 pytestmark = pytest.mark.anyio
 
 
+# A TLS handshake is CPU work: on a busy test machine it can take longer
+# than the production defaults, and a timed-out call would fail open.
+PATIENT = "&socket_timeout=2&socket_connect_timeout=2"
+
+
 async def _home(request: Request) -> PlainTextResponse:
     return PlainTextResponse(uuid.uuid4().hex)
 
@@ -40,7 +45,7 @@ APP = Starlette(routes=[Route("/items", _home)])
 async def test_cache_over_tls_with_a_private_ca(redis_tls_server: TLSRedisServer) -> None:
     # Regression: the URL's ssl_* options were dropped, so every call failed
     # certificate verification and the cache was bypassed for good.
-    url = f"{redis_tls_server.url}&health_check_interval=30"
+    url = f"{redis_tls_server.url}&health_check_interval=30{PATIENT}"
     backend = RedisCache.from_url(url, prefix=f"tls{uuid.uuid4().hex[:6]}:")
     app = CacheMiddleware(APP, backend, [CacheRule("/items", ttl=60, tags=["items"])])
     try:
@@ -60,7 +65,7 @@ async def test_cache_over_tls_with_a_private_ca(redis_tls_server: TLSRedisServer
 
 async def test_limiter_over_tls_with_a_private_ca(redis_tls_server: TLSRedisServer) -> None:
     rule = Rule("3/minute", name=f"tls{uuid.uuid4().hex[:6]}")
-    app = RateLimitMiddleware(APP, redis_tls_server.url, [rule])
+    app = RateLimitMiddleware(APP, redis_tls_server.url + PATIENT, [rule])
     try:
         async with http(app) as client:
             statuses = [(await client.get("/items")).status_code for _ in range(4)]
@@ -73,9 +78,9 @@ async def test_without_the_ca_nothing_is_trusted(redis_tls_server: TLSRedisServe
     certs = redis_tls_server.certificates
     url = (
         f"rediss://{redis_tls_server.host}:{redis_tls_server.port}/0"
-        f"?ssl_certfile={certs.client_cert}&ssl_keyfile={certs.client_key}"
+        f"?ssl_certfile={certs.client_cert}&ssl_keyfile={certs.client_key}{PATIENT}"
     )
-    backend = RedisCache.from_url(url, prefix="tls-no-ca:", socket_timeout=2)
+    backend = RedisCache.from_url(url, prefix="tls-no-ca:")
     limiter = RateLimitMiddleware(APP, url, [Rule("3/minute", on_backend_error="deny")])
     try:
         with pytest.raises(CacheBackendError, match="certificate verify failed"):
@@ -90,7 +95,7 @@ async def test_without_the_ca_nothing_is_trusted(redis_tls_server: TLSRedisServe
 async def test_client_options_from_the_url_reach_a_live_connection(
     redis_tls_server: TLSRedisServer,
 ) -> None:
-    client = _redis.from_url(f"{redis_tls_server.url}&client_name=scalekit-tls&protocol=3")
+    client = _redis.from_url(f"{redis_tls_server.url}&client_name=scalekit-tls&protocol=3{PATIENT}")
     try:
         assert await client.ping()
         assert await client.client_getname() == b"scalekit-tls"

@@ -248,4 +248,17 @@ def test_every_documented_option_is_taken_by_redis_py() -> None:
 
 def test_default_timeouts_tolerate_a_busy_host() -> None:
     assert 0.1 <= _redis.DEFAULT_SOCKET_TIMEOUT <= 0.25
-    assert 0.1 <= _redis.DEFAULT_CONNECT_TIMEOUT <= 0.25
+    assert 0.1 <= _redis.DEFAULT_CONNECT_TIMEOUT <= 1.0
+
+
+def test_two_databases_in_one_url_is_an_error() -> None:
+    assert parse_url("redis://h/3?db=3").db == 3
+    assert parse_url("redis://h?db=5").db == 5
+    with pytest.raises(_redis.RedisURLError, match=r"two databases \(/3 and \?db=4\)"):
+        parse_url("redis://h/3?db=4")
+
+
+def test_blocking_cluster_client_refuses_options_redis_py_would_drop() -> None:
+    # redis-py's blocking RedisCluster silently ignores health_check_interval.
+    with pytest.raises(_redis.RedisURLError, match="health_check_interval are not supported"):
+        sync_from_url("redis+cluster://127.0.0.1:1?health_check_interval=5")

@@ -124,7 +124,9 @@ async def test_cluster_two_rules_one_call_and_nothing_consumed_on_rejection(
 ) -> None:
     redis_cluster.flushall()
     rules = [Rule("100/minute", name="wide"), Rule("2/minute", path="/items/{id}", name="narrow")]
-    app = RateLimitMiddleware(make_app(), redis_cluster.url, rules, strategy="fixed-window")
+    # a generous timeout: a call timed out by a busy machine would fail open
+    url = redis_cluster.url + "?socket_timeout=2"
+    app = RateLimitMiddleware(make_app(), url, rules, strategy="fixed-window")
     try:
         async with client(app) as http:
             assert (await http.get("/items/1")).status_code == 200
@@ -146,7 +148,8 @@ async def test_sentinel_failover_limits_hold_on_the_promoted_master(
     redis_sentinel_factory: Any,
 ) -> None:
     sentinel: RedisSentinel = redis_sentinel_factory()
-    app = RateLimitMiddleware(make_app(), sentinel.url, [Rule("3/minute")], strategy="fixed-window")
+    url = sentinel.url + "?socket_timeout=2"  # the dead master refuses at once anyway
+    app = RateLimitMiddleware(make_app(), url, [Rule("3/minute")], strategy="fixed-window")
     try:
         async with client(app) as http:
             assert (await http.get("/")).status_code == 200

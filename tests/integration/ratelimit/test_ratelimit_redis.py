@@ -45,7 +45,9 @@ async def proxied(
 ) -> AsyncIterator[tuple[CountingProxy, str]]:
     redis_server.flushall()
     proxy = counting_proxy(redis_server.host, redis_server.port)
-    return proxy, proxy.url_for(redis_server.url)
+    # generous: these tests count round trips, and one timed out under CPU
+    # load would fail open instead (outage tests set their own short timeout)
+    return proxy, proxy.url_for(redis_server.url) + "?socket_timeout=2"
 
 
 def middleware(storage: str, rules: list[Rule], **kwargs: Any) -> RateLimitMiddleware:
@@ -107,7 +109,12 @@ async def test_a_rejected_request_changes_no_counter(redis_server: RedisServer) 
     redis_server.flushall()
     rules = [Rule("100/minute", name="wide"), Rule("2/minute", path="/items/{id}", name="narrow")]
     for strategy in ("fixed-window", "sliding-window-counter", "moving-window"):
-        app = middleware(redis_server.url, rules, strategy=strategy, key_prefix=f"rl-{strategy}")
+        app = middleware(
+            redis_server.url + "?socket_timeout=2",
+            rules,
+            strategy=strategy,
+            key_prefix=f"rl-{strategy}",
+        )
         try:
             async with client(app) as http:
                 assert (await http.get("/items/1")).status_code == 200
@@ -133,7 +140,7 @@ async def test_redis_script_agrees_with_limits_and_memory(
     redis_server: RedisServer, strategy: str
 ) -> None:
     redis_server.flushall()
-    backend = RedisRateLimitBackend(redis_server.url)
+    backend = RedisRateLimitBackend(redis_server.url + "?socket_timeout=2")
     memory = MemoryRateLimitBackend()
     item = limits.parse("5/10 seconds")
     # odd milliseconds: limits' float arithmetic and the script's integer
@@ -155,7 +162,7 @@ async def test_redis_script_agrees_with_limits_and_memory(
 
 async def test_the_window_follows_redis_clock_not_the_app_host(redis_server: RedisServer) -> None:
     redis_server.flushall()
-    backend = RedisRateLimitBackend(redis_server.url)
+    backend = RedisRateLimitBackend(redis_server.url + "?socket_timeout=2")
     try:
         verdict = await backend.check([LimitCheck("{t}:clock", "sliding", 5, 60)])
         seconds, micros = redis_server.client().time()
@@ -194,7 +201,7 @@ async def test_redis_killed_fail_open_fail_closed_then_restarted(
     ]
     clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
-    app = middleware(redis_server.url, rules, breaker=breaker, clock=clock)
+    app = middleware(redis_server.url + "?socket_timeout=2", rules, breaker=breaker, clock=clock)
     try:
         async with client(app) as http:
             assert (await http.get("/")).status_code == 200
@@ -252,7 +259,7 @@ async def test_concurrent_checks_share_a_pipeline_and_stay_exact(
     proxied: tuple[CountingProxy, str], redis_server: RedisServer
 ) -> None:
     proxy, url = proxied
-    backend = RedisRateLimitBackend(url + "?socket_timeout=2")
+    backend = RedisRateLimitBackend(url)  # the fixture's URL has a generous timeout
     check = LimitCheck("{batch}:k", "fixed", 30, 60)
     try:
         await backend.check([check])
