@@ -55,6 +55,11 @@ class ReplicaState(enum.StrEnum):
     DOWN = "down"
 
 
+# When the primary fails too: replicas whose last status was good, or that
+# have applied everything they received from the primary that is now gone.
+_LAST_RESORT = frozenset({ReplicaState.SERVING, ReplicaState.DETACHED})
+
+
 class _Replica:
     """One replica pool and what the ``ReplicaSet`` knows about it."""
 
@@ -232,9 +237,9 @@ class ReplicaSet:
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
-            if not to_primary:  # nothing demands the primary: a detached replica will do
-                detached = [r for r in self._replicas if r.health is ReplicaState.DETACHED]
-                served, rows, _ = self._replica_read(sql, params, None, iter(detached))
+            if not to_primary:  # nothing demands the primary: the last known good replica
+                last_resort = [r for r in self._replicas if r.health in _LAST_RESORT]
+                served, rows, _ = self._replica_read(sql, params, None, iter(last_resort))
                 if served:
                     self._event("fallback_replica", "primary_down")
                     return rows
@@ -380,7 +385,7 @@ class ReplicaSet:
             return ReplicaState.LAGGING if lagging else ReplicaState.SERVING
         if (
             status.sql_running
-            and status.io is IoThread.CONNECTING
+            and status.io is not IoThread.STOPPED  # reconnecting to a primary that is gone
             and status.applied_all_received
             and replica.last_lag is not None
             and replica.last_lag <= self.max_lag
