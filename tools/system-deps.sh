@@ -5,7 +5,7 @@
 # `make test` never silently skips the integration tests for a missing server.
 set -euo pipefail
 
-packages=(redis-server redis-tools redis-sentinel mariadb-server mariadb-client nginx wrk prometheus openssl)
+packages=(redis-server redis-tools redis-sentinel mariadb-server mariadb-client nginx wrk prometheus openssl curl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

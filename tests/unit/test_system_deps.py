@@ -56,7 +56,15 @@ def test_missing_packages_are_installed_as_root_or_through_sudo(
     calls = (tmp_path / "apt.log").read_text().splitlines()
     assert calls[0].startswith("apt-get update")
     assert calls[1].startswith("apt-get install")
-    for package in ("redis-server", "redis-sentinel", "mariadb-server", "nginx", "prometheus"):
+    # curl: the README curl session the e2e tests run.
+    for package in (
+        "redis-server",
+        "redis-sentinel",
+        "mariadb-server",
+        "nginx",
+        "prometheus",
+        "curl",
+    ):
         assert package in calls[1]
 
 
