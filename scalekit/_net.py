@@ -127,6 +127,11 @@ def _split_outside_quotes(value: str, separator: str) -> list[str]:
             current = []
         else:
             current.append(char)
+    if quoted:
+        # A quote the client opened and never closed would swallow the elements a
+        # proxy appended after it ("for=6.6.6.6;x=\"" + ", for=<client>"): a
+        # malformed value is split as if it had no quotes, so the proxy's stay whole.
+        return value.split(separator)
     parts.append("".join(current))
     return parts
 

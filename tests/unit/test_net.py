@@ -143,6 +143,34 @@ def test_forwarded_header_when_configured() -> None:
     assert resolve(request) == "2001:db8::1"
 
 
+def test_an_unclosed_quote_cannot_swallow_the_element_the_proxy_appended() -> None:
+    # nginx: proxy_set_header Forwarded "$http_forwarded, for=$remote_addr". A
+    # client that opened a quote and never closed it made the proxy's element
+    # part of its own, and its own for= the client address.
+    resolve = ClientIP(["127.0.0.1"], header="forwarded")
+    for sent in ('for=6.6.6.6;x="', 'for=6.6.6.6;by="a\\"', 'for="6.6.6.6', '"'):
+        for element, client in (
+            ("for=203.0.113.9", "203.0.113.9"),
+            ('for="[2001:db8::9]"', "2001:db8::9"),
+        ):
+            request = scope("127.0.0.1", ("Forwarded", f"{sent}, {element}"))
+            assert resolve(request) == client, sent
+
+
+FORWARDED_TEXT = st.text(alphabet='"\\,;= for[]:.6abc', max_size=30)
+
+
+@given(sent=FORWARDED_TEXT, client=st.ip_addresses())
+def test_whatever_forwarded_value_a_client_sends_the_proxy_element_decides(
+    sent: str, client: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> None:
+    element = f'for="[{client}]"' if client.version == 6 else f"for={client}"
+    resolve = ClientIP(["127.0.0.1"], header="forwarded", ipv6_prefix=None)
+    request = scope("127.0.0.1", ("Forwarded", f"{sent}, {element}"))
+    expected = client.ipv4_mapped if client.version == 6 and client.ipv4_mapped else client
+    assert resolve(request) == str(expected)
+
+
 def test_x_real_ip_when_configured() -> None:
     resolve = ClientIP(["127.0.0.1"], header=ForwardedHeader.X_REAL_IP)
     request = scope(
