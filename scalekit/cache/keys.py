@@ -38,8 +38,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 def normalise_query(query_string: bytes) -> str:
     """The query string with its parameters in a canonical order.
 
-    Parameters are sorted by their decoded name only; parameters of the same
-    name keep their order (``?page=2&page=1`` and ``?page=1&page=2`` are
+    Parameters are sorted by their name as the app decodes it; parameters of
+    the same name keep their order (``?page=2&page=1`` and ``?page=1&page=2`` are
     different requests). The raw bytes are kept as they came, so two queries
     an app could tell apart never share a key.
     """
@@ -52,9 +52,12 @@ def normalise_query(query_string: bytes) -> str:
 
 
 def _decoded_name(part: str) -> str:
+    # Decoded exactly as Starlette's QueryParams decodes it (UTF-8, undecodable bytes
+    # replaced): names the app reads as one name must keep their relative order,
+    # so ?%FF=1&%FE=2 and ?%FE=2&%FF=1 (both "\ufffd" to the app) stay apart.
     name = part.partition("=")[0]
     if "%" in name or "+" in name:
-        return unquote_plus(name, encoding="latin-1")
+        return unquote_plus(name)
     return name
 
 
