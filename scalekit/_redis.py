@@ -32,8 +32,8 @@ import functools
 import inspect
 import math
 import ssl
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from scalekit._extras import require
@@ -43,8 +43,12 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_SOCKET_TIMEOUT",
     "URL_OPTIONS",
+    "AsyncPipeline",
+    "AsyncRedisClient",
     "RedisURL",
     "RedisURLError",
+    "SyncPipeline",
+    "SyncRedisClient",
     "from_url",
     "hash_tag",
     "parse_url",
@@ -563,3 +567,48 @@ def hash_tag(value: str) -> str:
     """``{value}`` with braces removed from ``value``, so keys sharing it share a Cluster slot."""
     cleaned = value.replace("{", "").replace("}", "")
     return "{" + (cleaned or "_") + "}"
+
+
+# -- what scalekit calls on a client you pass in -----------------------------
+# Protocols, so that typing a parameter does not import redis-py (an extra):
+# redis-py's asyncio ``Redis``, ``RedisCluster`` and Sentinel's master client
+# satisfy the async ones, ``redis.Redis`` and ``redis.cluster.RedisCluster``
+# the blocking ones.
+
+
+class AsyncPipeline(Protocol):
+    """A redis-py asyncio pipeline, as the cache's invalidation uses it."""
+
+    def incr(self, name: str, amount: int = ...) -> object: ...
+
+    def execute(self, raise_on_error: bool = ...) -> Awaitable[list[Any]]: ...
+
+
+class AsyncRedisClient(Protocol):
+    """A redis-py asyncio client (``redis.asyncio.Redis``, ``RedisCluster``)."""
+
+    def ping(self) -> Awaitable[bool]: ...
+
+    def register_script(self, script: str) -> Callable[..., Awaitable[Any]]: ...
+
+    def pipeline(self, transaction: bool = ...) -> AsyncPipeline: ...
+
+    def execute_command(self, *args: Any) -> Awaitable[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SyncPipeline(Protocol):
+    """A blocking redis-py pipeline."""
+
+    def incr(self, name: str, amount: int = ...) -> object: ...
+
+    def execute(self, raise_on_error: bool = ...) -> list[Any]: ...
+
+
+class SyncRedisClient(Protocol):
+    """A blocking redis-py client (``redis.Redis``, ``redis.cluster.RedisCluster``)."""
+
+    def pipeline(self, transaction: bool = ...) -> SyncPipeline: ...
+
+    def close(self) -> None: ...

@@ -42,15 +42,18 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from scalekit._rates import RateSyntaxError, parse_rates
 from scalekit.errors import ConfigurationError
 
 __all__ = [
     "Declared",
+    "KeyFunction",
     "RateSource",
     "RouteCache",
     "RouteLimit",
+    "TagSource",
     "cached",
     "declarations",
     "limit",
@@ -62,6 +65,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 RateSource = str | Callable[[Request], str]
 """A limit: ``"5/minute"``, or a callable of the request returning one (a plan tier)."""
+
+KeyFunction = Callable[[Scope], "str | None"]
+"""Whom a request counts against: ``scalekit.ratelimit.user``, ``header(...)``, your own."""
+
+TagSource = Iterable[str] | Callable[[Request], Iterable[str]] | None
+"""Cache tags: strings with ``{param}``/``{user}`` placeholders, or a callable of the request."""
 
 _LIMITS_ATTRIBUTE = "__scalekit_limits__"
 _CACHE_ATTRIBUTE = "__scalekit_cache__"
@@ -76,7 +85,7 @@ class RouteLimit:
     """
 
     rate: RateSource
-    key: Callable[[Any], str | None] | None = None
+    key: KeyFunction | None = None
     count: str = "all"
     cost: int = 1
     name: str | None = None
@@ -106,7 +115,7 @@ class RouteCache:
     stale_ttl: float = 0
     vary_user: bool = False
     vary_headers: tuple[str, ...] = ()
-    tags: Any = None
+    tags: TagSource = None
     statuses: tuple[int, ...] = (200,)
     max_body: int = 1024 * 1024
     invalidate_on: tuple[str, ...] = ()
@@ -116,7 +125,7 @@ class RouteCache:
 def limit(
     rate: RateSource,
     *,
-    key: Callable[[Any], str | None] | None = None,
+    key: KeyFunction | None = None,
     count: str = "all",
     cost: int = 1,
     name: str | None = None,
@@ -146,7 +155,7 @@ def limit(
 def limited(
     rate: RateSource,
     *,
-    key: Callable[[Any], str | None] | None = None,
+    key: KeyFunction | None = None,
     count: str = "all",
     cost: int = 1,
     name: str | None = None,
@@ -171,7 +180,7 @@ def cached(
     stale_ttl: float = 0,
     vary_user: bool = False,
     vary_headers: Iterable[str] = (),
-    tags: Any = None,
+    tags: TagSource = None,
     statuses: Iterable[int] = (200,),
     max_body: int = 1024 * 1024,
     invalidate_on: Iterable[str] = (),

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from scalekit.cache import CacheBackend, CacheRule
     from scalekit.db import ReplicaSet, ShardSet
     from scalekit.observability import Check, Health
-    from scalekit.ratelimit import RateLimitBackend, Rule
+    from scalekit.ratelimit import RateLimitBackend, RateLimitRule
 
 __all__ = ["Stack", "install"]
 
@@ -106,7 +106,7 @@ def install(
     *,
     auth_backend: AuthenticationBackend | None = None,
     cache_rules: Sequence[CacheRule] = (),
-    rate_rules: Sequence[Rule] = (),
+    rate_rules: Sequence[RateLimitRule] = (),
     health_checks: Sequence[Check] = (),
     registry: CollectorRegistry | None = None,
     ratelimit: RateLimitOptions | None = None,
@@ -126,8 +126,9 @@ def install(
         auth_backend: a Starlette ``AuthenticationBackend``; installed between
             metrics and the rate limiter so rules can key on the user.
         cache_rules: ``CacheRule``\\ s; no cache middleware when empty.
-        rate_rules: ``Rule``\\ s. ``settings.rate_limit`` adds a default rule
-            that covers the requests no rule with a ``path`` covers (see
+        rate_rules: ``RateLimitRule``\\ s (``Rule`` is the same class).
+            ``settings.rate_limit`` adds a default rule that covers the
+            requests no rule with a ``path`` covers (see
             :class:`~scalekit.options.DefaultLimit` to make it cover all).
         health_checks: extra checks for the readiness endpoint.
         registry: a Prometheus ``CollectorRegistry`` (the default one if None).

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import structlog
 
@@ -306,6 +306,10 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
+class _ClusterClient(Protocol):
+    def mget_nonatomic(self, keys: list[str]) -> Awaitable[list[bytes | None]]: ...
+
+
 class RedisCache:
     """A Redis backend: a hit is one Lua call (one round trip), on Cluster too.
 
@@ -330,9 +334,9 @@ class RedisCache:
 
     def __init__(
         self,
-        client: Any,
+        client: _redis.AsyncRedisClient,
         *,
-        sync_client: Any = None,
+        sync_client: _redis.SyncRedisClient | None = None,
         prefix: str = "scalekit:cache:",
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
@@ -429,6 +433,10 @@ class RedisCache:
     async def _ping(self) -> None:
         await self.client.ping()
 
+    def _cluster_mget(self, keys: list[str]) -> Awaitable[list[bytes | None]]:
+        # only reached on Cluster (tags in other slots), whose client has it
+        return cast(_ClusterClient, self.client).mget_nonatomic(keys)
+
     async def lookup(
         self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
     ) -> Lookup:
@@ -446,7 +454,7 @@ class RedisCache:
             async def both() -> tuple[Any, Any]:
                 return await asyncio.gather(
                     self._lookup(keys=script_keys, args=args),
-                    self.client.mget_nonatomic(other),
+                    self._cluster_mget(other),
                 )
 
             result, extra = await self._call("lookup", both)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
 from starlette.routing import compile_path
 
 from scalekit._routes import RouteTemplate, RouteTemplateError
@@ -15,7 +16,7 @@ from scalekit.cache.errors import CacheConfigError
 
 __all__ = ["CacheRule", "TagSource"]
 
-TagSource = Callable[[Any], Iterable[str]] | Iterable[str] | None
+TagSource = Callable[[Request], Iterable[str]] | Iterable[str] | None
 """A rule's tags: strings (``{name}`` is filled from the path parameters and
 ``{user}`` from the identity), or a callable taking a Starlette ``Request``."""
 

@@ -32,9 +32,9 @@ import enum
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import structlog
 from starlette.requests import Request
@@ -60,6 +60,61 @@ __all__ = [
 HEALTH_MEDIA_TYPE = "application/health+json"
 
 _logger = structlog.get_logger("scalekit.health")
+
+
+# -- what the checks accept: protocols, so this module imports no component ---
+
+
+class SupportsPing(Protocol):
+    """Anything with ``ping()``, sync or async (a Redis client, a pool)."""
+
+    def ping(self) -> object: ...
+
+
+class SupportsAsyncPing(Protocol):
+    """Anything with ``async aping()``."""
+
+    def aping(self) -> Awaitable[object]: ...
+
+
+@runtime_checkable
+class SupportsQuery(Protocol):
+    """Anything with a blocking ``query(sql)`` returning rows (a ``scalekit.db.Pool``)."""
+
+    def query(self, sql: str, /) -> Iterable[Mapping[str, Any]]: ...
+
+
+@runtime_checkable
+class SupportsAsyncQuery(Protocol):
+    """Anything with ``async aquery(sql)``."""
+
+    def aquery(self, sql: str, /) -> Awaitable[object]: ...
+
+
+PoolLike = SupportsPing | SupportsAsyncPing | SupportsQuery | SupportsAsyncQuery
+"""What :class:`PoolCheck` checks: a pool with one of ``aping``, ``ping``, ``aquery``, ``query``."""
+
+
+class HasPrimary(Protocol):
+    """A replica set: :class:`PoolCheck` checks its primary."""
+
+    @property
+    def primary(self) -> PoolLike: ...
+
+
+class HasReplicas(Protocol):
+    """A replica set whose replicas answer ``SHOW REPLICA STATUS`` (a ``ReplicaSet``)."""
+
+    @property
+    def replicas(self) -> Sequence[SupportsQuery]: ...
+
+
+class SupportsReplicaLags(Protocol):
+    """A replica set that reports its lags itself: name -> seconds, None when stopped."""
+
+    def replica_lags(
+        self,
+    ) -> Mapping[str, float | None] | Awaitable[Mapping[str, float | None]]: ...
 
 
 class HealthStatus(enum.StrEnum):
@@ -213,14 +268,14 @@ class PoolCheck(Check):
     def __init__(
         self,
         name: str,
-        pool: Any,
+        pool: PoolLike | HasPrimary,
         critical: bool = True,
         *,
         timeout: float | None = None,
         sql: str = "SELECT 1",
     ) -> None:
         super().__init__(name, critical=critical, timeout=timeout)
-        target = getattr(pool, "primary", None) or pool
+        target = cast(PoolLike, getattr(pool, "primary", None) or pool)
         if not any(hasattr(target, m) for m in ("aping", "ping", "aquery", "query")):
             raise TypeError(
                 f"PoolCheck({name!r}) needs an object with ping(), aping(), query() or aquery(); "
@@ -237,10 +292,10 @@ class PoolCheck(Check):
                 await _call(self, getattr(pool, method))
                 break
         else:
-            if hasattr(pool, "aquery"):
+            if isinstance(pool, SupportsAsyncQuery):
                 await pool.aquery(self.sql)
             else:
-                await _call(self, pool.query, self.sql)
+                await _call(self, cast(SupportsQuery, pool).query, self.sql)
         return CheckResult("pass", _elapsed_ms(start), "ms")
 
 
@@ -268,7 +323,7 @@ class ReplicaSetCheck(Check):
     def __init__(
         self,
         name: str,
-        replica_set: Any,
+        replica_set: HasReplicas | SupportsReplicaLags,
         critical: bool = False,
         *,
         max_lag: float | None = None,
@@ -304,7 +359,8 @@ class ReplicaSetCheck(Check):
 
     def _query_lags(self) -> dict[str, float | None]:
         lags: dict[str, float | None] = {}
-        for index, pool in enumerate(self.replica_set.replicas):
+        replicas: Sequence[SupportsQuery] = getattr(self.replica_set, "replicas", ())
+        for index, pool in enumerate(replicas):
             name = str(getattr(pool, "name", "") or f"replica{index}")
             if name in lags:
                 name = f"{name}-{index}"
@@ -317,7 +373,7 @@ class ReplicaSetCheck(Check):
         return lags
 
     @staticmethod
-    def _status(pool: Any) -> list[Mapping[str, Any]]:
+    def _status(pool: SupportsQuery) -> list[Mapping[str, Any]]:
         error: Exception | None = None
         for sql in STATUS_STATEMENTS:
             try:
@@ -351,7 +407,7 @@ class RedisCheck(Check):
     def __init__(
         self,
         name: str,
-        url_or_client: Any,
+        url_or_client: str | SupportsPing,
         critical: bool = False,
         *,
         timeout: float | None = None,

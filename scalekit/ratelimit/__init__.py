@@ -15,10 +15,11 @@ Closed sets are StrEnums that also accept their string values:
 
 Names follow one scheme with :mod:`scalekit.cache`: the rule, the backend
 protocol and the unavailable-backend error carry the component's name
-(``CacheBackend``/``RateLimitBackend``, ``CacheUnavailable``/
-``RateLimitUnavailable``). The old spellings (``Backend``, ``MemoryBackend``,
-``RedisBackend``, ``BackendUnavailable``, ``Check``, ``CheckResult``) still
-import, with a ``DeprecationWarning``.
+(``CacheRule``/``RateLimitRule``, ``CacheBackend``/``RateLimitBackend``,
+``CacheUnavailable``/``RateLimitUnavailable``). ``Rule`` is the short name
+of ``RateLimitRule`` (the same class, not deprecated). The old spellings
+(``Backend``, ``MemoryBackend``, ``RedisBackend``, ``BackendUnavailable``,
+``Check``, ``CheckResult``) still import, with a ``DeprecationWarning``.
 
 Errors::
 
@@ -43,7 +44,15 @@ from scalekit.ratelimit.backends import (
 from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitError, RateLimitUnavailable
 from scalekit.ratelimit.keys import KeyFunction, client_ip, header, identity_tag, user
 from scalekit.ratelimit.middleware import RateLimitMiddleware
-from scalekit.ratelimit.rules import Count, LimitSource, OnBackendError, Rate, Rule, parse_rates
+from scalekit.ratelimit.rules import (
+    Count,
+    LimitSource,
+    OnBackendError,
+    Rate,
+    RateLimitRule,
+    Rule,
+    parse_rates,
+)
 
 __all__ = [
     "Count",
@@ -60,6 +69,7 @@ __all__ = [
     "RateLimitConfigError",
     "RateLimitError",
     "RateLimitMiddleware",
+    "RateLimitRule",
     "RateLimitUnavailable",
     "RedisRateLimitBackend",
     "Rule",

@@ -37,7 +37,7 @@ from scalekit import events
 from scalekit._breaker import BreakerState, CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
-from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, from_url, redis_errors
+from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, AsyncRedisClient, from_url, redis_errors
 from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitUnavailable
 from scalekit.ratelimit.failover import SentinelFollower
 
@@ -289,7 +289,7 @@ class RedisRateLimitBackend:
         self,
         url: str | None = None,
         *,
-        client: Any = None,
+        client: AsyncRedisClient | None = None,
         socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
         batching: bool = True,
         breaker: CircuitBreaker | None = None,
@@ -305,7 +305,8 @@ class RedisRateLimitBackend:
         self.breaker = breaker or CircuitBreaker(name="ratelimit", clock=clock)
         self._window_clock = clock
         self.breaker.set_probe(self._ping)
-        self._client = client
+        # typed loosely inside: the sender also reaches the connection pool
+        self._client: Any = client
         self._owns_client = url is not None
         self._script = _load_script()
         self._sha = hashlib.sha1(self._script.encode("utf-8")).hexdigest()
@@ -328,9 +329,10 @@ class RedisRateLimitBackend:
         self._switches_seen = 0
 
     @property
-    def client(self) -> Any:
+    def client(self) -> AsyncRedisClient:
         """The redis-py asyncio client."""
-        return self._client
+        client: AsyncRedisClient = self._client
+        return client
 
     @property
     def sentinel_follower(self) -> SentinelFollower | None:

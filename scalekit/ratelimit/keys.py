@@ -21,6 +21,8 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from starlette.types import Scope
+
 from scalekit._identity import IDENTITY_SCOPE_KEY
 from scalekit._net import ClientIP
 from scalekit.errors import ConfigurationError
@@ -35,7 +37,7 @@ __all__ = [
     "user",
 ]
 
-KeyFunction = Callable[[Any], "str | None"]
+KeyFunction = Callable[[Scope], "str | None"]
 """A key function: ASGI scope in, identity out (``None`` means "use the client IP")."""
 
 CLIENT_IP_SCOPE_KEY = "scalekit.client_ip"

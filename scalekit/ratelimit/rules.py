@@ -6,7 +6,6 @@ import difflib
 import enum
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Scope
@@ -17,7 +16,7 @@ from scalekit._routes import KNOWN_METHODS, RouteTemplate, RouteTemplateError, r
 from scalekit.ratelimit.errors import RateLimitConfigError, choice
 from scalekit.ratelimit.keys import KeyFunction, client_ip
 
-__all__ = ["Count", "LimitSource", "OnBackendError", "Rate", "Rule", "parse_rates"]
+__all__ = ["Count", "LimitSource", "OnBackendError", "Rate", "RateLimitRule", "Rule", "parse_rates"]
 
 
 class Count(enum.StrEnum):
@@ -65,8 +64,8 @@ def _checked_rates(limit: str, cost: int) -> tuple[Rate, ...]:
     return rates
 
 
-class Rule:
-    """A limit and the requests it covers.
+class RateLimitRule:
+    """A limit and the requests it covers (``Rule`` is the same class, shorter).
 
     Args:
         limit: the rate(s), as ``limits`` writes them: ``"100/15 minutes"``,
@@ -122,7 +121,7 @@ class Rule:
         key: KeyFunction = client_ip,
         count: Count | str = Count.ALL,
         cost: int = 1,
-        exempt: Callable[[Any], bool] | None = None,
+        exempt: Callable[[Scope], bool] | None = None,
         on_backend_error: OnBackendError | str | None = None,
         name: str | None = None,
     ) -> None:
@@ -211,6 +210,10 @@ class Rule:
 
     def __repr__(self) -> str:
         return (
-            f"Rule({self.limit!r}, name={self.name!r}, path={self.path!r}, "
+            f"RateLimitRule({self.limit!r}, name={self.name!r}, path={self.path!r}, "
             f"count={self.count.value!r})"
         )
+
+
+Rule = RateLimitRule
+"""The short name of :class:`RateLimitRule` (the same class, not deprecated)."""

@@ -103,8 +103,22 @@ def test_cache_and_limiter_share_one_naming_scheme() -> None:
     import scalekit.cache as cache
     import scalekit.ratelimit as ratelimit
 
-    for kind in ("Backend", "Unavailable", "ConfigError", "Error", "Middleware"):
+    for kind in ("Backend", "Unavailable", "ConfigError", "Error", "Middleware", "Rule"):
         assert hasattr(cache, f"Cache{kind}")
         assert hasattr(ratelimit, f"RateLimit{kind}")
     # The rate limiter's backend checks no longer share names with health checks.
     assert not {"Check", "CheckResult"} & set(ratelimit.__all__)
+
+
+def test_rule_is_the_short_name_of_rate_limit_rule_and_does_not_warn() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # DESIGN.md and users' code write Rule: it must never warn
+        from scalekit.ratelimit import RateLimitRule, Rule
+
+        rule = Rule("5/minute", path="/login")
+    assert Rule is RateLimitRule
+    assert isinstance(rule, RateLimitRule)
+    assert repr(rule).startswith("RateLimitRule('5/minute'")
+    assert {"RateLimitRule", "Rule"} <= set(__import__("scalekit.ratelimit").ratelimit.__all__)
