@@ -20,7 +20,10 @@ from typing import Any
 from .._clock import Clock
 from ._deadline import Deadline
 
-__all__ = ["Connector", "ServerBackoff", "SslMode"]
+__all__ = ["SLACK", "Connector", "ServerBackoff", "SslMode"]
+
+SLACK = 0.1
+"""Seconds an operation may overrun its deadline rather than reset socket timeouts."""
 
 
 class SslMode(enum.StrEnum):
@@ -152,14 +155,22 @@ class Connector:
 
     @staticmethod
     def limit(raw: Any, seconds: float | None) -> bool:
-        """Cut a pymysql connection's socket timeouts to ``seconds``; True if changed."""
+        """Cut a pymysql connection's socket timeouts to ``seconds``; True if changed.
+
+        Timeouts within ``SLACK`` of ``seconds`` are left alone: changing them
+        costs a ``settimeout`` per statement, and the hot path (a fresh
+        deadline equal to ``read_timeout``) would otherwise pay it every time.
+        """
         if seconds is None or not hasattr(raw, "_read_timeout"):
             return False
         seconds = max(seconds, 0.001)
-        read = seconds if raw._read_timeout is None else min(raw._read_timeout, seconds)
-        write = seconds if raw._write_timeout is None else min(raw._write_timeout, seconds)
-        if (read, write) == (raw._read_timeout, raw._write_timeout):
+        current_read, current_write = raw._read_timeout, raw._write_timeout
+        if (current_read is not None and current_read <= seconds + SLACK) and (
+            current_write is not None and current_write <= seconds + SLACK
+        ):
             return False
+        read = seconds if current_read is None else min(current_read, seconds)
+        write = seconds if current_write is None else min(current_write, seconds)
         raw._read_timeout = read
         raw._write_timeout = write
         return True
