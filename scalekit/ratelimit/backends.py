@@ -230,20 +230,27 @@ class MemoryRateLimitBackend:
             return
         cost = check.cost
         refund = check.mode is Mode.REFUND
+        # A refund gives a hit made at ``now`` back to the window that hit went to;
+        # once that window is over (a long request), there is nothing to give back,
+        # and the window counting now must not lose a hit (or, sliding, be reset).
         if check.strategy is Strategy.FIXED_WINDOW:
             used, expires = self._fixed.get(check.key, (0, 0.0))
+            if refund:
+                if expires - check.window <= now < expires:
+                    self._fixed[check.key] = (max(0, used - cost), expires)
+                return
             if expires <= now:
                 used, expires = 0, now + check.window
-            if refund:
-                self._fixed[check.key] = (max(0, used - cost), expires)
-            else:
-                self._fixed[check.key] = (used + cost, expires)
+            self._fixed[check.key] = (used + cost, expires)
         elif check.strategy is Strategy.SLIDING_WINDOW_COUNTER:
-            index, current, previous = self._sliding_state(check.key, check.window, now)
             if refund:
-                self._sliding[check.key] = (index, max(0, current - cost), previous)
-            else:
-                self._sliding[check.key] = (index, current + cost, previous)
+                stored = self._sliding.get(check.key)
+                if stored is not None and stored[0] == int(now // check.window):
+                    index, current, previous = stored
+                    self._sliding[check.key] = (index, max(0, current - cost), previous)
+                return
+            index, current, previous = self._sliding_state(check.key, check.window, now)
+            self._sliding[check.key] = (index, current + cost, previous)
         else:
             entries = self._moving.setdefault(check.key, [])
             if refund:

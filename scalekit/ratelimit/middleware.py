@@ -8,8 +8,8 @@ A request passes three stages, each in its own module:
    breaker; the :mod:`~scalekit.ratelimit.outcomes` are admitted,
    rejected (earlier hits refunded) or unavailable (a rule fails closed);
 3. **respond** (:mod:`~scalekit.ratelimit.responses`): the 429, the 503, or
-   the app's response with the ``RateLimit`` fields, after which a failed
-   response is counted against the ``count="failures"`` rules.
+   the app's response with the ``RateLimit`` fields, after which a
+   successful response is refunded to the ``count="failures"`` rules.
 """
 
 from __future__ import annotations
@@ -181,19 +181,19 @@ class RateLimitMiddleware:
         return Admitted(tuple(passed), failed_open)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, admitted: Admitted) -> None:
-        """The app's response with the ``RateLimit`` fields; a failure counted afterwards."""
+        """The app's response with the ``RateLimit`` fields; a success refunded afterwards."""
         fields = self.fields.most_restrictive(admitted.checked)
-        counted_on_failure = admitted.counted_on_failure()
-        if not fields and not counted_on_failure:
+        refunded_on_success = admitted.refunded_on_success()
+        if not fields and not refunded_on_success:
             await self.app(scope, receive, send)
             return
         response = responses.ResponseWatcher(send, fields)
         try:
             await self.app(scope, receive, response)
         finally:
-            if counted_on_failure and response.failed:
-                for checked in counted_on_failure:
-                    await self._call(checked.group.failure_counts())
+            if refunded_on_success and not response.failed:
+                for checked in refunded_on_success:
+                    await self._call(checked.group.success_refunds(), at=checked.verdict.at)
 
     async def _call(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict | None:
         """One backend call; ``None`` when the backend is unavailable.

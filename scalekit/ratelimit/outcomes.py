@@ -34,8 +34,8 @@ class Admitted:
     failed_open: bool
     """Some identity's check could not be made and its rules fail open."""
 
-    def counted_on_failure(self) -> list[Checked]:
-        """The identities with ``count="failures"`` rules: counted if the response fails."""
+    def refunded_on_success(self) -> list[Checked]:
+        """The identities with ``count="failures"`` rules: refunded if the response succeeds."""
         return [checked for checked in self.checked if checked.group.counts_failures]
 
 

@@ -35,7 +35,7 @@ class Limit:
     suffix: str
     """The counter key after the identity's tag: ``name:amount/window:strategy``."""
     mode: Mode
-    """``HIT`` for ``count="all"``, ``PEEK`` (counted after a failure) for ``"failures"``."""
+    """``HIT``: consumed on admission (a ``"failures"`` limit is refunded on success)."""
     policy_field: bytes
     """The whole ``RateLimit-Policy`` value."""
 
@@ -49,7 +49,7 @@ class IdentityLimits:
     checks: tuple[LimitCheck, ...]
     """One per limit, in the same order."""
     counts_failures: bool
-    """Some of the limits are ``count="failures"`` rules: a failed response is counted."""
+    """Some of the limits are ``count="failures"`` rules: a successful response is refunded."""
 
     @property
     def rule_names(self) -> set[str]:
@@ -62,10 +62,10 @@ class IdentityLimits:
             (limit.rule.on_backend_error or default) is OnBackendError.DENY for limit in self.limits
         )
 
-    def failure_counts(self) -> tuple[LimitCheck, ...]:
-        """The checks that count a failed response against the ``count="failures"`` rules."""
+    def success_refunds(self) -> tuple[LimitCheck, ...]:
+        """The checks that give a successful response back to the ``count="failures"`` rules."""
         return tuple(
-            dataclasses.replace(check, mode=Mode.ADD)
+            dataclasses.replace(check, mode=Mode.REFUND)
             for check, limit in zip(self.checks, self.limits, strict=True)
             if limit.rule.count is Count.FAILURES
         )
@@ -156,12 +156,15 @@ class Planner:
                 for limit in limits
             ]
         )
-        counts_failures = any(limit.mode is Mode.PEEK for limit in limits)
+        counts_failures = any(limit.rule.count is Count.FAILURES for limit in limits)
         return IdentityLimits(identity, tuple(limits), checks, counts_failures)
 
 
 def _limits_of(rule: Rule, strategy: Strategy, rates: tuple[Rate, ...]) -> tuple[Limit, ...]:
-    mode = Mode.HIT if rule.count is Count.ALL else Mode.PEEK
+    # A "failures" rule is consumed on admission too and refunded when the response
+    # succeeds: checked only (and counted after a failure), N concurrent guesses all
+    # found the window open and all got through.
+    mode = Mode.HIT
     limits = []
     for index, rate in enumerate(rates):
         policy = rule.name if index == 0 else f"{rule.name}-{index + 1}"

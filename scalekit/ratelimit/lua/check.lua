@@ -148,7 +148,8 @@ for i = 1, n do
         end
     elseif p.mode == 'refund' then
         if p.strategy == 'fixed' then
-            if not p.fresh and p.used >= p.cost then
+            -- only to the window the hit went to: not one that started after it
+            if not p.fresh and p.used >= p.cost and p.expires - p.window <= now then
                 redis.call('HINCRBY', p.key, 'c', -p.cost)
             end
         elseif p.strategy == 'sliding' then

@@ -98,9 +98,9 @@ async def test_two_rules_on_one_identity_cost_one_round_trip(
             assert proxy.round_trips == 5
             proxy.reset()
             assert (await http.post("/login?ok=1")).status_code == 200
-            assert proxy.round_trips == 1  # a success is never counted: no second call
+            assert proxy.round_trips == 2  # a success is refunded by one more call
             assert (await http.post("/login?ok=0")).status_code == 401
-            assert proxy.round_trips == 3  # a failure adds one call after the response
+            assert proxy.round_trips == 3  # a failure stays counted: nothing more
     finally:
         await app.aclose()
 
@@ -292,7 +292,7 @@ async def test_failures_only_login_rule_on_redis(redis_server: RedisServer) -> N
         async with client(app) as http:
             for _ in range(20):
                 assert (await http.post("/login?ok=1")).status_code == 200
-            assert not redis.exists(key)  # successes never touched the counter
+            assert int(redis.hget(key, "c")) == 0  # every success was refunded
             for _ in range(5):
                 assert (await http.post("/login?ok=0")).status_code == 401
             assert int(redis.hget(key, "c")) == 5
@@ -306,11 +306,10 @@ async def test_failures_only_login_rule_on_redis(redis_server: RedisServer) -> N
         await app.aclose()
 
 
-async def test_failures_burst_bound_on_redis(redis_server: RedisServer) -> None:
-    # Admitted while the window has room, counted when the response fails:
-    # with 3 failures already counted, a burst of 10 concurrent failures lets
-    # at most 10 through (limit 5 + in-flight 10 - 1 - 3 counted), every one
-    # of them is counted, and the next attempt is refused.
+async def test_concurrent_failures_never_pass_the_limit_on_redis(redis_server: RedisServer) -> None:
+    # Consumed on admission, refunded on success: with 3 failures counted, a
+    # burst of 10 concurrent failures lets exactly 2 more through (it let up to
+    # 10 through when failures were only counted after the response).
     redis_server.flushall()
     login = Rule("5/15 minutes", path="/login", count="failures", name="login")
     app = middleware(redis_server.url + "?socket_timeout=2", [login], strategy="fixed-window")
@@ -321,13 +320,33 @@ async def test_failures_burst_bound_on_redis(redis_server: RedisServer) -> None:
             for _ in range(3):
                 assert (await http.post("/login?ok=0")).status_code == 401
             statuses = await asyncio.gather(*[http.post("/login?ok=0") for _ in range(10)])
-            failed = [response.status_code for response in statuses].count(401)
-            assert 2 <= failed <= 10
-            assert int(redis.hget(key, "c")) == 3 + failed
+            assert [response.status_code for response in statuses].count(401) == 2
+            assert int(redis.hget(key, "c")) == 5
             assert (await http.post("/login?ok=0")).status_code == 429
     finally:
         redis.close()
         await app.aclose()
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_a_refund_after_its_window_is_over_gives_nothing_back_on_redis(
+    redis_server: RedisServer, strategy: str
+) -> None:
+    # A success of a long request is refunded at its admission's timestamp; a
+    # fixed window that started after it lost one hit to that refund.
+    backend = RedisRateLimitBackend(redis_server.url + "?socket_timeout=2")
+    key = f"refund-window:{strategy}"
+    start = WINDOW_START + 59
+    try:
+        admitted = await backend.check([LimitCheck(key, strategy, 5, 60)], at=start)
+        for moment in (start + 71, start + 72, start + 73):
+            assert (await backend.check([LimitCheck(key, strategy, 5, 60)], at=moment)).allowed
+        peek = LimitCheck(key, strategy, 5, 60, mode="peek")
+        before = (await backend.check([peek], at=start + 74)).results[0].remaining
+        await backend.check([LimitCheck(key, strategy, 5, 60, mode="refund")], at=admitted.at)
+        assert (await backend.check([peek], at=start + 74)).results[0].remaining == before == 2
+    finally:
+        await backend.aclose()
 
 
 async def test_spoofed_forwarded_for_on_redis(redis_server: RedisServer) -> None:

@@ -148,25 +148,53 @@ async def test_failures_only_login_rule() -> None:
         assert (await http.post("/login?ok=1")).status_code == 200
 
 
-async def test_failures_burst_bound_is_limit_plus_in_flight() -> None:
-    # All in-flight requests are admitted while the window has room; each counts
-    # when it fails, so a burst of N concurrent failures passes at most
-    # limit + N - 1 before the 429s start.
+@pytest.mark.parametrize(("outcome", "status"), [("0", 401), ("1", 200)])
+async def test_requests_in_flight_never_pass_a_failures_limit(outcome: str, status: int) -> None:
+    # Checked only and counted after a failure, 50 concurrent guesses (a slow
+    # password hash: they all overlap) all found the window open: 50 admitted
+    # under 5/15 minutes. Consumed on admission and refunded on success, an
+    # attempt in flight holds its place: exactly 5 get in, failures stay
+    # counted, successes give their place back.
     import anyio
+    from anyio.lowlevel import checkpoint
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-    clock = ManualClock()
-    app = limiter([Rule("5/minute", path="/login", count="failures")], clock)
+    inside = 0
+    release = anyio.Event()
+
+    async def login(request: Request) -> JSONResponse:
+        nonlocal inside
+        inside += 1
+        await release.wait()  # hashing the password: everyone admitted is in here at once
+        ok = request.query_params.get("ok") == "1"
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 401)
+
+    app = RateLimitMiddleware(
+        Starlette(routes=[Route("/login", login, methods=["POST"])]),
+        "memory://",
+        [Rule("5/15 minutes", path="/login", methods=["POST"], count="failures")],
+        clock=ManualClock(),
+    )
     statuses: list[int] = []
     async with client(app) as http:
 
         async def attempt() -> None:
-            statuses.append((await http.post("/login?ok=0")).status_code)
+            statuses.append((await http.post(f"/login?ok={outcome}")).status_code)
 
         async with anyio.create_task_group() as group:
-            for _ in range(8):
+            for _ in range(50):
                 group.start_soon(attempt)
-        assert statuses.count(401) <= 5 + 8
-        assert (await http.post("/login?ok=0")).status_code == 429
+            await checkpoint()
+            await anyio.wait_all_tasks_blocked()
+            assert inside == 5
+            assert statuses == [429] * 45
+            release.set()
+        assert statuses.count(status) == 5
+        after = (await http.post(f"/login?ok={outcome}")).status_code
+        assert after == (429 if status == 401 else 200)
 
 
 async def test_an_exception_in_the_app_counts_as_a_failure() -> None:

@@ -34,10 +34,15 @@ class _CountingBackend(MemoryRateLimitBackend):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[list[LimitCheck]] = []
+        self.at: list[float | None] = []
+        self.verdicts: list[Verdict] = []
 
     async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
         self.calls.append(list(checks))
-        return await super().check(checks, at)
+        self.at.append(at)
+        verdict = await super().check(checks, at)
+        self.verdicts.append(verdict)
+        return verdict
 
 
 def http_scope(path: str = "/", method: str = "GET", **extra: Any) -> dict[str, Any]:
@@ -150,13 +155,18 @@ def test_the_request_path_fits_on_one_screen() -> None:
 
 @pytest.mark.anyio
 async def test_failures_are_counted_without_a_closure() -> None:
+    # consumed on admission; a success is refunded at the admission's timestamp
     backend = _CountingBackend()
     limiter = RateLimitMiddleware(
         make_app(), backend, [Rule("2/minute", path="/login", count="failures", name="login")]
     )
     async with client(limiter) as http:
         assert (await http.post("/login?ok=1")).status_code == 200
-        assert [check.mode for checks in backend.calls for check in checks] == [Mode.PEEK]
+        assert [check.mode for checks in backend.calls for check in checks] == [
+            Mode.HIT,
+            Mode.REFUND,
+        ]
+        assert backend.at[-1] == backend.verdicts[0].at
         assert (await http.post("/login?ok=0")).status_code == 401
-        assert [check.mode for check in backend.calls[-1]] == [Mode.ADD]
+        assert [check.mode for check in backend.calls[-1]] == [Mode.HIT]
         assert len(backend.calls) == 3

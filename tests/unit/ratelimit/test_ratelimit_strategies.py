@@ -162,3 +162,20 @@ def test_remaining_stays_between_zero_and_the_limit(
             assert 0 <= verdict.results[0].remaining <= 5
 
     anyio.run(run)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", ["fixed", "sliding", "moving"])
+async def test_a_refund_after_its_window_is_over_gives_nothing_back(strategy: str) -> None:
+    # A count="failures" success is refunded when its response ends, at the
+    # timestamp it was admitted at. If a new window started meanwhile (a long
+    # request), the refund took a hit off the new window, or (sliding) reset it.
+    backend = MemoryRateLimitBackend()
+    start = 1_700_000_040.0 + 59  # the last second of an epoch-aligned minute
+    admitted = await backend.check([LimitCheck("k", strategy, 5, 60)], at=start)
+    for moment in (start + 71, start + 72, start + 73):  # two windows later: 3 hits
+        assert (await backend.check([LimitCheck("k", strategy, 5, 60)], at=moment)).allowed
+    peek = LimitCheck("k", strategy, 5, 60, mode="peek")
+    before = (await backend.check([peek], at=start + 74)).results[0].remaining
+    await backend.check([LimitCheck("k", strategy, 5, 60, mode="refund")], at=admitted.at)
+    assert (await backend.check([peek], at=start + 74)).results[0].remaining == before == 2
