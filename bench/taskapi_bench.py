@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
     bench_parser,
+    cpu_seconds,
     duration_and_rounds,
     free_port,
     stop_process,
@@ -118,7 +119,7 @@ def call(base: str, method: str, path: str, body: Any = None, token: str = "") -
 
 
 def wrk(
-    url: str, method: str, token: str, seconds: float, connections: int, workdir: Path
+    url: str, method: str, token: str, seconds: float, connections: int, workdir: Path, pid: int
 ) -> dict[str, float]:
     body = (
         'wrk.body = \'{"title": "bench task", "description": "made by wrk"}\'\n'
@@ -128,6 +129,7 @@ def wrk(
     )
     script = workdir / f"{method.lower()}.lua"
     script.write_text(WRK_SCRIPT.format(method=method, token=token, body=body))
+    cpu_before = cpu_seconds(pid)
     output = subprocess.run(
         [*taskset_prefix(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
@@ -138,12 +140,19 @@ def wrk(
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if found is None or rate is None:
         raise SystemExit(f"cannot read wrk's output:\n{output}")
+    cpu_used = cpu_seconds(pid) - cpu_before
     requests, non2xx, errors, p50, p95, p99 = (int(value) for value in found.groups())
     if non2xx or errors:
         raise SystemExit(
             f"{method} {url}: {non2xx} non-2xx and {errors} socket errors of {requests}"
         )
-    return {"rps": float(rate.group(1)), "p50": p50 / 1000, "p95": p95 / 1000, "p99": p99 / 1000}
+    return {
+        "rps": float(rate.group(1)),
+        "p50": p50 / 1000,
+        "p95": p95 / 1000,
+        "p99": p99 / 1000,
+        "cpu_us": cpu_used / max(requests, 1) * 1e6,
+    }
 
 
 def main() -> int:
@@ -190,13 +199,13 @@ def main() -> int:
             "POST /api/v1/tasks": ("POST", f"{base}/api/v1/tasks"),
         }
         for method, url in routes.values():  # warm up: connections, JIT-free caches
-            wrk(url, method, token, 1, args.connections, workdir)
+            wrk(url, method, token, 1, args.connections, workdir, server.pid)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
         for round_number in range(rounds):
             for name, (method, url) in routes.items():
                 # A write invalidates the list: fill the cache again before timing hits.
                 call(base, "GET", "/api/v1/tasks", token=token)
-                result = wrk(url, method, token, seconds, args.connections, workdir)
+                result = wrk(url, method, token, seconds, args.connections, workdir, server.pid)
                 results[name].append(result)
                 print(f"round {round_number + 1} {name:28} {result['rps']:8.0f} req/s "
                       f"p95 {result['p95']:7.2f} ms", flush=True)  # fmt: skip
@@ -205,8 +214,8 @@ def main() -> int:
             "(uvloop, httptools) pinned to CPU 0, wrk on CPU 1; MariaDB primary + replica and "
             "Redis on loopback (medians)"
         )
-        print(f"{'route':28} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  "
-              f"{'target':>24}  {'design 1,000/s p95<200':>22}")  # fmt: skip
+        print(f"{'route':28} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'CPU us/req':>10}  {'target':>24}  {'design 1,000/s p95<200':>22}")  # fmt: skip
         for name, runs in results.items():
             median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             rps_target, p95_target = TARGETS[name]
@@ -214,7 +223,13 @@ def main() -> int:
             design = median["rps"] >= DESIGN_TARGET[0] and median["p95"] < DESIGN_TARGET[1]
             target = f"{rps_target:,.0f}/s p95<{p95_target:g}: {'met' if met else 'MISSED'}"
             print(f"{name:28} {median['rps']:8.0f} {median['p50']:8.2f} {median['p95']:8.2f} "
-                  f"{median['p99']:8.2f}  {target:>24}  {'met' if design else 'MISSED':>22}")  # fmt: skip
+                  f"{median['p99']:8.2f} {median['cpu_us']:10.0f}  {target:>24}  "
+                  f"{'met' if design else 'MISSED':>22}")  # fmt: skip
+        print(
+            "\nCPU us/req: the uvicorn worker's own CPU time per request. 1e6 / that is what one "
+            "worker could serve with a core to itself; the req/s column is what it served on this "
+            f"machine (load average {os.getloadavg()[0]:.1f} at the end of the run)."
+        )
         return 0
     finally:
         if server is not None:

@@ -56,6 +56,21 @@ def test_tokens_carry_sub_iat_exp_and_expire_on_the_clock() -> None:
         tokens.verify(token)
 
 
+def test_remembered_tokens_still_expire_and_the_memory_is_bounded() -> None:
+    clock = Clock()
+    tokens = Tokens(SECRET, ttl=60, now=clock, remember=2)
+    first, second, third = (tokens.issue(user_id) for user_id in (1, 2, 3))
+    assert [tokens.verify(token) for token in (first, second, third)] == [1, 2, 3]
+    assert len(tokens._verified) == 2  # the oldest was forgotten
+    with pytest.raises(TokenError, match="invalid token"):
+        tokens.verify(third[:-2] + "AA")  # a remembered token's tampered twin
+    clock.now += 60
+    for token in (first, second, third):  # remembered or not, expiry is checked
+        with pytest.raises(TokenError, match="expired"):
+            tokens.verify(token)
+    assert len(tokens._verified) == 0
+
+
 @pytest.mark.parametrize(
     "case",
     ["alg-none", "hs512", "rs256-header", "tampered", "other-secret", "no-exp", "bad-sub", "junk"],
