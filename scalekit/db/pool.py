@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
@@ -37,6 +35,7 @@ from ._deadline import Deadline
 from ._driver_errors import Decision, connect_error, is_timeout, outcome_name, translate
 from ._slots import Exhausted, Slot, Slots
 from ._sql import classify, to_qmark
+from ._types import DEFAULT_TIMEOUTS, Params, PoolStats, Result, Role, Row
 from .errors import (
     ConfigError,
     ConnectionLost,
@@ -46,97 +45,13 @@ from .errors import (
     WriteOutcomeUnknown,
 )
 
-__all__ = ["Connection", "Cursor", "Pool", "PoolStats", "Result", "Role"]
+__all__ = ["Connection", "Cursor", "Params", "Pool", "PoolStats", "Result", "Role", "Row"]
 
-Params = Sequence[Any] | Mapping[str, Any] | None
-Row = dict[str, Any]
 T = TypeVar("T")
-
-
-class Role(enum.StrEnum):
-    """What a pool serves in a ``ReplicaSet``; it picks the default timeouts."""
-
-    PRIMARY = "primary"
-    REPLICA = "replica"
-
-
-# connect, read (= one operation's deadline), write; seconds. None: no limit.
-DEFAULT_TIMEOUTS: Mapping[Role, tuple[float, float | None, float | None]] = {
-    Role.PRIMARY: (2.0, 60.0, 60.0),
-    Role.REPLICA: (2.0, 10.0, 10.0),
-}
 
 
 class _NeverRaised(Exception):
     """Given to SteadyDB as ``failures`` so that its re-execute never triggers."""
-
-
-def _deprecated_int(name: str) -> None:
-    warnings.warn(
-        f"Cursor.execute() now returns a Result, like Connection.execute(); {name} on it is "
-        "deprecated and will be removed: use result.rowcount",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)
-class Result:
-    """What a write returns: affected rows, the generated id, a causal token, returned rows.
-
-    ``token`` is the write's GTID when the ``ReplicaSet`` runs in causal mode
-    (pass it back as ``query(..., after=token)``), else None. ``rows`` holds
-    the rows of ``execute(..., returning=True)`` (``INSERT … RETURNING``).
-    """
-
-    rowcount: int
-    lastrowid: int | None = None
-    token: str | None = None
-    rows: list[Row] = dataclasses.field(default_factory=list)
-
-    # Cursor.execute returned an int before 0.1: keep that working for a release.
-    def __int__(self) -> int:
-        _deprecated_int("int()")
-        return self.rowcount
-
-    def __index__(self) -> int:
-        _deprecated_int("using it as an int")
-        return self.rowcount
-
-    def __bool__(self) -> bool:
-        _deprecated_int("truth testing")
-        return bool(self.rowcount)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, int) and not isinstance(other, bool):
-            _deprecated_int("comparing it with an int")
-            return self.rowcount == other
-        if isinstance(other, Result):
-            return (self.rowcount, self.lastrowid, self.token, self.rows) == (
-                other.rowcount, other.lastrowid, other.token, other.rows
-            )  # fmt: skip
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash((self.rowcount, self.lastrowid, self.token))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of a pool's connections.
-
-    ``open`` is in use + idle now (``connecting`` of them still being
-    opened); ``opened`` and ``errors`` count since start.
-    """
-
-    in_use: int
-    idle: int
-    waiting: int
-    open: int
-    opened: int
-    errors: int
-    max_connections: int
-    connecting: int = 0
 
 
 def _module_of(creator: Any) -> ModuleType | None:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import itertools
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar, overload
 
 from .. import events
 from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
-from .._replica_status import STATUS_STATEMENTS, IoThread, ReplicaStatus, parse_replica_status
 from . import _fork, _scope
-from ._driver_errors import is_timeout
+from ._replica_health import LAST_RESORT, HealthPolicy, ReplicaHealth, ReplicaState
 from ._sql import classify
 from .errors import (
     SERVER_REFUSED_CODES,
@@ -37,54 +34,9 @@ T = TypeVar("T")
 _set_ids = itertools.count(1)  # never reused, unlike id()
 
 _GTID_WAIT_SQL = "SELECT MASTER_GTID_WAIT(%s, %s) AS waited"
-_SYNTAX_ERROR = 1064
 
 LAG_RESOLUTION = 1.0
 """``Seconds_Behind_Master`` counts whole seconds: the real lag may exceed it by up to this."""
-
-
-class ReplicaState(enum.StrEnum):
-    """What the last probe said about a replica (also the ``replica_skipped`` reason)."""
-
-    UNCHECKED = "unchecked"
-    SERVING = "serving"
-    LAGGING = "lagging"
-    STOPPED = "stopped"
-    DETACHED = "detached"
-    """IO thread reconnecting, SQL thread has applied all it received: a last resort."""
-    DOWN = "down"
-
-
-# When the primary fails too: replicas whose last status was good, or that
-# have applied everything they received from the primary that is now gone.
-_LAST_RESORT = frozenset({ReplicaState.SERVING, ReplicaState.DETACHED})
-
-
-class _Replica:
-    """One replica pool and what the ``ReplicaSet`` knows about it."""
-
-    __slots__ = (
-        "checked_at",
-        "down_until",
-        "failures",
-        "health",
-        "last_lag",
-        "lock",
-        "pool",
-        "probe_lock",
-        "status_sql",
-    )
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-        self.health = ReplicaState.UNCHECKED
-        self.checked_at = float("-inf")
-        self.down_until = 0.0
-        self.failures = 0
-        self.last_lag: float | None = None
-        self.status_sql = STATUS_STATEMENTS[0]
-        self.lock = threading.Lock()
-        self.probe_lock = threading.Lock()
 
 
 class ReplicaSet:
@@ -186,15 +138,17 @@ class ReplicaSet:
         self._marks_breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=self._clock)
         self.marks_unavailable = 0
         """Reads and writes that found the mark store unreachable (reads went to the primary)."""
-        self._replicas = [_Replica(pool) for pool in self.replicas]
+        policy = HealthPolicy(
+            max_lag, lag_check_interval, backoff, max_backoff, self._clock, self._event
+        )
+        self._replicas = [ReplicaHealth(pool, policy) for pool in self.replicas]
         self._turn = itertools.count()
         self._id = next(_set_ids)
         _fork.register(self._after_fork)
 
     def _after_fork(self) -> None:
-        for replica in self._replicas:  # a parent thread may have held them at fork time
-            replica.lock = threading.Lock()
-            replica.probe_lock = threading.Lock()
+        for replica in self._replicas:
+            replica.after_fork()
 
     # -- reads -------------------------------------------------------------
     def query(
@@ -238,7 +192,7 @@ class ReplicaSet:
             raise
         except ConnectionLost as exc:
             if not to_primary:  # nothing demands the primary: the last known good replica
-                last_resort = [r for r in self._replicas if r.health in _LAST_RESORT]
+                last_resort = [r for r in self._replicas if r.state in LAST_RESORT]
                 served, rows, _ = self._replica_read(sql, params, None, iter(last_resort))
                 if served:
                     self._event("fallback_replica", "primary_down")
@@ -273,7 +227,7 @@ class ReplicaSet:
         return False, gtid, ""
 
     def _replica_read(
-        self, sql: str, params: Params, gtid: str | None, candidates: Iterator[_Replica]
+        self, sql: str, params: Params, gtid: str | None, candidates: Iterator[ReplicaHealth]
     ) -> tuple[bool, list[Row], str]:
         reason = "no_replica"
         read = classify(sql).read
@@ -290,7 +244,7 @@ class ReplicaSet:
                 self._event("replica_skipped", "busy")
                 reason = "busy"
             except ConnectionLost as exc:
-                self._sideline(replica, exc, "read")
+                replica.sideline(exc, "read")
                 if sent and not read:
                     raise  # a write that may have run somewhere: never send it again
                 self._event("retry", "down")
@@ -298,7 +252,7 @@ class ReplicaSet:
             except Exception as exc:
                 if error_code(exc) not in SERVER_REFUSED_CODES:
                     raise
-                self._sideline(replica, exc, "read")
+                replica.sideline(exc, "read")
                 self._event("retry", "refused")
                 reason = "down"
         return False, [], reason
@@ -307,7 +261,7 @@ class ReplicaSet:
         (row,) = conn.query(_GTID_WAIT_SQL, (gtid, self.causal_timeout))
         return bool(row["waited"] == 0)
 
-    def _candidates(self) -> Iterator[_Replica]:
+    def _candidates(self) -> Iterator[ReplicaHealth]:
         replicas = self._replicas
         if self.balance == "least_in_use" and len(replicas) > 1:
             order = sorted(replicas, key=lambda r: r.pool.in_use)
@@ -315,99 +269,11 @@ class ReplicaSet:
             start = next(self._turn) % len(replicas)
             order = replicas[start:] + replicas[:start]
         for replica in order:
-            now = self._clock.monotonic()
-            if replica.health is ReplicaState.DOWN and now < replica.down_until:
-                self._event("replica_skipped", "down")
-                continue
-            if self._probe_due(replica, now):
-                self._probe(replica)  # due, or back from a back-off: probed before serving
-                now = self._clock.monotonic()
-            health = replica.health
-            if health is ReplicaState.SERVING and self._probe_due(replica, now):
-                health = ReplicaState.UNCHECKED  # the probe timed out: no read on an old status
-            if health is not ReplicaState.SERVING:
-                self._event("replica_skipped", health.value)
+            state = replica.check()  # due, or back from a back-off: probed before serving
+            if state is not ReplicaState.SERVING:
+                self._event("replica_skipped", state.value)
                 continue
             yield replica
-
-    def _probe_due(self, replica: _Replica, now: float) -> bool:
-        if replica.health is ReplicaState.DOWN:
-            return now >= replica.down_until
-        return now >= replica.checked_at + self.lag_check_interval
-
-    def _probe(self, replica: _Replica) -> None:
-        """Check replication status; one thread probes, reads that find it due wait for it.
-
-        Any error — connect refused, timeout, a missing privilege — takes the
-        replica out for a back-off; a pool that is merely busy is left alone.
-        """
-        pool = replica.pool
-        limit = pool.connect_timeout
-        if not replica.probe_lock.acquire(timeout=-1 if limit is None else limit):
-            return
-        try:
-            if not self._probe_due(replica, self._clock.monotonic()):
-                return  # another read probed while this one waited
-            try:
-                with pool.connection(timeout=limit, deadline=limit) as conn:
-                    status = self._status(conn, replica)
-            except PoolTimeout:
-                return  # busy, not down: reads skip it until a probe gets through
-            except Exception as exc:
-                self._sideline(replica, exc, "probe")
-                return
-            now = self._clock.monotonic()
-            with replica.lock:
-                replica.failures = 0
-                replica.checked_at = now
-                replica.health = self._judge(replica, status)
-        finally:
-            replica.probe_lock.release()
-
-    def _status(self, conn: Connection, replica: _Replica) -> ReplicaStatus | None:
-        if replica.pool.dialect != "mysql":
-            conn.query("SELECT 1")
-            return None
-        try:
-            return parse_replica_status(conn.query(replica.status_sql))
-        except Exception as exc:
-            if error_code(exc) != _SYNTAX_ERROR or replica.status_sql == STATUS_STATEMENTS[-1]:
-                raise
-        replica.status_sql = STATUS_STATEMENTS[-1]  # MariaDB < 10.5
-        return parse_replica_status(conn.query(replica.status_sql))
-
-    def _judge(self, replica: _Replica, status: ReplicaStatus | None) -> ReplicaState:
-        if status is None:
-            return ReplicaState.SERVING
-        if status.replicating:
-            replica.last_lag = status.lag
-            lagging = (status.lag or 0.0) > self.max_lag
-            return ReplicaState.LAGGING if lagging else ReplicaState.SERVING
-        if (
-            status.sql_running
-            and status.io is not IoThread.STOPPED  # reconnecting to a primary that is gone
-            and status.applied_all_received
-            and replica.last_lag is not None
-            and replica.last_lag <= self.max_lag
-        ):
-            return ReplicaState.DETACHED
-        return ReplicaState.STOPPED
-
-    def _sideline(self, replica: _Replica, exc: BaseException, during: str) -> None:
-        """Take a replica out: one outage is one back-off step, however many reads failed."""
-        now = self._clock.monotonic()
-        with replica.lock:
-            if replica.health is ReplicaState.DOWN and now < replica.down_until:
-                return
-            replica.failures += 1
-            replica.health = ReplicaState.DOWN
-            delay = min(self.backoff * 2 ** (replica.failures - 1), self.max_backoff)
-            replica.down_until = now + delay
-        code = error_code(exc) or (exc.__cause__ and error_code(exc.__cause__))
-        kind = "timeout" if is_timeout(exc) else (f"error_{code}" if code else "connection")
-        self._event("replica_down", kind)
-        if events.bus.has_listeners(events.BackendError):
-            events.emit(events.BackendError("db.replica", during, f"{replica.pool.where}: {exc}"))
 
     # -- writes ------------------------------------------------------------
     def execute(
