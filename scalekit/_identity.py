@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["IDENTITY_SCOPE_KEY", "identity_of"]
+import structlog
+
+__all__ = ["IDENTITY_SCOPE_KEY", "identity_of", "user_attribute", "user_identity"]
+
+_logger = structlog.get_logger("scalekit")
+_warned: set[type] = set()
 
 IDENTITY_SCOPE_KEY = "scalekit.identity"
 """The scope key holding the request's identity (a string, or None for anonymous)."""
@@ -24,8 +29,40 @@ def identity_of(scope: MutableMapping[str, Any]) -> str | None:
     if IDENTITY_SCOPE_KEY in scope:
         found = scope[IDENTITY_SCOPE_KEY]
         return str(found) if found not in (None, "") else None
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
+    return user_identity(scope.get("user"))
+
+
+def user_attribute(user: Any, name: str) -> Any:
+    """``user.<name>``, or None when the user's class does not provide it.
+
+    Starlette's ``BaseUser`` raises ``NotImplementedError`` for a property a
+    subclass leaves out, and its docs ask only for ``is_authenticated`` and
+    ``display_name``: a missing ``identity`` must not turn into a 500.
+    """
+    try:
+        return getattr(user, name, None)
+    except NotImplementedError:
         return None
-    identity = getattr(user, "identity", None)
-    return None if identity is None or identity == "" else str(identity)
+
+
+def user_identity(user: Any) -> str | None:
+    """The ``identity`` of an authenticated ``scope["user"]``; None for anonymous or none.
+
+    A user whose class has no ``identity`` has none (never its
+    ``display_name``, which two users may share): ``vary_user`` rules then
+    bypass it, and a warning says so once per class.
+    """
+    if user is None or not user_attribute(user, "is_authenticated"):
+        return None
+    identity = user_attribute(user, "identity")
+    if identity is None or identity == "":
+        if type(user) not in _warned:
+            _warned.add(type(user))
+            _logger.warning(
+                "authenticated user has no identity",
+                user_class=type(user).__qualname__,
+                hint="implement BaseUser.identity (a unique id) or pass identity=; "
+                "until then vary_user cache rules bypass this user",
+            )
+        return None
+    return str(identity)

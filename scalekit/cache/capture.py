@@ -9,7 +9,7 @@ as it comes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -125,6 +125,8 @@ class ResponseCapture:
     A response that may not be stored, or grows past ``max_body``, is passed
     on as it comes (the part already buffered first) with a Cache-Status
     naming why. ``send`` is None for a background refresh: nothing is sent.
+    ``identified()``, asked when the response starts, says whether the request
+    has got an identity by then: its response is not stored either.
     """
 
     def __init__(
@@ -133,8 +135,11 @@ class ResponseCapture:
         send: Send | None,
         status_params: tuple[str, ...],
         listener: CaptureListener,
+        *,
+        identified: Callable[[], bool] | None = None,
     ) -> None:
         self.rule = rule
+        self.identified = identified
         self.send = send
         self.status_params = status_params
         self.listener = listener
@@ -153,6 +158,10 @@ class ResponseCapture:
         elif kind == "http.response.start":
             self.start = message
             verdict = judge(self.rule, message["status"], message.get("headers", ()))
+            if isinstance(verdict, Storable) and self.identified is not None and self.identified():
+                # The request got an identity while the app ran (authentication inside
+                # the cache): its answer may be that user's, so nobody else gets it.
+                verdict = NotStorable("credentials")
             if isinstance(verdict, NotStorable):
                 await self._pass_on(verdict.reason)
             else:

@@ -44,6 +44,7 @@ from scalekit.cache.plan import (
     Missing,
     Stale,
     classify,
+    has_identity,
     plan,
     user_identity,
 )
@@ -110,6 +111,7 @@ class CacheMiddleware:
         self.lock_timeout = lock_timeout if lock else None
         self.flights = SingleFlight(locking=lock, lock_wait=lock_wait, poll_interval=poll_interval)
         self._clock = clock
+        self._warned_inner_auth = False
         # Response Vary names learned per rule, so a hit stays one lookup.
         self._vary: dict[str, tuple[str, ...]] = {}
 
@@ -347,13 +349,31 @@ class _Fill:
         self.lock_token = found.lock_token
 
     async def run(self, receive: Receive) -> None:
-        capture = ResponseCapture(self.request.rule, self.send, self.status_params, self)
+        capture = ResponseCapture(
+            self.request.rule, self.send, self.status_params, self, identified=self._identified
+        )
         try:
             await self.middleware.app(self.request.scope, receive, capture)
         finally:
             if self.flight is not None:
                 self.flight.finish(Unshared("no-response"))
             await self._release()
+
+    def _identified(self) -> bool:
+        """Whether a request planned as anonymous has an identity once the app answers."""
+        request = self.request
+        if request.rule.vary_user or not has_identity(request.scope, self.middleware.identity):
+            return False
+        if not self.middleware._warned_inner_auth:
+            self.middleware._warned_inner_auth = True
+            _logger.warning(
+                "request authenticated inside the cache",
+                rule=request.rule.name,
+                hint="put AuthenticationMiddleware (or what sets scope['user']) outside "
+                "CacheMiddleware: such answers are never stored, but these requests are "
+                "served what anonymous requests stored",
+            )
+        return True
 
     async def _release(self) -> None:
         token, self.lock_token = self.lock_token, None

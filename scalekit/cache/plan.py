@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 from starlette.requests import Request
 from starlette.types import Scope
 
+from scalekit._identity import user_attribute
+from scalekit._identity import user_identity as _user_identity
 from scalekit.cache.backends import Lookup
 from scalekit.cache.entry import Entry
 from scalekit.cache.headers import (
@@ -55,13 +57,10 @@ _CREDENTIAL_HEADERS = (b"authorization", b"cookie")
 def user_identity(scope: Scope) -> str | None:
     """The default identity: ``scope["user"].identity`` when authenticated, else ``None``.
 
-    ``scope["user"]`` is set by Starlette's ``AuthenticationMiddleware``.
+    ``scope["user"]`` is set by Starlette's ``AuthenticationMiddleware``; a
+    user whose class does not implement ``identity`` has none.
     """
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    identity = getattr(user, "identity", None)
-    return None if identity is None or identity == "" else str(identity)
+    return _user_identity(scope.get("user"))
 
 
 def has_identity(scope: Scope, identity: IdentityFunction) -> bool:
@@ -73,7 +72,7 @@ def has_identity(scope: Scope, identity: IdentityFunction) -> bool:
     if any(key.lower() in _CREDENTIAL_HEADERS for key, _ in scope["headers"]):
         return True
     user = scope.get("user")
-    if user is not None and getattr(user, "is_authenticated", False):
+    if user is not None and user_attribute(user, "is_authenticated"):
         return True
     return identity(scope) is not None
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from scalekit._identity import IDENTITY_SCOPE_KEY
+from scalekit._identity import IDENTITY_SCOPE_KEY, user_attribute
 from scalekit._net import ClientIP
 from scalekit.errors import ConfigurationError
 
@@ -78,7 +78,7 @@ def user(scope: Any) -> str | None:
         return "user:" + found if found else None
     if not getattr(found, "is_authenticated", True):
         return None
-    name = getattr(found, "identity", None) or getattr(found, "display_name", None)
+    name = user_attribute(found, "identity") or user_attribute(found, "display_name")
     return "user:" + str(name) if name else None
 
 

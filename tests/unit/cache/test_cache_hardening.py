@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from cache_helpers import RecordingApp, User, call
+from starlette.authentication import BaseUser
 
 from scalekit._clock import ManualClock
 from scalekit.cache import CacheMiddleware, CacheRule, MemoryCache
@@ -110,6 +111,60 @@ async def test_custom_identity_function_counts_as_credentials() -> None:
     assert len(backend) == 0
     anonymous = await call(middleware, user=User("", is_authenticated=False))
     assert anonymous.header("cache-status") == "scalekit; fwd=miss; stored"
+
+
+async def test_authentication_inside_the_cache_never_stores_a_users_answer() -> None:
+    # AuthenticationMiddleware listed after CacheMiddleware runs inside it: the
+    # cache planned Alice's X-API-Key request as anonymous, stored her answer
+    # and served it to Bob and to anonymous requests.
+    inner = RecordingApp(
+        body_of=lambda scope: (
+            f"secret of {scope['user'].identity}".encode() if "user" in scope else b"public"
+        )
+    )
+
+    async def authenticate_then_app(scope: Any, receive: Any, send: Any) -> None:
+        key = dict(scope["headers"]).get(b"x-api-key")
+        if key:
+            scope["user"] = User(key.decode())
+        await inner(scope, receive, send)
+
+    backend = MemoryCache(clock=ManualClock())
+    middleware = CacheMiddleware(authenticate_then_app, backend, [CacheRule("/items", ttl=60)])
+    alice = await call(middleware, headers=[("x-api-key", "alice")])
+    assert alice.body == b"secret of alice"
+    assert alice.header("cache-status") == "scalekit; fwd=miss; detail=credentials"
+    assert len(backend) == 0
+    for headers in ([], [("x-api-key", "bob")]):
+        assert b"alice" not in (await call(middleware, headers=headers)).body
+
+
+class _DocsUser(BaseUser):
+    """A user as Starlette's docs describe one: is_authenticated and display_name only."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("vary_user", [True, False])
+async def test_a_user_class_without_identity_bypasses_instead_of_a_500(vary_user: bool) -> None:
+    # BaseUser.identity raises NotImplementedError: every authenticated request
+    # to a vary_user rule was a 500. Without an identity there is nothing to key
+    # on (a display name may be shared), so the rule stays out of it.
+    middleware, _, backend = cached(vary_user=vary_user)
+    response = await call(middleware, user=_DocsUser("alice"))
+    assert response.status == 200
+    reason = "no-identity" if vary_user else "credentials"
+    assert response.header("cache-status") == f"scalekit; fwd=bypass; detail={reason}"
+    assert len(backend) == 0
 
 
 # -- request directives ----------------------------------------------------------------------

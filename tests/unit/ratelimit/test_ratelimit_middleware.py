@@ -500,3 +500,31 @@ async def test_lifespan_shutdown_closes_the_backend() -> None:
     await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert closed == [True]
     assert sent[-1]["type"] == "lifespan.shutdown.complete"
+
+
+async def test_a_user_class_without_identity_is_keyed_by_display_name() -> None:
+    # Starlette's docs ask a user class for is_authenticated and display_name
+    # only; BaseUser.identity then raises NotImplementedError: every request of
+    # a logged-in user was a 500 under a key=user rule.
+    from starlette.authentication import BaseUser
+
+    from scalekit.ratelimit import user
+
+    class DocsUser(BaseUser):
+        @property
+        def is_authenticated(self) -> bool:
+            return True
+
+        @property
+        def display_name(self) -> str:
+            return "alice"
+
+    assert user({"user": DocsUser()}) == "user:alice"
+    app = limiter([Rule("2/minute", key=user)])
+
+    async def as_alice(scope: Any, receive: Any, send: Any) -> None:
+        scope["user"] = DocsUser()
+        await app(scope, receive, send)
+
+    async with client(as_alice) as http:
+        assert [(await http.get("/")).status_code for _ in range(3)] == [200, 200, 429]
