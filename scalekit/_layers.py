@@ -19,13 +19,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scalekit._identity import IDENTITY_SCOPE_KEY, identity_of
+from scalekit._routes import RouteTemplate
 from scalekit.errors import ConfigurationError
-from scalekit.fastapi import Declared, declarations, route_templates
+from scalekit.fastapi import Declared, Shadow, declarations, route_templates
 from scalekit.options import CacheOptions, DefaultLimit, RateLimitOptions
 from scalekit.settings import Settings
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from scalekit.ratelimit import RateLimitBackend, Rule
 
 __all__ = ["Chain", "IdentityFunction", "Layers", "check_not_shadowed", "check_paths_free"]
+
+_logger = structlog.get_logger("scalekit.stack")
 
 IdentityFunction = Callable[[Request], "str | Awaitable[str | None] | None"]
 """``install(identity=...)``: the request in, a user id (or None for anonymous) out."""
@@ -183,27 +187,98 @@ def check_rule_paths(routes: Sequence[BaseRoute], rules: Sequence[tuple[str, str
 
 
 class _Identity:
-    """Computes ``install(identity=...)`` once per request into the scope."""
+    """Computes ``install(identity=...)`` once per request into the scope.
+
+    A hook that raises (``jwt.decode`` on an expired or malformed token, a
+    FastAPI dependency raising ``HTTPException(401)``) makes the request
+    anonymous here: the cache bypasses it and the limiter keys it by IP,
+    and the app's own authentication answers it (401), not a 500 from us.
+    """
 
     def __init__(self, app: ASGIApp, identity: IdentityFunction) -> None:
         self.app = app
         self.identity = identity
+        self._reported: set[type[BaseException]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = self.identity(Request(scope, receive))
-            if inspect.isawaitable(found):
-                found = await found
+            try:
+                found = self.identity(Request(scope, receive))
+                if inspect.isawaitable(found):
+                    found = await found
+            except Exception as exc:
+                found = None
+                self._report(exc)
             scope[IDENTITY_SCOPE_KEY] = None if found in (None, "") else str(found)
         await self.app(scope, receive, send)
 
+    def _report(self, exc: Exception) -> None:
+        # Once per exception class at warning (a bug in the hook shows), then debug
+        # (expired tokens are routine). Never the message: it may quote the token.
+        kind = type(exc)
+        level = "debug" if kind in self._reported else "warning"
+        self._reported.add(kind)
+        getattr(_logger, level)(
+            "identity hook raised; the request counts as anonymous", error=kind.__name__
+        )
+
+
+class _Shadowed:
+    """A declared rule's ``exempt``: the request goes to a route in front of the declaring one.
+
+    A rule declared on ``/users/{user_id}`` must not cover ``GET /users/me``
+    when a ``/users/me`` route comes first: the router sends that request
+    there, so neither the limit nor the cache of the other route applies.
+    Matched as the router matches: the earlier route's full template and its
+    methods (HEAD with GET).
+    """
+
+    __slots__ = ("shadows",)
+
+    def __init__(self, shadows: Sequence[Shadow]) -> None:
+        self.shadows = tuple((RouteTemplate(template), methods) for template, methods in shadows)
+
+    def taken(self, method: str, path: str, root_path: str) -> bool:
+        """Whether an earlier route takes a ``method`` request for ``path``."""
+        return any(
+            (methods is None or method in methods) and template.match(path, root_path) is not None
+            for template, methods in self.shadows
+        )
+
+    def __call__(self, scope: Scope) -> bool:
+        return self.taken(scope["method"], scope["path"], scope.get("root_path", ""))
+
+
+class _DeclaredTemplate(RouteTemplate):
+    """A declared cache rule's matcher: its route's template, minus what earlier routes take."""
+
+    __slots__ = ("shadowed",)
+
+    def __init__(self, template: str, shadowed: _Shadowed) -> None:
+        super().__init__(template)
+        self.shadowed = shadowed
+
+    def match(self, path: str, root_path: str = "") -> dict[str, Any] | None:
+        params = super().match(path, root_path)
+        if params is None or self.shadowed.taken("GET", path, root_path):
+            return None
+        return params
+
 
 def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
-    """The default rule's ``exempt``: a request some route-level rule covers."""
+    """The default rule's ``exempt``: a request some route-level rule covers.
+
+    A declared rule does not cover what an earlier route takes (its
+    ``exempt`` says so), so such a request keeps the default rule.
+    """
 
     def covered(scope: Scope) -> bool:
         method, path, root_path = scope["method"], scope["path"], scope.get("root_path", "")
-        return any(rule.matches(method, path, root_path) for rule in route_rules)
+        return any(
+            rule.matches(method, path, root_path)
+            and not (isinstance(rule.exempt, _Shadowed) and rule.exempt(scope))
+            for rule in route_rules
+        )
 
     return covered
 
@@ -315,6 +390,7 @@ def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
                         key=declared_limit.key or client_ip,
                         count=declared_limit.count,
                         cost=declared_limit.cost,
+                        exempt=_Shadowed(item.shadows) if item.shadows else None,
                         on_backend_error=declared_limit.on_backend_error,
                         name=name,
                     )
@@ -333,22 +409,25 @@ def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
         if marker is None:
             continue
         try:
-            rules.append(
-                CacheRule(
-                    item.template,
-                    ttl=marker.ttl,
-                    stale_ttl=marker.stale_ttl,
-                    statuses=marker.statuses,
-                    vary_user=marker.vary_user,
-                    vary_headers=marker.vary_headers,
-                    tags=marker.tags,
-                    max_body=marker.max_body,
-                    invalidate_on=marker.invalidate_on,
-                    name=marker.name,
-                )
+            rule = CacheRule(
+                item.template,
+                ttl=marker.ttl,
+                stale_ttl=marker.stale_ttl,
+                statuses=marker.statuses,
+                vary_user=marker.vary_user,
+                vary_headers=marker.vary_headers,
+                tags=marker.tags,
+                max_body=marker.max_body,
+                invalidate_on=marker.invalidate_on,
+                name=marker.name,
             )
         except ValueError as exc:
             raise ConfigurationError(f"@cached on {describe(item.route)}: {exc}") from exc
+        if item.shadows:
+            # Only what the router sends to this route: not /users/me for /users/{user_id}.
+            matcher = _DeclaredTemplate(rule.path, _Shadowed(item.shadows))
+            object.__setattr__(rule, "pattern", matcher)
+        rules.append(rule)
     return rules
 
 

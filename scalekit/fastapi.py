@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 from starlette.types import Scope
 
 from scalekit._rates import RateSyntaxError, parse_rates
@@ -53,6 +53,7 @@ __all__ = [
     "RateSource",
     "RouteCache",
     "RouteLimit",
+    "Shadow",
     "TagSource",
     "cached",
     "declarations",
@@ -212,15 +213,25 @@ def cached(
     return decorate
 
 
+Shadow = tuple[str, "frozenset[str] | None"]
+"""A route in front of a declaring one: its full template and methods (None: any method)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Declared:
-    """What one route declares, with where it is: its full template and methods."""
+    """What one route declares, with where it is: its full template and methods.
+
+    ``shadows`` are the routes the router tries first whose paths may overlap
+    this route's (``/users/me`` in front of ``/users/{user_id}``): a request
+    one of them takes never reaches this route, so its rules must not cover it.
+    """
 
     template: str
     methods: frozenset[str] | None
     limits: tuple[RouteLimit, ...]
     cache: RouteCache | None
     route: BaseRoute
+    shadows: tuple[Shadow, ...] = ()
 
 
 def _dependency_limits(dependant: Any, depth: int = 0) -> Iterator[RouteLimit]:
@@ -254,16 +265,44 @@ def route_templates(routes: Sequence[BaseRoute]) -> Iterator[tuple[str, BaseRout
             children = getattr(route, "routes", None)
             if children:
                 yield from walk(children, prefix + path, depth + 1)
+            elif isinstance(route, Mount):  # a mounted app we cannot see into: all under it
+                yield prefix + path + "/{path:path}", route
             else:
                 yield prefix + path, route
 
     yield from walk(routes, "", 0)
 
 
+def _segments_may_overlap(first: str, second: str) -> bool:
+    """Whether two route templates might match one path (conservative: unsure is yes)."""
+    left, right = first.split("/"), second.split("/")
+    for index in range(max(len(left), len(right))):
+        a = left[index] if index < len(left) else None
+        b = right[index] if index < len(right) else None
+        if (a is not None and ":path}" in a) or (b is not None and ":path}" in b):
+            return True
+        if a is None or b is None:
+            return False
+        if a != b and "{" not in a and "{" not in b:
+            return False
+    return True
+
+
+def _methods_of(route: BaseRoute) -> frozenset[str] | None:
+    methods = getattr(route, "methods", None)
+    if not methods:
+        return None
+    upper = {method.upper() for method in methods}
+    return frozenset(upper | {"HEAD"} if "GET" in upper else upper)
+
+
 def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
     """The limits and cache rules declared on ``routes`` (an app's ``router.routes``)."""
     found: list[Declared] = []
+    before: list[Shadow] = []
     for template, route in route_templates(routes):
+        earlier = tuple(before)
+        before.append((template, _methods_of(route)))
         endpoint = getattr(route, "endpoint", None)
         limits: list[RouteLimit] = list(getattr(endpoint, _LIMITS_ATTRIBUTE, ()))
         seen = {id(item) for item in limits}
@@ -281,6 +320,9 @@ def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
                     tuple(limits),
                     cache if isinstance(cache, RouteCache) else None,
                     getattr(route, "original_route", route),
+                    tuple(
+                        shadow for shadow in earlier if _segments_may_overlap(shadow[0], template)
+                    ),
                 )
             )
     return found

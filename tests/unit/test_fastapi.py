@@ -15,7 +15,8 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Security
+from fastapi.security import APIKeyHeader
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -453,3 +454,116 @@ async def test_path_rules_for_routes_of_other_methods_and_fixed_paths_pass() -> 
     )
     async with serve(app) as client:
         assert (await client.post("/api/v1/auth/login")).status_code == 200
+
+
+# -- a declaration covers only what the router sends to its route
+
+KEYS = {"key-alice": "alice", "key-bob": "bob"}
+API_KEY = APIKeyHeader(name="X-API-Key")
+
+
+def shadowed_fastapi_app() -> FastAPI:
+    """``/users/me`` (API-key auth, no declarations) in front of a declaring ``/users/{id}``."""
+    app = FastAPI()
+
+    @app.get("/users/me")
+    async def me(key: Annotated[str, Security(API_KEY)]) -> dict[str, str]:
+        return {"user": KEYS[key]}
+
+    @app.get("/users/{user_id}", dependencies=[Depends(limit("1/minute"))])
+    @cached(ttl=60)
+    async def profile(user_id: str) -> dict[str, str]:
+        return {"profile": user_id}
+
+    install(app, Settings(rate_limit="3/minute"), registry=CollectorRegistry())
+    return app
+
+
+def shadowed_starlette_app() -> Starlette:
+    async def me(request: Request) -> JSONResponse:
+        return JSONResponse({"user": KEYS[request.headers["x-api-key"]]})
+
+    @limited("1/minute")
+    @cached(ttl=60)
+    async def profile(request: Request) -> JSONResponse:
+        return JSONResponse({"profile": request.path_params["user_id"]})
+
+    app = Starlette(
+        routes=[
+            Mount("/users", routes=[Route("/me", me), Route("/{user_id}", profile)]),
+        ]
+    )
+    install(app, Settings(rate_limit="3/minute"), registry=CollectorRegistry())
+    return app
+
+
+@pytest.mark.parametrize("make", [shadowed_fastapi_app, shadowed_starlette_app])
+async def test_a_route_in_front_keeps_another_routes_cache_and_limit_off_its_requests(
+    make: object,
+) -> None:
+    app = make()  # type: ignore[operator]
+    async with serve(app) as client:
+        alice = await client.get("/users/me", headers={"x-api-key": "key-alice"})
+        bob = await client.get("/users/me", headers={"x-api-key": "key-bob"})
+        more = [
+            (await client.get("/users/me", headers={"x-api-key": "key-bob"})).status_code
+            for _ in range(2)
+        ]
+        profile = [(await client.get("/users/42")).status_code for _ in range(2)]
+        cached_profile = await client.get("/users/7")
+    assert alice.json() == {"user": "alice"}
+    assert bob.json() == {"user": "bob"}  # never alice's body from /users/{user_id}'s cache
+    assert "cache-status" not in bob.headers
+    # /users/me has the default rule (3/minute), not /users/{user_id}'s 1/minute
+    assert bob.headers["ratelimit-policy"] == '"default";q=3;w=60'
+    assert more == [200, 429]
+    assert profile == [200, 429]  # the declared limit still holds on its own route
+    assert cached_profile.status_code == 429
+
+
+def strict_decode(authorization: str | None) -> str | None:
+    """Like ``jwt.decode``: raises on a token it cannot read."""
+    if authorization is None:
+        return None
+    subject = decode(authorization)
+    if subject is None:
+        raise ValueError(f"invalid token {authorization!r}")
+    return subject
+
+
+async def strict_user(authorization: Annotated[str | None, Header()] = None) -> str:
+    try:
+        subject = strict_decode(authorization)
+    except ValueError:
+        subject = None
+    if subject is None:
+        raise HTTPException(401, "not authenticated")
+    return subject
+
+
+async def test_an_identity_hook_that_raises_makes_the_request_anonymous_not_a_500() -> None:
+    import structlog
+
+    app = FastAPI()
+
+    @app.get("/me", dependencies=[Depends(limit("2/minute", key=user))])
+    @cached(ttl=60, vary_user=True)
+    async def me(who: Annotated[str, Depends(strict_user)]) -> dict[str, str]:
+        return {"owner": who}
+
+    install(
+        app,
+        registry=CollectorRegistry(),
+        identity=lambda request: strict_decode(request.headers.get("authorization")),
+    )
+    bad = {"authorization": "Bearer not.a-valid.token"}
+    async with serve(app) as client:
+        with structlog.testing.capture_logs() as logs:
+            codes = [(await client.get("/me", headers=bad)).status_code for _ in range(2)]
+        alice = await client.get("/me", headers={"authorization": f"Bearer {token_for('alice')}"})
+    assert codes == [401, 401]  # the app's own answer, not a 500 from the hook
+    assert alice.json() == {"owner": "alice"}
+    raised = [line for line in logs if line["event"].startswith("identity hook raised")]
+    assert [line["log_level"] for line in raised] == ["warning", "debug"]
+    assert raised[0]["error"] == "ValueError"
+    assert "not.a-valid.token" not in repr(logs)
