@@ -34,7 +34,7 @@ import math
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from scalekit._extras import require
 from scalekit.errors import ConfigurationError
@@ -307,6 +307,28 @@ def parse_url(url: str) -> RedisURL:
         parts = urlsplit(url)
     except ValueError as exc:
         raise RedisURLError("Redis URL does not parse; expected redis://host:port/db") from exc
+    # A password with an unencoded "/", "?" or "#" ends the host part early: the
+    # rest of it lands in the port, the db, the options or the fragment, whose
+    # error messages would quote it. Such errors say what to do, quoting nothing.
+    misplaced = "@" in url and "@" not in parts.netloc
+    if "#" in url:  # a fragment means nothing to Redis: a "#" is in the password
+        raise RedisURLError(_UNENCODED_PASSWORD)
+    try:
+        return _parse_parts(parts)
+    except RedisURLError:
+        if misplaced:
+            raise RedisURLError(_UNENCODED_PASSWORD) from None
+        raise
+
+
+_UNENCODED_PASSWORD = (
+    "Redis URL does not parse: a '/', '?' or '#' in the password (or a '#' anywhere) "
+    "ends the part it belongs to; percent-encode the password "
+    "(urllib.parse.quote(password, safe=''))"
+)
+
+
+def _parse_parts(parts: SplitResult) -> RedisURL:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise RedisURLError(

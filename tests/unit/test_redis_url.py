@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from urllib.parse import quote
 
 import pytest
 
@@ -80,6 +81,31 @@ def test_errors_and_repr_never_show_the_password() -> None:
     with pytest.raises(ValueError) as caught:
         parse_url("redis://u:hunter2@h:nope/0")
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["S3CR#ETPW", "ABC?DEFSECRET", "123/SECRETPART", "AB/CDSECRET", "12#3", "ZK9/QX+W=="],
+)
+def test_a_password_with_reserved_characters_is_never_quoted_in_an_error(password: str) -> None:
+    # Pasted unencoded, a "/", "?" or "#" ends the host part: pieces of the
+    # password became the port, the db or an option, and their error messages
+    # (start-up logs) quoted them: "port must be a number, got 's3cr'".
+    for url in (
+        f"redis://user:{password}@cache.internal:6379/0",
+        f"redis+sentinel://:{password}@s1:26379/mymaster",
+        f"rediss+cluster://:{password}@n1:7000",
+    ):
+        with pytest.raises(_redis.RedisURLError, match="percent-encode the password") as caught:
+            parse_url(url)
+        for piece in (password[i : i + 3] for i in range(len(password) - 2)):
+            assert piece not in str(caught.value), url
+    encoded = f"redis://user:{quote(password, safe='')}@cache.internal:6379/0"
+    assert parse_url(encoded).password == password
+
+
+def test_an_at_sign_in_an_option_is_not_a_password() -> None:
+    assert parse_url("redis://h:1/0?client_name=app@eu").client_options == {"client_name": "app@eu"}
 
 
 def test_from_url_builds_the_right_client_with_short_timeouts() -> None:
