@@ -423,12 +423,43 @@ def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
             )
         except ValueError as exc:
             raise ConfigurationError(f"@cached on {describe(item.route)}: {exc}") from exc
+        if not rule.vary_user:
+            _check_credentials(item, rule)
         if item.shadows:
             # Only what the router sends to this route: not /users/me for /users/{user_id}.
             matcher = _DeclaredTemplate(rule.path, _Shadowed(item.shadows))
             object.__setattr__(rule, "pattern", matcher)
         rules.append(rule)
     return rules
+
+
+def _check_credentials(item: Declared, rule: CacheRule) -> None:
+    """A rule without ``vary_user`` on a route whose security scheme reads credentials.
+
+    ``Authorization`` and ``Cookie`` make the cache bypass the request, so a
+    route that requires them would never be cached; any other header would
+    not, so one caller's response would be served to the next.
+
+    Raises:
+        ConfigurationError: naming the route, the scheme and the fix.
+    """
+    for credential in item.credentials:
+        where = f"{credential.scheme} reads the {credential.name!r} {credential.location}"
+        if credential.location == "header" and credential.name != "authorization":
+            if credential.name in rule.vary_headers:
+                continue
+            raise ConfigurationError(
+                f"@cached on {describe(item.route)}: {where}, which the cache does not see: "
+                "without vary_user it would serve one caller's response to the next. Set "
+                "vary_user=True and tell install(identity=...) who the caller is, or "
+                f"vary_headers=[{credential.name!r}] to keep one entry per credential"
+            )
+        if credential.location != "query" and credential.required:
+            raise ConfigurationError(
+                f"@cached on {describe(item.route)}: {where}, which every request must carry, "
+                "and a rule without vary_user never caches a request with credentials: set "
+                "vary_user=True (install(identity=...) or auth_backend=... says who calls)"
+            )
 
 
 class _Below:

@@ -48,6 +48,7 @@ from scalekit._rates import RateSyntaxError, parse_rates
 from scalekit.errors import ConfigurationError
 
 __all__ = [
+    "Credential",
     "Declared",
     "KeyFunction",
     "RateSource",
@@ -218,6 +219,21 @@ Shadow = tuple[str, "frozenset[str] | None"]
 
 
 @dataclasses.dataclass(frozen=True)
+class Credential:
+    """A credential a FastAPI security scheme in a route's dependencies reads.
+
+    ``location`` is ``"header"``, ``"cookie"`` or ``"query"``; ``name`` the
+    header (lower case), cookie or parameter; ``required`` whether the scheme
+    refuses a request without it (``auto_error``).
+    """
+
+    scheme: str
+    location: str
+    name: str
+    required: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Declared:
     """What one route declares, with where it is: its full template and methods.
 
@@ -232,6 +248,7 @@ class Declared:
     cache: RouteCache | None
     route: BaseRoute
     shadows: tuple[Shadow, ...] = ()
+    credentials: tuple[Credential, ...] = ()
 
 
 def _dependency_limits(dependant: Any, depth: int = 0) -> Iterator[RouteLimit]:
@@ -242,6 +259,32 @@ def _dependency_limits(dependant: Any, depth: int = 0) -> Iterator[RouteLimit]:
         yield dependant.call
     for child in getattr(dependant, "dependencies", ()) or ():
         yield from _dependency_limits(child, depth + 1)
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _credentials(dependant: Any, depth: int = 0) -> Iterator[Credential]:
+    """The security schemes (``APIKeyHeader``, ``OAuth2PasswordBearer``, ...) a route depends on."""
+    if dependant is None or depth > 32:
+        return
+    call = getattr(dependant, "call", None)
+    model = getattr(call, "model", None)
+    if model is not None and hasattr(call, "scheme_name"):  # a fastapi.security scheme
+        kind = _text(getattr(model, "type_", ""))
+        required = bool(getattr(call, "auto_error", True))
+        scheme = str(getattr(call, "scheme_name", type(call).__name__))
+        if kind == "apiKey":
+            location = _text(getattr(model, "in_", ""))
+            name = str(getattr(model, "name", ""))
+            if location == "header":
+                name = name.lower()
+            yield Credential(scheme, location, name, required)
+        elif kind in ("http", "oauth2", "openIdConnect"):
+            yield Credential(scheme, "header", "authorization", required)
+    for child in getattr(dependant, "dependencies", ()) or ():
+        yield from _credentials(child, depth + 1)
 
 
 def route_templates(routes: Sequence[BaseRoute]) -> Iterator[tuple[str, BaseRoute]]:
@@ -323,6 +366,7 @@ def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
                     tuple(
                         shadow for shadow in earlier if _segments_may_overlap(shadow[0], template)
                     ),
+                    tuple(dict.fromkeys(_credentials(getattr(route, "dependant", None)))),
                 )
             )
     return found

@@ -567,3 +567,56 @@ async def test_an_identity_hook_that_raises_makes_the_request_anonymous_not_a_50
     assert [line["log_level"] for line in raised] == ["warning", "debug"]
     assert raised[0]["error"] == "ValueError"
     assert "not.a-valid.token" not in repr(logs)
+
+
+# -- a cached route's own security scheme: the cache must see the caller
+
+
+async def start(app: Starlette) -> None:
+    async with app.router.lifespan_context(app):
+        pass
+
+
+def keyed_app(**cached_kwargs: object) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/me")
+    @cached(ttl=60, **cached_kwargs)  # type: ignore[arg-type]
+    async def me(key: Annotated[str, Security(API_KEY)]) -> dict[str, str]:
+        return {"user": KEYS[key]}
+
+    install(app, registry=CollectorRegistry())
+    return app
+
+
+async def test_a_cached_route_with_an_api_key_header_and_no_vary_fails_start_up() -> None:
+    with pytest.raises(ConfigurationError, match=r"APIKeyHeader reads the 'x-api-key' header") as e:
+        await start(keyed_app())
+    assert "Route('/me'" in str(e.value) or "'/me'" in str(e.value)
+    assert "vary_headers=['x-api-key']" in str(e.value)
+
+
+async def test_an_api_key_header_in_vary_headers_keeps_one_entry_per_key() -> None:
+    app = keyed_app(vary_headers=["X-API-Key"])
+    async with serve(app) as client:
+        alice = await client.get("/me", headers={"x-api-key": "key-alice"})
+        bob = await client.get("/me", headers={"x-api-key": "key-bob"})
+        alice_again = await client.get("/me", headers={"x-api-key": "key-alice"})
+    assert (alice.json(), bob.json()) == ({"user": "alice"}, {"user": "bob"})
+    assert alice_again.headers["cache-status"] == "scalekit; hit"
+
+
+async def test_a_cached_route_that_requires_a_bearer_token_needs_vary_user() -> None:
+    from fastapi.security import OAuth2PasswordBearer
+
+    bearer = OAuth2PasswordBearer(tokenUrl="/token")
+    app = FastAPI()
+
+    @app.get("/mine")
+    @cached(ttl=60)
+    async def mine(token: str = Depends(bearer)) -> dict[str, str]:
+        return {"token": token[:3]}
+
+    install(app, registry=CollectorRegistry())
+    with pytest.raises(ConfigurationError, match="never caches a request with credentials"):
+        await start(app)
