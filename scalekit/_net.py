@@ -175,8 +175,9 @@ class ClientIP:
             forwarding header in the request is ignored.
 
     Raises:
-        ValueError: a CIDR that does not parse, a prefix outside 0..128, or an
-            unknown header choice.
+        ValueError: a CIDR that does not parse or trusts every address
+            (``0.0.0.0/0``, ``::/0``), a string instead of a list, a prefix
+            outside 0..128, or an unknown header choice.
     """
 
     def __init__(
@@ -186,15 +187,29 @@ class ClientIP:
         ipv6_prefix: int | None = None,
         header: ForwardedHeader | str = ForwardedHeader.X_FORWARDED_FOR,
     ) -> None:
+        if isinstance(trusted_proxies, str):
+            raise ConfigurationError(
+                f"trusted_proxies must be a list of addresses or CIDRs such as ['10.0.0.0/8'], "
+                f"got the string {trusted_proxies!r}"
+            )
         networks: list[IPNetwork] = []
         for cidr in trusted_proxies:
             try:
-                networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+                network = ipaddress.ip_network(cidr.strip(), strict=False)
             except ValueError as exc:
                 raise ConfigurationError(
                     f"trusted_proxies: {cidr!r} is not an IP address or CIDR "
                     "(write e.g. '10.0.0.0/8' or '127.0.0.1')"
                 ) from exc
+            if network.prefixlen == 0:
+                # Every hop trusted: the walk ends at the leftmost entry, which the
+                # client wrote itself (X-Forwarded-For: <anything>, <its address>).
+                raise ConfigurationError(
+                    f"trusted_proxies: {cidr!r} trusts every peer, so any client chooses "
+                    "its own address by sending the forwarding header; list your proxies' "
+                    "addresses or ranges instead (e.g. '10.0.0.0/8')"
+                )
+            networks.append(network)
         if ipv6_prefix is not None and not 0 <= ipv6_prefix <= 128:
             raise ConfigurationError(f"ipv6_prefix must be between 0 and 128, got {ipv6_prefix!r}")
         self.header = ForwardedHeader.parse(header, setting="header")

@@ -233,6 +233,20 @@ def test_bad_cidr_fails_at_construction_with_the_value() -> None:
         ClientIP(["10.0.0.0/33"])
 
 
+@pytest.mark.parametrize("everyone", ["0.0.0.0/0", "::/0", "0.0.0.0/0.0.0.0", " ::/0 "])
+def test_trusting_every_peer_is_refused(everyone: str) -> None:
+    # Every hop trusted, the walk ended at the leftmost X-Forwarded-For entry:
+    # the one the client wrote. Any client chose its address, silently.
+    with pytest.raises(ValueError, match="trusts every peer, so any client chooses"):
+        ClientIP(["10.0.0.0/8", everyone])
+
+
+def test_a_string_of_proxies_is_refused_with_what_to_write() -> None:
+    # iterated character by character it failed on '1' for "10.0.0.0/8"
+    with pytest.raises(ValueError, match=r"must be a list .* got the string '10.0.0.0/8'"):
+        ClientIP("10.0.0.0/8")
+
+
 def test_bad_prefix_and_header_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="ipv6_prefix"):
         ClientIP(ipv6_prefix=129)
