@@ -59,7 +59,10 @@ _ADDRESS_PART = r"[^@\x00-\x20\x7f-\x9f]+"
 Title = Annotated[
     str, Field(min_length=1, max_length=200, pattern=_NOT_BLANK), AfterValidator(_storable)
 ]
-Description = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+# Every valid body fits the 64 KB limit even fully escaped: a character may
+# take 12 bytes of JSON (an astral one as two \uXXXX escapes), and
+# 5,000 + 200 characters of 12 bytes is 62,400.
+Description = Annotated[str, Field(max_length=5_000), AfterValidator(_storable)]
 Email = Annotated[
     str,
     Field(

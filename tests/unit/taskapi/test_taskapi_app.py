@@ -242,8 +242,19 @@ async def test_bodies_over_64_kb_are_413(make_client: Any) -> None:
 
         streamed = await client.post(TASKS, content=chunks(), headers=headers)
         assert_error(streamed, 413, "payload_too_large")
-        just_fits = b'{"title": "t", "description": "' + b"a" * 10_000 + b'"}'
+        just_fits = b'{"title": "t", "description": "' + b"a" * 5_000 + b'"}'
         assert (await client.post(TASKS, content=just_fits, headers=headers)).status_code == 201
+        # The longest valid body, every character escaped as JSON allows, still fits.
+        astral = "\\ud842\\ude8d"
+        title, description = astral * 200, astral * 5_000
+        longest = f'{{"title": "{title}", "description": "{description}", "status": "done"}}'
+        assert len(longest) < 64 * 1024
+        fitting = await client.put(f"{TASKS}/1", content=longest.encode(), headers=headers)
+        assert fitting.status_code == 200, fitting.text
+        too_long = await client.post(
+            TASKS, json={"title": "t", "description": "a" * 5_001}, headers=auth
+        )
+        assert_error(too_long, 422, "validation_error")
 
 
 async def test_unknown_routes_and_methods_answer_json(make_client: Any) -> None:
