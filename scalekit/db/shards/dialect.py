@@ -99,9 +99,10 @@ class MySQLDialect(Dialect):
         return bool(rows) and str(rows[0]["type"]).lower() in _MYSQL_BINARY_TYPES
 
     def bucket_of(self, column: str, buckets: int, *, binary: bool = False) -> str:
-        # Text goes through the connection's character set (utf8mb4), as Python
-        # encodes a str; bytes are hashed as stored (CAST AS CHAR would decode them).
-        value = self.quote(column) if binary else f"CAST({self.quote(column)} AS CHAR)"
+        # Text is hashed as UTF-8, as Python encodes a str, whatever the column's
+        # or the connection's character set (CAST AS CHAR alone would use the
+        # connection's: latin1 bytes under ?charset=latin1); bytes as stored.
+        value = self.quote(column) if binary else f"CONVERT({self.quote(column)} USING utf8mb4)"
         digest = f"SHA2({value}, 256)"
         return f"MOD(CAST(CONV(LEFT({digest}, 16), 16, 10) AS UNSIGNED), {int(buckets)})"
 
@@ -124,8 +125,9 @@ _MYSQL_BINARY_TYPES = frozenset(
 )
 
 
-def _sqlite_bucket(value: Any, buckets: int) -> int:
-    return hash_key(value) % buckets
+def _sqlite_bucket(value: Any, buckets: int) -> int | None:
+    # NULL is in no bucket, as SHA2(NULL) is NULL on MariaDB: such rows stay put.
+    return None if value is None else hash_key(value) % buckets
 
 
 class SQLiteDialect(Dialect):

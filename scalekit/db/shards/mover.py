@@ -458,7 +458,9 @@ class _Move:
                         f"move's source {self.source} nor its target {self.target}: someone "
                         "changed the map during the move"
                     )
-                self._set_step(Step.DELETE, conn)
+                # The next step is recorded with the flip: a crash before a separate
+                # write would resume past ``open`` and leave the bucket frozen for good.
+                self._set_step(Step.OPEN, conn)
             except BaseException:
                 conn.rollback()
                 raise

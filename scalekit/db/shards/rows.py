@@ -138,23 +138,58 @@ class BucketRows:
         return int(row["n"])
 
     def upsert(self, conn: Connection, table: ShardedTable, rows: Sequence[Row]) -> None:
-        """Insert ``rows``, replacing rows with the same primary key."""
+        """Insert ``rows``, replacing rows of this bucket with the same primary key.
+
+        Raises:
+            MoveError: a row of another bucket (or with no bucket) holds one of
+                these primary keys here; nothing was written.
+        """
         if not rows:
             return
+        taken = self.foreign(conn, table, [table.key(row) for row in rows])
+        if taken:
+            shown = ", ".join(repr(key[0] if len(key) == 1 else key) for key in taken)
+            raise MoveError(
+                f"table {table.name} on {self.pool.name!r} already holds rows of other buckets "
+                f"with primary keys of bucket {self.bucket}'s rows ({shown}): primary keys must "
+                "be unique across shards (ids from one sequence or UUIDs, not a per-shard "
+                "AUTO_INCREMENT; case-insensitive text keys must not differ only by case). "
+                "Nothing was overwritten: fix the keys, then rerun the move or roll it back"
+            )
         columns = list(rows[0])
         sql = self.dialect.upsert(table.name, columns, table.primary_key, len(rows))
         conn.execute(sql, [row[column] for row in rows for column in columns])
+
+    def foreign(self, conn: Connection, table: ShardedTable, keys: Sequence[Key]) -> list[Key]:
+        """Of these primary keys, up to three held here by rows outside the bucket.
+
+        An upsert of a moved row would overwrite such a row: another user's
+        data under a colliding key (the server compares keys by its collation).
+        """
+        if not keys:
+            return []
+        where, params = self._keys(table, keys)
+        inside, more = self.predicate(table)
+        rows = conn.query(
+            f"SELECT {self._pk(table)} FROM {self.dialect.quote(table.name)} "
+            f"WHERE ({where}) AND NOT COALESCE({inside}, 0) LIMIT 3",
+            params + more,
+        )
+        return [table.key(row) for row in rows]
+
+    def _keys(self, table: ShardedTable, keys: Sequence[Key]) -> tuple[str, list[Any]]:
+        """A ``WHERE`` condition matching these primary keys, and its parameters."""
+        quote = self.dialect.quote
+        if len(table.primary_key) == 1:
+            where = f"{quote(table.primary_key[0])} IN ({', '.join(['%s'] * len(keys))})"
+            return where, [key[0] for key in keys]
+        one = " AND ".join(f"{quote(column)} = %s" for column in table.primary_key)
+        return " OR ".join([f"({one})"] * len(keys)), [value for key in keys for value in key]
 
     def delete(self, conn: Connection, table: ShardedTable, keys: Sequence[Key]) -> int:
         """Delete the rows with these primary keys; returns how many were deleted."""
         if not keys:
             return 0
-        quote = self.dialect.quote
-        if len(table.primary_key) == 1:
-            where = f"{quote(table.primary_key[0])} IN ({', '.join(['%s'] * len(keys))})"
-            params = [key[0] for key in keys]
-        else:
-            one = " AND ".join(f"{quote(column)} = %s" for column in table.primary_key)
-            where = " OR ".join([f"({one})"] * len(keys))
-            params = [value for key in keys for value in key]
-        return conn.execute(f"DELETE FROM {quote(table.name)} WHERE {where}", params).rowcount
+        where, params = self._keys(table, keys)
+        sql = f"DELETE FROM {self.dialect.quote(table.name)} WHERE {where}"
+        return conn.execute(sql, params).rowcount

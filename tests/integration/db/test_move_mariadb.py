@@ -270,6 +270,8 @@ def test_the_sql_bucket_predicate_selects_what_python_computes(databases: Databa
         "BINARY(4)": [b"\xff\x00\x80\x7f"],
     }
     pool = Pool.from_url(databases.shard_urls[0])
+    # A connection in another character set computes the same buckets (attack11).
+    latin1 = Pool.from_url(databases.shard_urls[0] + "?charset=latin1")
     try:
         for number, (column_type, keys) in enumerate(values.items()):
             name = f"bucket_probe_{number}"
@@ -279,15 +281,17 @@ def test_the_sql_bucket_predicate_selects_what_python_computes(databases: Databa
                 pool.execute(f"INSERT INTO {name} VALUES (%s, %s)", [index, key])
             table = ShardedTable(name, "k", "id")
             for index, key in enumerate(keys):
-                rows = BucketRows(pool, BUCKETS, MAP.bucket_for(key), [table])
-                with rows.connect() as conn:
-                    found = [row["id"] for row in rows.batch(conn, table, None, 0)]
-                assert index in found, (column_type, key)
-                # ... and no row of another bucket: the predicate is exact.
-                assert all(MAP.bucket_for(keys[other]) == MAP.bucket_for(key) for other in found)
+                for connected in (pool, latin1):
+                    rows = BucketRows(connected, BUCKETS, MAP.bucket_for(key), [table])
+                    with rows.connect() as conn:
+                        found = [row["id"] for row in rows.batch(conn, table, None, 0)]
+                    assert index in found, (column_type, key, connected.name)
+                    # ... and no row of another bucket: the predicate is exact.
+                    assert all(MAP.bucket_for(keys[n]) == MAP.bucket_for(key) for n in found)
             pool.execute(f"DROP TABLE {name}")
     finally:
         pool.close()
+        latin1.close()
 
 
 # -- regression tests of issue 11 on one small bucket -------------------------------
@@ -564,3 +568,46 @@ def test_a_stale_save_is_refused_after_a_move_on_the_control_database(small: Sma
     with pytest.raises(ConfigError, match="derived from version 1"):
         stale.reassign({0: 1}).save_db(small.control)
     assert BucketMap.load_db(small.control).shard_of_bucket(small.bucket) == 1
+
+
+# -- attacks on the move (attack11) ----------------------------------------------
+
+
+def test_a_primary_key_taken_on_the_target_by_another_bucket_stops_the_copy(small: Small) -> None:
+    """Per-shard AUTO_INCREMENT ids collide: the copy overwrote another user's row, and the
+    move reported success."""
+    stranger = next(u for u in range(5000) if small.map.shard_for(u) == 1)
+    small.shards[1].execute("INSERT INTO items VALUES (1, %s, 'not yours')", (stranger,))
+    with pytest.raises(MoveError, match=r"primary keys of bucket 6's rows \(1\)"):
+        small.move(1)
+    assert small.shards[1].primary.query("SELECT user_id, note FROM items WHERE id = 1") == [
+        {"user_id": stranger, "note": "not yours"}
+    ]
+    abort_move(small.shards, small.bucket, tables=ITEMS, control=small.control)
+    assert (small.count(0), small.count(1)) == (small.rows, 0)
+    assert small.count(1, [stranger]) == 1
+
+
+def test_keys_equal_under_a_case_insensitive_collation_are_not_overwritten(small: Small) -> None:
+    """'Ann' and 'ann' hash to different buckets, but utf8mb4_general_ci makes them one key."""
+    ddl = (
+        "CREATE TABLE people (name VARCHAR(32) CHARACTER SET utf8mb4 "
+        "COLLATE utf8mb4_general_ci NOT NULL PRIMARY KEY, note VARCHAR(16) NOT NULL)"
+    )
+    for shard in small.shards:
+        shard.execute(ddl)
+    upper, lower = next(
+        (f"Ann{n}", f"ann{n}")
+        for n in range(1000)
+        if small.map.shard_for(f"Ann{n}") == 0 and small.map.shard_for(f"ann{n}") == 1
+    )
+    writer = ShardSet(small.shards, map_store=MapStore(small.control), refresh_interval=None)
+    writer.execute("INSERT INTO people VALUES (%s, 'upper')", (upper,), key=upper)
+    writer.execute("INSERT INTO people VALUES (%s, 'lower')", (lower,), key=lower)
+    tables = [ShardedTable("people", "name", "name")]
+    with pytest.raises(MoveError, match="case-insensitive"):
+        move_bucket(small.shards, small.map.bucket_for(upper), 1, tables=tables,
+                    control=small.control, sleep=small.waits.append)  # fmt: skip
+    assert writer.query("SELECT name, note FROM people WHERE name = %s", (lower,), key=lower) == [
+        {"name": lower, "note": "lower"}
+    ]

@@ -14,6 +14,7 @@ from scalekit import cli
 from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
+    ConnectionLost,
     MapStore,
     MoveError,
     MoveProgress,
@@ -450,3 +451,51 @@ def test_a_second_mover_on_sqlite_is_refused(setup: Setup) -> None:
     setup.move(checkpoint=second_mover)
     assert len(refused) == 1
     assert setup.move().already  # the lock was released
+
+
+# -- attacks on the move (attack11) ----------------------------------------------
+
+
+def test_a_control_failure_right_after_the_flip_still_opens_the_bucket(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flip recorded ``delete`` and a separate write ``open``: a failure between the two
+    resumed at ``delete``, skipped ``open``, and left the bucket frozen on its new shard."""
+    execute = setup.control.execute
+    failed: list[str] = []
+
+    def flaky(sql: str, params: Any = None, **options: Any) -> Any:
+        flipped = BucketMap.load_db(setup.control).version == 2
+        if flipped and not failed and sql.startswith("UPDATE scalekit_bucket_moves"):
+            failed.append(sql)
+            raise ConnectionLost("control database gone")
+        return execute(sql, params, **options)
+
+    monkeypatch.setattr(setup.control, "execute", flaky)
+    with pytest.raises(ConnectionLost):
+        setup.move()
+    assert failed
+    setup.move()  # the rerun
+    fence = "SELECT state FROM scalekit_bucket_fence WHERE bucket = %s"
+    fences = [setup.primary(index).query(fence, (setup.bucket,)) for index in (0, 1)]
+    assert fences == [[{"state": "moved"}], [{"state": "open"}]]
+    writer = ShardSet(setup.shards, map_store=MapStore(setup.control), freeze_timeout=0.0)
+    user = setup.users[0]
+    writer.execute("INSERT INTO tasks (id, user_id, title) VALUES (7000, %s, 'after')", (user,),
+                   key=user)  # fmt: skip
+    assert setup.rows(1, [user])[-1]["title"] == "after"
+
+
+def test_a_row_with_a_null_shard_key_stays_and_does_not_stop_the_move(setup: Setup) -> None:
+    """SQLite's bucket function raised on NULL: the move failed on any such row."""
+    for index in (0, 1):
+        setup.primary(index).execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, user_id INTEGER)")
+    user = setup.users[0]
+    setup.primary(0).execute("INSERT INTO notes VALUES (1, NULL), (2, %s)", (user,))
+    before = setup.rows(0, setup.users)
+    tables = [*TABLES, ShardedTable("notes", "user_id", "id")]
+    move_bucket(setup.shards, setup.bucket, 1, tables=tables, control=setup.control,
+                sleep=setup.waits.append)  # fmt: skip
+    _assert_moved(setup, before)
+    assert setup.primary(0).query("SELECT * FROM notes") == [{"id": 1, "user_id": None}]
+    assert setup.primary(1).query("SELECT * FROM notes") == [{"id": 2, "user_id": user}]
