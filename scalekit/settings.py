@@ -15,6 +15,7 @@ import enum
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import cast
 
@@ -24,6 +25,19 @@ from scalekit.errors import ConfigurationError
 __all__ = ["Environment", "Settings", "SettingsError", "ShardStrategyName"]
 
 _TRUE = {"1", "true", "yes", "on"}
+# The password part of ``scheme://user:password@host`` (also ``//:password@``).
+_URL_PASSWORD = re.compile(r"(//[^/@:]*:)[^@/]*@")
+
+
+def _redacted(value: object) -> object:
+    """``value`` with the password of every URL in it replaced by ``***``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, tuple):
+        return tuple(_redacted(item) for item in value)
+    return value
+
+
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -295,6 +309,14 @@ class Settings:
     shard_urls: tuple[tuple[str, ...], ...] = ()
     shard_strategy: ShardStrategyName = ShardStrategyName.JUMP_HASH
     env: Environment = Environment.PRODUCTION
+
+    def __repr__(self) -> str:
+        # Settings end up in start-up logs and tracebacks: never print a password.
+        fields = ", ".join(
+            f"{field.name}={_redacted(getattr(self, field.name))!r}"
+            for field in dataclasses.fields(self)
+        )
+        return f"{type(self).__name__}({fields})"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -317,3 +317,19 @@ def test_dbutils_is_a_core_dependency() -> None:
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert any(dep.startswith("dbutils") for dep in project["project"]["dependencies"])
+
+
+def test_repr_never_shows_a_password() -> None:
+    settings = Settings(
+        database_url="mysql://app:db-secret@db:3306/tasks",
+        replica_urls=("mysql://app:db-secret@replica:3306/tasks",),
+        redis_url="redis://:redis-secret@cache:6379/0",
+        shard_urls=(("mysql://app:shard-secret@s0/tasks", "mysql://app:shard-secret@s0r/tasks"),),
+    )
+    text = repr(settings)
+    assert "secret" not in text
+    assert "mysql://app:***@db:3306/tasks" in text
+    assert "redis://:***@cache:6379/0" in text
+    assert (
+        settings.database_url == "mysql://app:db-secret@db:3306/tasks"
+    )  # the value itself is kept
