@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Match, Mount
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scalekit._identity import IDENTITY_SCOPE_KEY, identity_of
@@ -73,6 +73,14 @@ def _probe_path() -> str:
     return f"/scalekit-probe-{uuid.uuid4().hex}/{uuid.uuid4().hex}"
 
 
+def _culprit(route: BaseRoute, path: str) -> str:
+    """``route`` as a message names it, or the route inside it (an included router) at ``path``."""
+    for template, leaf in route_templates([route]):
+        if template == path and leaf is not route:
+            return describe(getattr(leaf, "original_route", leaf))
+    return describe(route)
+
+
 def check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
     """Refuse to mount over a route of the app meant for one of ``paths``.
 
@@ -88,13 +96,14 @@ def check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
                 and first_full_match([route], probe) is None
             ):
                 raise ConfigurationError(
-                    f"the app already has {describe(route)} answering {path!r}, where install() "
+                    f"the app already has {_culprit(route, path)} answering {path!r}, where "
+                    "install() "
                     "mounts scalekit's endpoint: remove it, or mount scalekit's elsewhere "
                     "(HealthOptions(live_path=..., ready_path=...), Settings(metrics_path=...))"
                 )
 
 
-def check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Any]) -> None:
+def check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Route]) -> None:
     """Fail start-up when a route added in front of ours answers one of our paths."""
     for route in ours:
         winner = first_full_match(routes, route.path)
@@ -498,16 +507,24 @@ class Layers:
         self.check_paths = check_paths
         self.below = _Below()
         self.chain = chain.build(self.below)  # validates the explicit configuration now
+        self.own_routes: Sequence[Route] = ()
+        """scalekit's endpoints (health, metrics), checked against the app's routes."""
         self._prepared = False
         self._error: Exception | None = None
 
     def prepare(self) -> None:
-        """Read the routes' declarations and check path rules (once; errors are kept)."""
+        """Check the routes, read their declarations and path rules (once; errors are kept)."""
         if self._error is not None:
             raise self._error
         if self._prepared:
             return
         try:
+            if self.own_routes:
+                # A route put in front of ours would answer probes; one added after
+                # install() at one of our paths would never be reached.
+                check_not_shadowed(self.routes, self.own_routes)
+                others = [r for r in self.routes if all(r is not o for o in self.own_routes)]
+                check_paths_free(others, [route.path for route in self.own_routes])
             declared = declarations(self.routes)
             if self.check_paths:
                 check_rule_paths(

@@ -27,7 +27,6 @@ from scalekit._layers import (
     Chain,
     IdentityFunction,
     Layers,
-    check_not_shadowed,
     check_paths_free,
 )
 from scalekit.errors import ConfigurationError
@@ -331,6 +330,7 @@ def install(
     ]
     # In front of the app's routes: a catch-all (an SPA's /{path:path}) must not answer probes.
     app.router.routes[0:0] = ours
+    layers.own_routes = ours
     stack._closers.insert(0, subscribe_component_metrics(registry))
     app.state.scalekit = stack
 
@@ -339,7 +339,6 @@ def install(
     @contextlib.asynccontextmanager
     async def lifespan(scope_app: Any) -> AsyncIterator[Any]:
         try:
-            check_not_shadowed(app.router.routes, ours)
             layers.prepare()
             async with inner_lifespan(scope_app) as state:
                 yield state

@@ -197,6 +197,35 @@ async def test_the_apps_own_health_route_is_an_error_at_install(framework: str) 
         assert (await client.get("/health/ready")).json() == {"path": "/health/ready"}
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("lifespan", [True, False], ids=["lifespan", "first-request"])
+async def test_the_apps_own_metrics_route_added_after_install_fails_start_up(
+    framework: str, lifespan: bool
+) -> None:
+    from scalekit import ConfigurationError
+
+    app = make_app(framework, catch_all=True)  # the catch-all is fine; /metrics of its own is not
+    install(app, registry=CollectorRegistry())
+    if framework == "fastapi":
+        router = APIRouter()
+        router.add_api_route("/metrics", hello, name="my_metrics")
+        app.include_router(router)  # type: ignore[attr-defined]
+    else:
+        app.add_route("/metrics", hello, name="my_metrics")
+
+    async def start() -> None:
+        if lifespan:
+            async with serve(app):
+                pass
+        else:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await client.get("/other")
+
+    with pytest.raises(ConfigurationError, match=r"my_metrics.*'/metrics'.*metrics_path"):
+        await start()
+
+
 # -- 3. a custom metrics path is not counted
 
 
