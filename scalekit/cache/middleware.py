@@ -295,8 +295,10 @@ class CacheMiddleware:
         )
 
         async def send_after_invalidating(message: Message) -> None:
-            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 400:
                 # Before the client hears of the write, so it never reads stale after it.
+                # Any non-error status (RFC 9111, 4.4): a form's POST answered 303 (Post/
+                # Redirect/Get) wrote too, and its client is sent straight to the list.
                 try:
                     await self.backend.invalidate(*tags)
                     _emit(rule, "invalidate")

@@ -79,7 +79,8 @@ class CacheRule:
             The first tag chooses the Redis Cluster slot of the entry.
         max_body: responses larger than this many bytes stream through uncached.
         invalidate_on: unsafe methods (``"POST"``, ``"PUT"``, ``"PATCH"``,
-            ``"DELETE"``) whose 2xx response on this path invalidates the tags.
+            ``"DELETE"``) whose non-error response (2xx, or 3xx as in
+            Post/Redirect/Get) on this path invalidates the tags.
         name: the rule's name in keys, events and metrics (default: ``path``).
         honor_request_directives: let a request's ``Cache-Control: no-cache``
             (or ``max-age=0``, ``Pragma: no-cache``) fetch a fresh response and

@@ -284,6 +284,31 @@ async def test_successful_write_invalidates_before_the_client_hears_of_it() -> N
     assert (await call(middleware, path="/users/2/tasks")).header("cache-status") == "scalekit; hit"
 
 
+@pytest.mark.parametrize("status", [201, 204, 302, 303, 307])
+async def test_a_write_answered_with_a_redirect_invalidates(status: int) -> None:
+    # Post/Redirect/Get: the form's POST wrote and answers 303; the browser
+    # follows to the list at once and was served the list from before the write.
+    backend = MemoryCache()
+    items = ["a"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "POST":
+            items.append("b")
+            headers = [(b"location", b"/t")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            body = ",".join(items).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+    rule = CacheRule("/t", ttl=60, tags=["t"], invalidate_on=("POST",))
+    middleware = CacheMiddleware(app, backend, [rule])
+    assert (await call(middleware, path="/t")).body == b"a"
+    await call(middleware, method="POST", path="/t")
+    assert (await call(middleware, path="/t")).body == b"a,b"
+
+
 async def test_failed_write_does_not_invalidate() -> None:
     backend = MemoryCache()
     rule = CacheRule("/t", ttl=60, tags=["t"], invalidate_on=("DELETE",))
