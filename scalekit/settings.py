@@ -245,11 +245,16 @@ def _bool_text(text: str) -> bool:
 
 
 def _shards_text(text: str) -> tuple[tuple[str, ...], ...]:
-    return tuple(
-        tuple(url.strip() for url in shard.split(",") if url.strip())
-        for shard in text.split(";")
-        if shard.strip()
-    )
+    shards = text.rstrip("; \t\r\n").split(";")  # a trailing ';' moves no shard
+    for number, shard in enumerate(shards, 1):
+        if not shard.strip():
+            # Never skipped: dropping one would shift every later shard's index,
+            # and with it where keys live.
+            raise ValueError(
+                f"has an empty shard (number {number} of {len(shards)}): write each shard's "
+                "URLs, primary first, and separate shards by one ';'"
+            )
+    return tuple(tuple(url.strip() for url in shard.split(",") if url.strip()) for shard in shards)
 
 
 _FROM_TEXT: dict[str, Callable[[str], object]] = {
@@ -376,6 +381,21 @@ class Settings:
         known = dict(zip(cls.known_variables(prefix), dataclasses.fields(cls), strict=True))
         allowed = set(known) | set(app_variables)
         for name in sorted(env):
+            if (
+                name not in allowed
+                and not name.startswith(prefix)
+                and name.upper().startswith(prefix.upper())
+            ):
+                # scalekit_rate_limit: environment names are case-sensitive, so it is never read.
+                suffixes = [known_name.removeprefix(prefix) for known_name in known]
+                close = difflib.get_close_matches(name[len(prefix) :].upper(), suffixes, n=1)
+                wanted = prefix + (close[0] if close else name[len(prefix) :].upper())
+                raise SettingsError(
+                    name[len(prefix) :].lower(),
+                    f"is not read: variable names are case-sensitive; did you mean {wanted}? "
+                    f"(pass app_variables=[{name!r}] if your app reads it)",
+                    variable=name,
+                )
             if name.startswith(prefix) and name not in allowed:
                 # Compare without the prefix, which every name shares.
                 suffixes = [known_name.removeprefix(prefix) for known_name in known]

@@ -151,6 +151,14 @@ def test_an_unknown_variable_names_the_closest_known_one() -> None:
         Settings.from_env({"SCALEKIT_COLOUR": "blue"})
 
 
+def test_a_lower_case_variable_is_never_read_and_says_so() -> None:
+    with pytest.raises(SettingsError, match="case-sensitive; did you mean SCALEKIT_RATE_LIMIT"):
+        Settings.from_env({"scalekit_rate_limit": "100/minute"})
+    with pytest.raises(SettingsError, match="did you mean SCALEKIT_REDIS_URL"):
+        Settings.from_env({"Scalekit_Redis_Url": "redis://cache/0"})
+    Settings.from_env({"scalekit_home": "/srv"}, app_variables=["scalekit_home"])
+
+
 def test_app_variables_with_the_prefix_can_be_declared() -> None:
     environ = {"SCALEKIT_JWT_SECRET": "x", "SCALEKIT_RATE_LIMIT": "5/minute", "OTHER": "y"}
     settings = Settings.from_env(environ, app_variables=["SCALEKIT_JWT_SECRET"])

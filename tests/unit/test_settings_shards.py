@@ -85,3 +85,17 @@ def test_install_builds_a_shard_set(tmp_path: Path, strategy: str, expected: typ
 def test_no_shard_urls_no_shard_set() -> None:
     stack = install(Starlette(), Settings(), registry=CollectorRegistry())
     assert stack.shards is None
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("sqlite:///a.db;;sqlite:///b.db", "number 2 of 3"),
+        (";sqlite:///a.db;sqlite:///b.db", "number 1 of 3"),
+        (" ; ", "number 1 of 1"),
+    ],
+)
+def test_an_empty_shard_is_an_error_not_skipped(text: str, where: str) -> None:
+    # Skipping it would renumber the shards after it, and move their keys.
+    with pytest.raises(ValueError, match=f"SCALEKIT_SHARD_URLS has an empty shard \\({where}\\)"):
+        Settings.from_env({"SCALEKIT_SHARD_URLS": text})
