@@ -417,6 +417,14 @@ def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
         marker = item.cache
         if marker is None:
             continue
+        if item.methods is not None and "GET" not in item.methods:
+            # Its rule would cache the GET route at the same path instead.
+            served = ", ".join(sorted(item.methods))
+            raise ConfigurationError(
+                f"@cached on {describe(item.route)}, which serves {served}: only GET (and HEAD) "
+                "responses are cached; put @cached on the GET route (use invalidate_on=... there "
+                "for writes to the path)"
+            )
         try:
             rule = CacheRule(
                 item.template,

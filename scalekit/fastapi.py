@@ -37,6 +37,7 @@ This module imports neither FastAPI nor a component: it only describes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -339,6 +340,31 @@ def _methods_of(route: BaseRoute) -> frozenset[str] | None:
     return frozenset(upper | {"HEAD"} if "GET" in upper else upper)
 
 
+_HANDLERS = ("get", "head", "post", "put", "patch", "delete", "options")
+
+
+def _targets(route: BaseRoute) -> Iterator[tuple[object, frozenset[str] | None]]:
+    """What may carry declarations, with the methods it serves.
+
+    The endpoint (a function, or a class for all its methods), and for a
+    Starlette ``HTTPEndpoint`` class each of its handlers (``get`` serves
+    GET and, without a ``head``, HEAD).
+    """
+    endpoint = getattr(route, "endpoint", None)
+    methods = getattr(route, "methods", None)
+    yield endpoint, frozenset(methods) if methods else None
+    if not inspect.isclass(endpoint):
+        return
+    for name in _HANDLERS:
+        handler = getattr(endpoint, name, None)
+        if handler is None:
+            continue
+        served = {name.upper()}
+        if name == "get" and getattr(endpoint, "head", None) is None:
+            served.add("HEAD")
+        yield handler, frozenset(served)
+
+
 def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
     """The limits and cache rules declared on ``routes`` (an app's ``router.routes``)."""
     found: list[Declared] = []
@@ -346,27 +372,27 @@ def declarations(routes: Sequence[BaseRoute]) -> list[Declared]:
     for template, route in route_templates(routes):
         earlier = tuple(before)
         before.append((template, _methods_of(route)))
-        endpoint = getattr(route, "endpoint", None)
-        limits: list[RouteLimit] = list(getattr(endpoint, _LIMITS_ATTRIBUTE, ()))
-        seen = {id(item) for item in limits}
-        for item in _dependency_limits(getattr(route, "dependant", None)):
-            if id(item) not in seen:  # one limit object reached twice counts once
-                seen.add(id(item))
-                limits.append(item)
-        cache = getattr(endpoint, _CACHE_ATTRIBUTE, None)
-        if limits or cache is not None:
-            methods = getattr(route, "methods", None)
-            found.append(
-                Declared(
-                    template,
-                    frozenset(methods) if methods else None,
-                    tuple(limits),
-                    cache if isinstance(cache, RouteCache) else None,
-                    getattr(route, "original_route", route),
-                    tuple(
-                        shadow for shadow in earlier if _segments_may_overlap(shadow[0], template)
-                    ),
-                    tuple(dict.fromkeys(_credentials(getattr(route, "dependant", None)))),
+        dependant = getattr(route, "dependant", None)
+        shadows = tuple(shadow for shadow in earlier if _segments_may_overlap(shadow[0], template))
+        credentials = tuple(dict.fromkeys(_credentials(dependant)))
+        for index, (target, methods) in enumerate(_targets(route)):
+            limits: list[RouteLimit] = list(getattr(target, _LIMITS_ATTRIBUTE, ()))
+            seen = {id(item) for item in limits}
+            for item in _dependency_limits(dependant) if index == 0 else ():
+                if id(item) not in seen:  # one limit object reached twice counts once
+                    seen.add(id(item))
+                    limits.append(item)
+            cache = getattr(target, _CACHE_ATTRIBUTE, None)
+            if limits or cache is not None:
+                found.append(
+                    Declared(
+                        template,
+                        methods,
+                        tuple(limits),
+                        cache if isinstance(cache, RouteCache) else None,
+                        getattr(route, "original_route", route),
+                        shadows,
+                        credentials,
+                    )
                 )
-            )
     return found

@@ -620,3 +620,47 @@ async def test_a_cached_route_that_requires_a_bearer_token_needs_vary_user() -> 
     install(app, registry=CollectorRegistry())
     with pytest.raises(ConfigurationError, match="never caches a request with credentials"):
         await start(app)
+
+
+# -- declarations on Starlette HTTPEndpoint handlers; @cached only on GET routes
+
+
+async def test_declarations_on_http_endpoint_handlers_apply_to_their_methods() -> None:
+    from starlette.endpoints import HTTPEndpoint
+
+    class Items(HTTPEndpoint):
+        @limited("1/minute")
+        async def post(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("posted")
+
+        @cached(ttl=60)
+        async def get(self, request: Request) -> PlainTextResponse:
+            return PlainTextResponse("listed")
+
+    app = Starlette(routes=[Route("/items", Items)])
+    install(app, registry=CollectorRegistry())
+    async with serve(app) as client:
+        posts = [(await client.post("/items")).status_code for _ in range(2)]
+        gets = [await client.get("/items") for _ in range(3)]
+    assert posts == [200, 429]
+    assert [get.status_code for get in gets] == [200, 200, 200]  # GET is not POST's limit
+    assert gets[-1].headers["cache-status"] == "scalekit; hit"
+
+
+async def test_cached_on_a_route_that_serves_no_get_fails_start_up() -> None:
+    app = FastAPI()
+    items: list[str] = []
+
+    @app.post("/items")
+    @cached(ttl=60)
+    async def add(title: str) -> list[str]:
+        items.append(title)
+        return items
+
+    @app.get("/items")
+    async def listing() -> list[str]:  # would have been cached by add's rule
+        return items
+
+    install(app, registry=CollectorRegistry())
+    with pytest.raises(ConfigurationError, match=r"@cached on .*'/items'.*serves POST"):
+        await start(app)
