@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextvars
 import importlib
 import importlib.util
+import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import IO, Any, TextIO, cast
 
@@ -430,15 +431,48 @@ def _orjson() -> ModuleType | None:
 def _json_renderer(orjson: ModuleType | None, *, as_text: bool) -> Processor:
     """JSON lines: orjson when installed (about twice as fast), else the standard library."""
     if orjson is None:
-        return structlog.processors.JSONRenderer()
+        return structlog.processors.JSONRenderer(serializer=_never_raising(json.dumps))
     dumps = orjson.dumps
     if not as_text:
-        return structlog.processors.JSONRenderer(serializer=dumps)
+        return structlog.processors.JSONRenderer(serializer=_never_raising(dumps))
 
     def dumps_text(value: Any, **options: Any) -> str:
         return str(dumps(value, **options).decode("utf-8"))
 
-    return structlog.processors.JSONRenderer(serializer=dumps_text)
+    return structlog.processors.JSONRenderer(serializer=_never_raising(dumps_text))
+
+
+def _never_raising(dumps: Callable[..., Any]) -> Callable[..., Any]:
+    """``dumps``, but a value JSON cannot hold is rendered rather than raised into the caller.
+
+    A mapping with keys JSON refuses (an ASGI scope's exception handlers are
+    keyed by class: redacting a logged ``Request`` turns it into that scope)
+    made the log call raise, and the request a 500.
+    """
+
+    def serialize(value: Any, **options: Any) -> Any:
+        try:
+            return dumps(value, **options)
+        except (TypeError, ValueError):
+            return dumps(_json_safe(value, 0), **options)
+
+    return serialize
+
+
+def _json_safe(value: Any, depth: int) -> Any:
+    """``value`` with every mapping key a string and cycles and depth cut by ``repr``."""
+    if depth > 16:
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {
+            key if isinstance(key, str) else repr(key): _json_safe(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item, depth + 1) for item in value]
+    if type(value) in _SCALARS:
+        return value
+    return repr(value)
 
 
 def _is_terminal(stream: Any) -> bool:

@@ -205,3 +205,35 @@ def test_cgi_spelled_header_names_are_redacted() -> None:
     structlog.get_logger().info("environ", environ={"HTTP_AUTHORIZATION": SECRET, "PATH_INFO": "/"})
     [line] = lines(stream)
     assert line["environ"] == {"HTTP_AUTHORIZATION": "[redacted]", "PATH_INFO": "/"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("orjson", [True, False])
+async def test_logging_a_request_with_credentials_is_no_500(
+    orjson: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redacting a logged Request rebuilt it as its scope, whose exception
+    # handlers are keyed by class: JSON refused the keys, the log call raised,
+    # and every request carrying Authorization or Cookie answered 500.
+    import httpx
+
+    from scalekit.observability import logging as scalekit_logging
+
+    if not orjson:
+        monkeypatch.setattr(scalekit_logging, "_orjson", lambda: None)
+    stream = io.StringIO()
+    configure_logging(json=True, stream=stream)
+    log = structlog.get_logger("app")
+
+    async def home(request: Request) -> PlainTextResponse:
+        log.info("handling", request=request, scope=request.scope)
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", home)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/", headers={"authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 200
+    handled = [line for line in lines(stream) if line["event"] == "handling"]
+    assert len(handled) == 1
+    assert SECRET not in stream.getvalue()
