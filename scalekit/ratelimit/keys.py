@@ -85,6 +85,9 @@ def user(scope: Any) -> str | None:
 def header(name: str) -> KeyFunction:
     """Key by the value of request header ``name`` (e.g. ``"X-API-Key"``); absent: client IP.
 
+    The client chooses the value: a made-up one per request is a new counter
+    each time. Pair it with a ``client_ip`` rule, or key on a verified identity.
+
     Raises:
         ValueError: ``name`` is empty.
     """
