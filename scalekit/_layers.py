@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scalekit._identity import IDENTITY_SCOPE_KEY, identity_of
@@ -376,6 +376,16 @@ def _rule_name(item: Declared, explicit: str | None, clashes: set[str]) -> str:
     return item.template
 
 
+def _check_http(item: Declared, what: str) -> None:
+    """Refuse a declaration on a WebSocket route, which the limiter and the cache never see."""
+    if isinstance(item.route, WebSocketRoute):
+        raise ConfigurationError(
+            f"{what} on {describe(item.route)}: scalekit limits and caches HTTP requests, and a "
+            "WebSocket connection is not one; limit the HTTP route that hands out its URL or "
+            "token instead"
+        )
+
+
 def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
     from scalekit.ratelimit import Rule, client_ip
 
@@ -386,6 +396,8 @@ def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
     clashes = {template for template, count in counts.items() if count > 1}
     rules: list[Rule] = []
     for item in declared:
+        if item.limits:
+            _check_http(item, "a limit")
         for index, declared_limit in enumerate(item.limits):
             name = _rule_name(item, declared_limit.name, clashes)
             if index:
@@ -417,6 +429,7 @@ def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
         marker = item.cache
         if marker is None:
             continue
+        _check_http(item, "@cached")
         if item.methods is not None and "GET" not in item.methods:
             # Its rule would cache the GET route at the same path instead.
             served = ", ".join(sorted(item.methods))

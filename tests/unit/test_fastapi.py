@@ -664,3 +664,17 @@ async def test_cached_on_a_route_that_serves_no_get_fails_start_up() -> None:
     install(app, registry=CollectorRegistry())
     with pytest.raises(ConfigurationError, match=r"@cached on .*'/items'.*serves POST"):
         await start(app)
+
+
+async def test_a_limit_on_a_websocket_route_fails_start_up() -> None:
+    from fastapi import WebSocket
+
+    app = FastAPI()
+
+    @app.websocket("/ws", dependencies=[Depends(limit("1/minute"))])
+    async def feed(websocket: WebSocket) -> None:
+        await websocket.accept()
+
+    install(app, registry=CollectorRegistry())
+    with pytest.raises(ConfigurationError, match=r"a limit on .*'/ws'.*WebSocket connection"):
+        await start(app)
