@@ -300,6 +300,9 @@ async def run_requests(url: str, mode: str, requests: list[dict[str, Any]]) -> N
         if limited.status_code == 429:
             tally.refused.append(pairs)
             return
+        # checked, not waved through: a rule that missed the request (or a limiter
+        # that failed open) would admit it without the RateLimit fields
+        assert "ratelimit" in limited.headers, (request, limited.headers)
         for pair in pairs:
             tally.admitted[pair] += 1
             tally.sent[pair].append(f"peer={peer} {sorted(headers.items())}")
