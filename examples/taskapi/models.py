@@ -54,7 +54,10 @@ def _storable(value: str) -> str:
 
 # Patterns use explicit classes, never \s or \S: Python, pydantic's Rust
 # engine and JSON Schema's ECMA-262 disagree on what whitespace is (U+0085).
-_NOT_BLANK = r"[^\t\n\x0b\x0c\r ]"
+# No NUL anywhere (MariaDB and C clients mishandle it), and in a title at
+# least one character that is not ASCII whitespace.
+_NO_NUL = r"^[^\x00]*$"
+_NOT_BLANK = r"^[^\x00]*[^\t\n\x0b\x0c\r \x00][^\x00]*$"
 _ADDRESS_PART = r"[^@\x00-\x20\x7f-\x9f]+"
 Title = Annotated[
     str, Field(min_length=1, max_length=200, pattern=_NOT_BLANK), AfterValidator(_storable)
@@ -62,7 +65,7 @@ Title = Annotated[
 # Every valid body fits the 64 KB limit even fully escaped: a character may
 # take 12 bytes of JSON (an astral one as two \uXXXX escapes), and
 # 5,000 + 200 characters of 12 bytes is 62,400.
-Description = Annotated[str, Field(max_length=5_000), AfterValidator(_storable)]
+Description = Annotated[str, Field(max_length=5_000, pattern=_NO_NUL), AfterValidator(_storable)]
 Email = Annotated[
     str,
     Field(

@@ -199,6 +199,7 @@ async def test_register_conflicts_and_validation(make_client: Any) -> None:
         {"title": "ok", "owner": 2},
         '{"title": "\\ud800"}',  # a lone surrogate: JSON allows it, UTF-8 does not
         {"title": "nul\x00"},
+        {"title": "ok", "description": "nul\x00"},
     ],
 )
 async def test_invalid_tasks_are_422_with_fields(
@@ -333,6 +334,11 @@ async def test_openapi_documents_every_route_and_error(make_client: Any) -> None
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     me = spec["paths"]["/api/v1/auth/me"]["get"]
     assert me["security"] == [{"HTTPBearer": []}]
+    # What validation refuses, the schema says (schemathesis generates from it).
+    task = spec["components"]["schemas"]["TaskCreate"]["properties"]
+    assert "\\x00" in task["title"]["pattern"]
+    assert "\\x00" in task["description"]["pattern"]
+    assert task["description"]["maxLength"] * 12 + task["title"]["maxLength"] * 12 < 64 * 1024
     for item in spec["paths"].values():
         for operation in item.values():
             for status in ("413", "422", "429", "503"):
