@@ -18,6 +18,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.routing import Route
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Stack", "install"]
 
+_logger = structlog.get_logger("scalekit.stack")
+
 
 @dataclasses.dataclass
 class Stack:
@@ -59,7 +62,7 @@ class Stack:
     ``install()`` also leaves it on ``app.state.scalekit``; :meth:`of` reads it
     back, typed, from a request or the app::
 
-        await Stack.of(request).cache.invalidate("user:42:tasks")
+        await Stack.of(request).invalidate("user:42:tasks")
     """
 
     settings: Settings
@@ -90,6 +93,29 @@ class Stack:
         if not isinstance(stack, Stack):
             raise ConfigurationError("this app has no scalekit Stack: call install(app, ...)")
         return stack
+
+    async def invalidate(self, *tags: str) -> bool:
+        """Invalidate the cache entries tagged ``tags`` on every instance; never raises.
+
+        For a handler after its write: ``await Stack.of(request).invalidate("notes")``.
+        When the cache backend cannot be reached (Redis down, its breaker open)
+        the failure is logged (``cache invalidation failed``) and the request
+        goes on, as the cache's own ``invalidate_on`` does: the write stands,
+        reads bypass the cache while it is down, and an entry stored before
+        the outage is served until its rule's ``ttl`` at the latest. Call
+        ``stack.cache.invalidate(...)`` to handle the error yourself.
+
+        Returns:
+            Whether the backend took the invalidation.
+        """
+        from scalekit.cache import CacheBackendError
+
+        try:
+            await self.cache.invalidate(*tags)
+        except CacheBackendError as exc:
+            _logger.warning("cache invalidation failed", tags=list(tags), error=str(exc))
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Close what ``install`` opened (the lifespan calls this on shutdown)."""

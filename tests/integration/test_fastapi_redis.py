@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from harness import RedisServer
 from prometheus_client import CollectorRegistry
 
-from scalekit import RateLimitOptions, Settings, install
-from scalekit.fastapi import limit
+from scalekit import RateLimitOptions, Settings, Stack, install
+from scalekit.fastapi import cached, limit
 from scalekit.ratelimit import Rule
 
 pytestmark = pytest.mark.anyio
@@ -135,3 +135,39 @@ async def test_a_callable_limit_keeps_the_one_round_trip_budget(
     assert pro[-1].headers["ratelimit-policy"] == '"/api/export";q=100;w=60'
     assert [answer.status_code for answer in free] == [200, 200, 200, 429]
     assert free[0].headers["ratelimit-policy"] == '"/api/export";q=3;w=60'
+
+
+def notes_app(redis_url: str, notes: list[str]) -> FastAPI:
+    """The getting-started app: a cached list, and a write that invalidates it."""
+    app = FastAPI()
+
+    @app.get("/notes")
+    @cached(ttl=30, tags=["notes"])
+    async def list_notes() -> list[str]:
+        return notes
+
+    @app.post("/notes")
+    async def add_note(request: Request, text: str) -> dict[str, object]:
+        notes.append(text)
+        return {"added": text, "invalidated": await Stack.of(request).invalidate("notes")}
+
+    install(app, Settings(redis_url=redis_url), registry=CollectorRegistry())
+    return app
+
+
+async def test_a_write_during_a_redis_freeze_answers_200_not_500(
+    redis_server: RedisServer,
+) -> None:
+    notes: list[str] = []
+    app = notes_app(redis_server.url, notes)
+    async with serve(app) as client:
+        assert (await client.post("/notes", params={"text": "a"})).json()["invalidated"] is True
+        redis_server.freeze()
+        try:
+            frozen = await client.post("/notes", params={"text": "b"})
+            read = await client.get("/notes")
+        finally:
+            redis_server.thaw()
+    assert frozen.status_code == 200
+    assert frozen.json() == {"added": "b", "invalidated": False}
+    assert read.json() == ["a", "b"]  # the cache is bypassed while Redis is away

@@ -198,3 +198,51 @@ def test_settings_and_install_import_without_extras() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["None", "install"]
+
+
+class UnreachableCache:
+    """A cache backend whose invalidations fail, as RedisCache's do while Redis is down."""
+
+    def __init__(self) -> None:
+        from scalekit.cache import MemoryCache
+
+        self.memory = MemoryCache()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.memory, name)
+
+    async def invalidate(self, *tags: str) -> None:
+        from scalekit.cache import CacheUnavailable
+
+        raise CacheUnavailable("Redis cache skipped for a cool-down (invalidate)")
+
+
+async def test_stack_invalidate_after_a_write_never_turns_an_outage_into_a_500() -> None:
+    import structlog
+
+    from scalekit import CacheOptions, Stack
+    from scalekit.cache import CacheUnavailable
+
+    notes: list[str] = []
+
+    async def add(request: Request) -> JSONResponse:
+        notes.append(request.query_params["text"])
+        invalidated = await Stack.of(request).invalidate("notes")
+        return JSONResponse({"added": len(notes), "invalidated": invalidated})
+
+    app = Starlette(routes=[Route("/notes", add, methods=["POST"])])
+    stack = install(
+        app,
+        registry=CollectorRegistry(),
+        cache=CacheOptions(backend=UnreachableCache()),  # type: ignore[arg-type]
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with serve(app) as client:
+            response = await client.post("/notes", params={"text": "hi"})
+    assert response.status_code == 200  # the write happened: never a 500 for it
+    assert response.json() == {"added": 1, "invalidated": False}
+    assert [line["tags"] for line in logs if line["event"] == "cache invalidation failed"] == [
+        ["notes"]
+    ]
+    with pytest.raises(CacheUnavailable):  # the backend itself still says what happened
+        await stack.cache.invalidate("notes")
