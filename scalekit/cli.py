@@ -52,11 +52,15 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.save and not args.map and args.strategy != "bucket":
         raise _UsageError("--save writes a BucketMap: add --strategy bucket (or --map FILE)")
+    if args.to < 1:
+        raise _UsageError(f"--to {args.to}: give the shard count after the change (at least 1)")
     if args.map:
         try:
             current: Any = BucketMap.load(args.map)
         except OSError as exc:
             raise _UsageError(f"--map {args.map}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # not JSON, not UTF-8, not a bucket map
+            raise _UsageError(f"--map {args.map}: {exc}") from None
     elif getattr(args, "from") is None:
         raise _UsageError("give the shard count now: --from N (or the current map: --map FILE)")
     else:
@@ -76,7 +80,10 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
                          sorted(result.buckets.items()))  # fmt: skip
         print(f"bucket moves (bucket:from->to): {moves}", file=out)
     if args.save and isinstance(proposed, BucketMap):
-        proposed.save(args.save)
+        try:
+            proposed.save(args.save)
+        except OSError as exc:
+            raise _UsageError(f"--save {args.save}: {exc.strerror or exc}") from None
         print(f"proposed map (version {proposed.version}) saved to {args.save}", file=out)
     return 0
 
@@ -248,9 +255,25 @@ def main(argv: Sequence[str] | None = None, *, checkpoint: Checkpoint | None = N
         return _move(args, out, checkpoint)
     except (_UsageError, DatabaseError, ValueError) as exc:
         # ConfigError and MoveError are DatabaseErrors; a bad JSON map is a ValueError.
-        message = " ".join(str(exc).split())
-        print(f"scalekit shards {args.action}: error: {message}", file=sys.stderr)
-        return 2
+        return _error(args.action, str(exc))
+    except Exception as exc:
+        if not _from_driver(exc):
+            raise
+        # The driver's own error (a missing table or column): the pool raises it unchanged.
+        return _error(args.action, f"the database refused a statement: {exc}; check that every "
+                      "--table (table:shard_key:primary_key) exists on every shard")  # fmt: skip
+
+
+def _error(action: str, message: str) -> int:
+    message = " ".join(message.split())
+    print(f"scalekit shards {action}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _from_driver(exc: Exception) -> bool:
+    """Whether ``exc`` comes from a DB-API driver (its top-level module has ``apilevel``)."""
+    module = sys.modules.get(type(exc).__module__.partition(".")[0])
+    return module is not None and hasattr(module, "apilevel")
 
 
 if __name__ == "__main__":

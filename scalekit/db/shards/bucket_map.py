@@ -241,6 +241,11 @@ class BucketMap:
         Raises:
             ConfigError: the data is not a scalekit bucket map.
         """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"not a scalekit bucket map (a JSON {type(data).__name__}); expected an object "
+                "with format 'scalekit.bucketmap/1' as written by BucketMap.save()"
+            )
         if data.get("format") != "scalekit.bucketmap/1":
             raise ConfigError(
                 f"not a scalekit bucket map (format={data.get('format')!r}); expected "
@@ -266,8 +271,16 @@ class BucketMap:
 
     @classmethod
     def from_json(cls, text: str) -> BucketMap:
-        """A map from ``to_json`` text."""
-        return cls.from_dict(json.loads(text))
+        """A map from ``to_json`` text.
+
+        Raises:
+            ConfigError: the text is not JSON, or not a scalekit bucket map.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"not a scalekit bucket map: not JSON ({exc})") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the map to a JSON file, atomically (a reader never sees half a file)."""

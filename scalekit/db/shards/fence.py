@@ -9,6 +9,11 @@ Guarded writers (``ShardSet.execute`` / ``transaction`` under a ``BucketMap``)
 read their bucket's row in the same transaction with a share lock
 (:func:`guard`); the mover changes a row with an exclusive write
 (:func:`set_state`), which waits for guarded transactions in flight.
+
+The row ``bucket = -1`` is not a fence: it names the shard the table belongs
+to (its index, written by the first ``ShardSet`` or mover to use the shard,
+see :func:`check_shard`), so that shards given in another order, or one
+database given twice, are refused instead of moving rows to the wrong place.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from typing import TypeVar
 
 from scalekit.errors import ScalekitError
 
+from ..errors import ConfigError
 from ..pool import Connection, Cursor, Pool
 from .dialect import Dialect, dialect_of, identifier
 
 __all__ = [
     "FENCE_TABLE",
+    "SHARD_ROW",
     "FenceState",
     "Fenced",
+    "check_shard",
     "ensure_fence_table",
     "guard",
     "open_if_missing",
+    "recorded_shard",
     "set_state",
 ]
 
@@ -60,6 +69,35 @@ def ensure_fence_table(pool: Pool, table: str = FENCE_TABLE) -> None:
         f"CREATE TABLE IF NOT EXISTS {identifier(table)} (bucket INT NOT NULL PRIMARY KEY, "
         "state VARCHAR(16) NOT NULL)"
     )
+
+
+SHARD_ROW = -1
+"""The fence table's ``bucket`` value of the row naming the shard's index."""
+
+
+def recorded_shard(pool: Pool, table: str = FENCE_TABLE) -> str | None:
+    """The shard index the database's fence table records, if any."""
+    dialect = dialect_of(pool)
+    rows = pool.query(f"SELECT state FROM {dialect.quote(table)} WHERE bucket = %s", (SHARD_ROW,))
+    return str(rows[0]["state"]) if rows else None
+
+
+def check_shard(pool: Pool, index: int, table: str = FENCE_TABLE) -> None:
+    """Record ``index`` as the shard's index if none is, else check it is the one recorded.
+
+    Raises:
+        ConfigError: the database is recorded as another shard: the shards were
+            given in another order than before, or one database twice.
+    """
+    dialect = dialect_of(pool)
+    pool.execute(dialect.insert_ignore(table, ["bucket", "state"]), [SHARD_ROW, str(index)])
+    recorded = recorded_shard(pool, table)
+    if recorded is not None and recorded != str(index):
+        raise ConfigError(
+            f"{pool.name!r} is given as shard {index}, but its {table} table records it as "
+            f"shard {recorded}: give the shards in the same order as every ShardSet does "
+            "(the bucket map's order), each database once"
+        )
 
 
 def _guard_sql(dialect: Dialect, table: str) -> str:

@@ -20,6 +20,7 @@ may be stale for as long as the outage lasts.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -60,8 +61,11 @@ class MapFollower:
         clock: Clock,
         check: Callable[[ShardStrategy], None],
     ) -> None:
-        if interval is not None and interval < 0:
-            raise ConfigError(f"refresh_interval={interval!r} must not be negative")
+        if interval is not None and not 0 <= interval < math.inf:  # NaN too: it never came due
+            raise ConfigError(
+                f"refresh_interval={interval!r} must be a finite number of seconds, at least 0 "
+                "(None polls never)"
+            )
         self.strategy = strategy
         self._load = load
         self._version = version

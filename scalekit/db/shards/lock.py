@@ -74,6 +74,12 @@ class _ServerLock(MoverLock):
         except BaseException as exc:
             self._checkout.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        if row["got"] is None:  # CONCAT(NULL, ...): the connection has no database
+            self._checkout.__exit__(None, None, None)
+            raise MoveError(
+                "the control database URL names no database: add one "
+                "(mysql://user:password@host:3306/control)"
+            )
         if not row["got"]:
             self._checkout.__exit__(None, None, None)
             raise self._taken()

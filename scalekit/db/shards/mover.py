@@ -46,12 +46,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from ..errors import MoveError
+from ..errors import ConfigError, MoveError
 from ..pool import Connection, Pool, Row
 from ..replicas import ReplicaSet
 from . import fence
@@ -251,8 +252,11 @@ class _Move:
         self.progress = progress
         self.checkpoint = checkpoint
         self.lock = lock
-        if refresh_interval < 0:
-            raise MoveError(f"refresh_interval={refresh_interval!r} must not be negative")
+        if not 0 <= refresh_interval < math.inf:  # NaN too: sleep(nan) fails after the flip
+            raise MoveError(
+                f"refresh_interval={refresh_interval!r} must be a finite number of seconds, "
+                "at least 0"
+            )
         self.map_wait = refresh_interval + MAP_WAIT_MARGIN if refresh_interval else 0.0
         self.sleep = sleep
         self.map = self.store.load()
@@ -300,14 +304,48 @@ class _Move:
 
     def counts(self) -> dict[str, int]:
         """The bucket's rows per table on the source."""
-        with self.src.connect() as conn:
-            return {table.name: self.src.count(conn, table) for table in self.tables}
+        return self._counts(self.src)
+
+    def _counts(self, side: BucketRows) -> dict[str, int]:
+        with side.connect() as conn:
+            return {table.name: side.count(conn, table) for table in self.tables}
 
     def _set_step(self, step: Step, conn: Connection | None = None) -> None:
         self.records.set_step(self.bucket, step, conn)
         _logger.info("bucket move step", bucket=self.bucket, step=step.value,
                      source=self.source, target=self.target)  # fmt: skip
         self.step = step
+
+    def check_shards(self) -> None:
+        """The source and target are the databases the map knows by those indexes.
+
+        Shards given in another order, or one database under two URLs, would
+        copy nothing and then delete the bucket's rows as gone. Each shard's
+        fence table records its index (see :func:`.fence.check_shard`); a
+        shard that records none yet is recorded unless the source holds none
+        of the bucket's rows and the target does (the shards look swapped).
+
+        Raises:
+            MoveError: a database is recorded as another shard, or looks swapped.
+        """
+        indexes = list(dict.fromkeys((self.source, self.target)))
+        for index in indexes:
+            fence.ensure_fence_table(self.pools[index], self.fence_table)
+        recorded = {index: fence.recorded_shard(self.pools[index], self.fence_table)
+                    for index in indexes}  # fmt: skip
+        if None in recorded.values() and self.step is Step.COPY and self.source != self.target:
+            source, target = self.counts(), self._counts(self.dst)
+            if not any(source.values()) and any(target.values()):
+                raise MoveError(
+                    f"bucket {self.bucket} has no rows on shard {self.source}, which the map "
+                    f"gives it to, but {sum(target.values())} on shard {self.target}: are the "
+                    "shards given in the map's order, each database once?"
+                )
+        for index in indexes:
+            try:
+                fence.check_shard(self.pools[index], index, self.fence_table)
+            except ConfigError as exc:
+                raise MoveError(str(exc)) from None
 
     def start(self) -> None:
         """Record a new move at its first step."""
@@ -563,6 +601,7 @@ def move_bucket(
                      refresh_interval=refresh_interval, sleep=sleep)  # fmt: skip
         if move.step is Step.DONE:
             return MoveResult(bucket, move.source, to, move.map.version, {}, already=True)
+        move.check_shards()
         if move.resumed_from is None:
             move.start()
         else:
@@ -626,6 +665,7 @@ def abort_move(
                 f"the map already gives bucket {bucket} to shard "
                 f"{move.map.shard_of_bucket(bucket)}: rerun the move to finish it"
             )
+        move.check_shards()
         deleted = 0
         with move.dst.connect() as conn:
             fence.ensure_fence_table(move.dst.pool, move.fence_table)

@@ -222,7 +222,7 @@ class ShardSet:
         self.shards: tuple[ReplicaSet, ...] = tuple(shards)
         if not self.shards:
             raise ConfigError("ShardSet needs at least one shard")
-        if freeze_timeout < 0:
+        if not freeze_timeout >= 0:  # NaN too: a frozen bucket would be waited for forever
             raise ConfigError(f"freeze_timeout={freeze_timeout!r} must not be negative")
         if map_store is not None and reload is None:
             reload = map_store.load
@@ -307,6 +307,7 @@ class ShardSet:
             token = events.current_shard.set(index)
             try:
                 fence.ensure_fence_table(self.shards[index].primary, self.fence_table)
+                fence.check_shard(self.shards[index].primary, index, self.fence_table)
             finally:
                 events.current_shard.reset(token)
             self._fences_ready.add(index)

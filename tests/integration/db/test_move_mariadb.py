@@ -611,3 +611,53 @@ def test_keys_equal_under_a_case_insensitive_collation_are_not_overwritten(small
     assert writer.query("SELECT name, note FROM people WHERE name = %s", (lower,), key=lower) == [
         {"name": lower, "note": "lower"}
     ]
+
+
+def test_one_database_under_two_urls_is_refused(small: Small) -> None:
+    """127.0.0.1 and localhost: the move copied the bucket onto itself, then deleted it."""
+    url = small.server.url.rsplit("/", 1)[0] + f"/{SMALL_DBS[0]}"
+    alias = ReplicaSet(Pool.from_url(url.replace("127.0.0.1", "localhost"), name="alias"))
+    try:
+        with pytest.raises(MoveError, match="records it as shard 0"):
+            move_bucket([small.shards[0], alias], small.bucket, 1, tables=ITEMS,
+                        control=small.control, sleep=small.waits.append)  # fmt: skip
+    finally:
+        alias.close()
+    assert small.count(0) == small.rows
+
+
+def test_shards_given_in_another_order_are_refused(small: Small) -> None:
+    """Swapped --shard URLs: the sync deleted the bucket's rows as gone, and reported success."""
+    swapped = [small.shards[1], small.shards[0]]
+    with pytest.raises(MoveError, match="map's order"):
+        move_bucket(swapped, small.bucket, 1, tables=ITEMS, control=small.control,
+                    sleep=small.waits.append)  # fmt: skip
+    assert (small.count(0), small.count(1)) == (small.rows, 0)
+    small.move(1)
+    assert (small.count(0), small.count(1)) == (0, small.rows)
+
+
+def test_cli_errors_on_mariadb_are_one_line_without_the_password(
+    small: Small, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A control URL with no database said "another mover is working"; a missing table or
+    column ended in a pymysql traceback."""
+    from scalekit import cli
+
+    base = small.server.url.rsplit("/", 1)[0]
+    password = base.rsplit("@", 1)[0].rsplit(":", 1)[1]
+    argv = ["shards", "move", "--bucket", str(small.bucket), "--to", "1",
+            "--shard", f"{base}/{SMALL_DBS[0]}", "--shard", f"{base}/{SMALL_DBS[1]}",
+            "--refresh-interval", "0"]  # fmt: skip
+    cases = [
+        (["--control", f"{base}/", "--table", "items:user_id:id"], "names no database"),
+        (["--control", f"{base}/{SMALL_CONTROL}", "--table", "nope:user_id:id"], "nope"),
+        (["--control", f"{base}/{SMALL_CONTROL}", "--table", "items:owner:id"], "owner"),
+    ]
+    for extra, fragment in cases:
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        assert fragment in err
+        assert password not in err
+    assert small.count(0) == small.rows

@@ -14,6 +14,7 @@ from scalekit import cli
 from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
+    ConfigError,
     ConnectionLost,
     MapStore,
     MoveError,
@@ -243,7 +244,7 @@ def test_abort_rolls_back_an_unflipped_move(setup: Setup) -> None:
     assert setup.rows(1, setup.users) == []
     assert setup.rows(0, setup.users) == before
     assert BucketMap.load_db(setup.control).shard_of_bucket(setup.bucket) == 0
-    fences = [shard.query("SELECT state FROM scalekit_bucket_fence") for shard in
+    fences = [shard.query("SELECT state FROM scalekit_bucket_fence WHERE bucket >= 0") for shard in
               (setup.primary(0), setup.primary(1))]  # fmt: skip
     # Writes to the bucket flow again on the source; the target turns stale maps away.
     assert fences == [[{"state": "open"}], [{"state": "moved"}]]
@@ -499,3 +500,37 @@ def test_a_row_with_a_null_shard_key_stays_and_does_not_stop_the_move(setup: Set
     _assert_moved(setup, before)
     assert setup.primary(0).query("SELECT * FROM notes") == [{"id": 1, "user_id": None}]
     assert setup.primary(1).query("SELECT * FROM notes") == [{"id": 2, "user_id": user}]
+
+
+def test_one_database_given_as_two_shards_is_refused(setup: Setup, tmp_path: Path) -> None:
+    """The same file under two paths: the move copied onto itself, then deleted every row."""
+    (tmp_path / "alias").mkdir()
+    (tmp_path / "alias" / "shard1.db").symlink_to(tmp_path / "shard0.db")
+    alias = ReplicaSet(Pool.from_url(f"sqlite:///{tmp_path}/alias/shard1.db"))
+    before = setup.rows(0, setup.users)
+    with pytest.raises(MoveError, match="records it as shard 0"):
+        move_bucket([setup.shards[0], alias], setup.bucket, 1, tables=TABLES,
+                    control=setup.control, sleep=setup.waits.append)  # fmt: skip
+    assert setup.rows(0, setup.users) == before
+    with pytest.raises(ConfigError, match="records it as shard 0"):
+        ShardSet([setup.shards[0], alias], strategy=setup.map).execute(
+            "UPDATE tasks SET title = 'x' WHERE user_id = %s", (1,), key=1
+        )
+
+
+def test_shards_given_in_another_order_are_refused(setup: Setup) -> None:
+    """Swapped shards: the sync deleted every row of the bucket as gone, and reported success."""
+    before = setup.rows(0, setup.users)
+    swapped = [setup.shards[1], setup.shards[0]]
+    with pytest.raises(MoveError, match="map's order"):  # no shard recorded yet
+        move_bucket(swapped, setup.bucket, 1, tables=TABLES, control=setup.control,
+                    sleep=setup.waits.append)  # fmt: skip
+    writer = ShardSet(setup.shards, strategy=setup.map)
+    for user in (setup.users[0], next(u for u in range(99) if setup.map.shard_for(u) == 1)):
+        # A guarded write records the index of the shard it goes to.
+        writer.execute("UPDATE tasks SET version = 1 WHERE user_id = %s", (user,), key=user)
+    with pytest.raises(MoveError, match="records it as shard"):
+        move_bucket(swapped, setup.bucket, 1, tables=TABLES, control=setup.control,
+                    sleep=setup.waits.append)  # fmt: skip
+    assert len(setup.rows(0, setup.users)) == len(before)
+    setup.move()  # in the right order

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scalekit import cli
-from scalekit.db import BucketMap
+from scalekit.db import BucketMap, ConfigError, Pool, ReplicaSet, ShardSet
 
 
 def test_plan_jump_four_to_five(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,3 +96,43 @@ def test_move_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> N
     _one_line_error(capsys, "table:shard_key:primary_key")
     assert cli.main([*base, "--to", "1", "--shard", "nosuch://x"]) == 2
     _one_line_error(capsys)
+
+
+# -- attacks on the command (attack11) -------------------------------------------
+
+
+def test_plan_file_errors_are_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--save`` into a missing folder and a ``--map`` holding a JSON list ended in tracebacks."""
+    argv = ["shards", "plan", "--strategy", "bucket", "--from", "4", "--to", "5"]
+    assert cli.main([*argv, "--save", str(tmp_path / "nosuch" / "next.json")]) == 2
+    _one_line_error(capsys, "--save", "No such file")
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]", encoding="utf-8")
+    assert cli.main(["shards", "plan", "--map", str(listed), "--to", "5"]) == 2
+    _one_line_error(capsys, f"--map {listed}", "not a scalekit bucket map")
+    assert cli.main(["shards", "plan", "--from", "4", "--to", "0"]) == 2
+    _one_line_error(capsys, "--to 0")
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf"])
+def test_move_refuses_a_refresh_interval_that_is_not_a_number_of_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    """``--refresh-interval nan`` was taken: the mover failed on ``sleep(nan)`` after the flip."""
+    control = Pool.from_url(f"sqlite:///{tmp_path}/control.db")
+    BucketMap.uniform(2, buckets=8).save_db(control)
+    control.close()
+    for index in (0, 1):
+        shard = Pool.from_url(f"sqlite:///{tmp_path}/s{index}.db")
+        shard.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, user_id INTEGER)")
+        shard.close()
+    argv = ["shards", "move", "--bucket", "0", "--to", "1", "--control",
+            f"sqlite:///{tmp_path}/control.db", "--shard", f"sqlite:///{tmp_path}/s0.db",
+            "--shard", f"sqlite:///{tmp_path}/s1.db", "--table", "tasks:user_id:id",
+            "--refresh-interval", seconds]  # fmt: skip
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "refresh_interval", "finite")
+    with pytest.raises(ConfigError, match="finite"):
+        ShardSet([ReplicaSet(Pool.from_url("sqlite:///:memory:"))], refresh_interval=float(seconds))
