@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount
@@ -47,6 +47,9 @@ from starlette.types import Scope
 
 from scalekit._rates import RateSyntaxError, parse_rates
 from scalekit.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from scalekit.ratelimit import Count, OnBackendError
 
 __all__ = [
     "Credential",
@@ -89,10 +92,10 @@ class RouteLimit:
 
     rate: RateSource
     key: KeyFunction | None = None
-    count: str = "all"
+    count: Count | str = "all"
     cost: int = 1
     name: str | None = None
-    on_backend_error: str | None = None
+    on_backend_error: OnBackendError | str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, str):
@@ -105,6 +108,23 @@ class RouteLimit:
                 f"limit() takes a rate such as '5/minute' or a callable of the request "
                 f"returning one, got {self.rate!r}"
             )
+        # Every other argument is checked where it is written, by the rule it becomes.
+        from scalekit.ratelimit.rules import RateLimitRule
+
+        options: dict[str, Any] = {"key": self.key} if self.key is not None else {}
+        try:
+            RateLimitRule(
+                self.rate,
+                count=self.count,
+                cost=self.cost,
+                on_backend_error=self.on_backend_error,
+                name=self.name,
+                **options,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"limit({self.rate!r}): {str(exc).removeprefix('Rule ')}"
+            ) from None
 
     def __call__(self) -> None:
         """FastAPI calls this per request; the limit was checked before the route ran."""
@@ -129,10 +149,10 @@ def limit(
     rate: RateSource,
     *,
     key: KeyFunction | None = None,
-    count: str = "all",
+    count: Count | str = "all",
     cost: int = 1,
     name: str | None = None,
-    on_backend_error: str | None = None,
+    on_backend_error: OnBackendError | str | None = None,
 ) -> RouteLimit:
     """A rate limit for the route it is a dependency of: ``Depends(limit("5/minute"))``.
 
@@ -159,10 +179,10 @@ def limited(
     rate: RateSource,
     *,
     key: KeyFunction | None = None,
-    count: str = "all",
+    count: Count | str = "all",
     cost: int = 1,
     name: str | None = None,
-    on_backend_error: str | None = None,
+    on_backend_error: OnBackendError | str | None = None,
 ) -> Callable[[F], F]:
     """:func:`limit` as a decorator of the endpoint (Starlette routes, or FastAPI ones)."""
     declared = limit(
@@ -205,6 +225,23 @@ def cached(
         tuple(invalidate_on),
         name,
     )
+
+    # Checked where it is written (the path and its {param} tags only once the route is known).
+    from scalekit.cache.rules import CacheRule
+
+    try:
+        CacheRule(
+            "/",
+            ttl=declared.ttl,
+            stale_ttl=declared.stale_ttl,
+            statuses=declared.statuses,
+            vary_user=declared.vary_user,
+            vary_headers=declared.vary_headers,
+            max_body=declared.max_body,
+            name=declared.name,
+        )
+    except ValueError as exc:
+        raise ConfigurationError("@cached: " + str(exc).replace("CacheRule('/'): ", "")) from None
 
     def decorate(endpoint: F) -> F:
         if getattr(endpoint, _CACHE_ATTRIBUTE, None) is not None:

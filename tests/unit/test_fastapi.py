@@ -9,7 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -194,6 +194,26 @@ async def test_a_fastapi_cached_route_with_invalidation_after_a_write() -> None:
 def test_a_rate_that_does_not_parse_fails_where_it_is_written() -> None:
     with pytest.raises(ConfigurationError, match="'5/fortnight'"):
         limit("5/fortnight")
+
+
+@pytest.mark.parametrize(
+    ("declare", "message"),
+    [
+        (lambda: limit("5/minute", count="failure"), r"count must be 'all' or 'failures'"),
+        (lambda: limit("5/minute", cost=6), r"cost 6 is more than the limit 5/minute"),
+        (lambda: limit("5/minute", on_backend_error="open"), r"'allow', 'deny' or None"),
+        (lambda: limit("5/minute", key="user"), r"key must be client_ip, user"),
+        (lambda: limited("5/minute", count="failure"), r"count must be 'all' or 'failures'"),
+        (lambda: cached(ttl="60"), r"@cached: ttl must be > 0 seconds"),  # type: ignore[arg-type]
+        (lambda: cached(ttl=60, statuses=[99]), r"statuses must be HTTP statuses"),
+        (lambda: cached(ttl=60, max_body=-1), r"max_body must be a whole number"),
+    ],
+)
+def test_every_declared_argument_fails_where_it_is_written(
+    declare: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        declare()
 
 
 async def test_a_declaration_that_makes_a_bad_rule_names_the_route() -> None:
