@@ -5,12 +5,20 @@ tag versions and fill locks are stored. Every backend answers a lookup (the
 entry, the current versions of its tags, and optionally the fill lock) in one
 round trip, and invalidates a tag by bumping its version counter: never KEYS,
 never SCAN, whatever the number of entries.
+
+A version counter that is absent (never used, expired, evicted under memory
+pressure, lost in a failover) is created with a value it never held before
+(a random epoch on Redis, a process-wide sequence in memory), never read as
+``0``: an entry records the exact values it was stored under, so an entry
+stored before a lost counter's last invalidation can never become current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import secrets
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +38,16 @@ from scalekit.cache.keys import EntryKeys
 __all__ = ["CacheBackend", "Lookup", "MemoryCache", "RedisCache"]
 
 _logger = structlog.get_logger("scalekit.cache")
+
+COUNTER_TTL = 24 * 3600.0
+"""Seconds a Redis version counter lives at least once created; storing an entry
+under it extends it to the entry's lifetime. An expired counter only costs misses."""
+
+
+def _epoch() -> int:
+    """A random starting value for a created Redis counter: far from the small values
+    ``INCR`` gives and from each other, with room for 2**61 increments."""
+    return 2**40 + secrets.randbelow(2**61)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +142,19 @@ class MemoryCache:
     The least recently used entries are dropped when there are more than
     ``max_entries`` or their bytes (bodies, headers and keys) exceed
     ``max_bytes``; an entry bigger than ``max_bytes`` alone is not stored.
-    Tag versions are never evicted (an evicted counter would make old
-    entries current again); they are one integer per tag ever invalidated.
-    Fill locks are dropped once expired.
+    At most ``max_tags`` tag version counters are kept, least recently used
+    dropped first. A dropped counter comes back with a value no counter of
+    this backend ever held, so the entries stored under it are misses, never
+    current again. Fill locks are dropped once expired.
 
     Args:
         max_entries: entries kept before the least recently used is dropped.
         max_bytes: bytes kept before the least recently used is dropped.
+        max_tags: tag version counters kept before the least recently used is dropped.
         clock: the clock expiry reads (default: the process clock).
 
     Raises:
-        CacheConfigError: ``max_entries`` or ``max_bytes`` < 1.
+        CacheConfigError: ``max_entries``, ``max_bytes`` or ``max_tags`` < 1.
     """
 
     def __init__(
@@ -142,14 +162,18 @@ class MemoryCache:
         *,
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
+        max_tags: int = 100_000,
         clock: Clock | None = None,
     ) -> None:
         if max_entries < 1:
             raise CacheConfigError(f"MemoryCache max_entries must be >= 1, got {max_entries!r}")
         if max_bytes < 1:
             raise CacheConfigError(f"MemoryCache max_bytes must be >= 1, got {max_bytes!r}")
+        if max_tags < 1:
+            raise CacheConfigError(f"MemoryCache max_tags must be >= 1, got {max_tags!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_tags = max_tags
         self._clock = clock
         self._lock = threading.Lock()
         # key -> (expires_at, size, fields), least recently used first
@@ -157,7 +181,10 @@ class MemoryCache:
             collections.OrderedDict()
         )
         self._bytes = 0
-        self._versions: dict[str, int] = {}
+        # tag -> version, least recently used first; every version comes from one sequence,
+        # so a dropped and re-created counter never takes a value it (or any) held before
+        self._versions: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._sequence = itertools.count(1)
         # lock key -> (expires_at, token), oldest first: expired ones are pruned from the front
         self._locks: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
 
@@ -192,8 +219,25 @@ class MemoryCache:
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
-    def _current(self, tags: Sequence[str]) -> str:
-        return _joined([self._versions.get(tag, 0) for tag in tags])
+    def _version(self, tag: str, *, create: bool) -> int | None:
+        version = self._versions.get(tag)
+        if version is None and create:
+            version = self._set_version(tag)
+        elif version is not None:
+            self._versions.move_to_end(tag)
+        return version
+
+    def _set_version(self, tag: str) -> int:
+        version = self._versions[tag] = next(self._sequence)
+        self._versions.move_to_end(tag)
+        while len(self._versions) > self.max_tags:
+            self._versions.popitem(last=False)
+        return version
+
+    def _current(self, tags: Sequence[str], *, create: bool = True) -> str | None:
+        """The tags' versions, creating absent counters (``None`` if one is absent and not)."""
+        versions = [self._version(tag, create=create) for tag in tags]
+        return None if None in versions else _joined(versions)
 
     def _take_lock(self, key: str, ttl: float, now: float) -> str | None:
         while self._locks:
@@ -225,7 +269,7 @@ class MemoryCache:
                     entry = self._get(keys.variant, clock_now)
                 else:
                     entry, final = {}, False
-            versions = self._current(tags)
+            versions = cast(str, self._current(tags))
             data = entry.get("d")
             fresh = data is not None and entry["v"] == versions and entry["t"] >= now
             token = None
@@ -246,7 +290,8 @@ class MemoryCache:
     ) -> bool:
         with self._lock:
             self._release(keys, lock_token)
-            if self._current(tags) != versions:
+            # a counter dropped since the lookup matches nothing: it may have been invalidated
+            if self._current(tags, create=False) != versions:
                 return False
             if len(keys.variant) + len(data) > self.max_bytes:
                 return False
@@ -271,7 +316,7 @@ class MemoryCache:
     def invalidate_sync(self, *tags: str) -> None:
         with self._lock:
             for tag in tags:
-                self._versions[tag] = self._versions.get(tag, 0) + 1
+                self._set_version(tag)
 
     def clear(self) -> None:
         """Drop every entry (tag versions are kept, see the class docstring)."""
@@ -318,6 +363,13 @@ class RedisCache:
     slot. Versions of further tags in other slots are read with one extra
     round trip per slot, in parallel.
 
+    A version counter that is absent when read or invalidated is created with
+    a random epoch (in the same Lua call), not read as ``0``: with an
+    ``allkeys-*`` ``maxmemory-policy``, an operator's ``DEL`` or a failover
+    that loses it, the entries stored under its earlier life are misses. A
+    counter lives at least :data:`COUNTER_TTL` and as long as the entries
+    stored under it (Cluster: under it and in its slot).
+
     Errors and timeouts raise :class:`CacheBackendError` (the middleware
     bypasses the cache); after ``failure_threshold`` consecutive errors the
     circuit breaker skips Redis for ``cooldown`` seconds
@@ -355,6 +407,8 @@ class RedisCache:
         self._lookup = client.register_script(_script("lookup"))
         self._store = client.register_script(_script("store"))
         self._release = client.register_script(_script("release"))
+        self._versions = client.register_script(_script("versions"))
+        self._invalidate_source = _script("invalidate")
         self._sync_lock = threading.Lock()
 
     @classmethod
@@ -433,20 +487,45 @@ class RedisCache:
     async def _ping(self) -> None:
         await self.client.ping()
 
-    def _cluster_mget(self, keys: list[str]) -> Awaitable[list[bytes | None]]:
-        # only reached on Cluster (tags in other slots), whose client has it
-        return cast(_ClusterClient, self.client).mget_nonatomic(keys)
+    async def _other_slots(self, keys: list[str], epoch: int) -> list[bytes]:
+        """Cluster: the versions of counters outside the entry's slot, one MGET per slot.
+
+        Absent ones are then created as the lookup script creates its own (one more
+        call per slot, only when a counter is absent: a new tag, or a lost counter).
+        """
+        found = await cast(_ClusterClient, self.client).mget_nonatomic(keys)
+        versions = dict(zip(keys, found, strict=True))
+        slots: dict[int, list[str]] = {}
+        for key, version in versions.items():
+            if version is None:
+                slots.setdefault(_key_slot(key), []).append(key)
+        if slots:
+            versions.update(await self._create(slots, epoch))
+        return [cast(bytes, versions[key]) for key in keys]
+
+    async def _create(self, slots: dict[int, list[str]], epoch: int) -> dict[str, bytes]:
+        ttl = int(COUNTER_TTL * 1000)
+        found = await asyncio.gather(
+            *(self._versions(keys=group, args=[epoch, ttl]) for group in slots.values())
+        )
+        versions: dict[str, bytes] = {}
+        for group, values in zip(slots.values(), found, strict=True):
+            versions.update(zip(group, values, strict=True))
+        return versions
 
     async def lookup(
         self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
     ) -> Lookup:
         same, other = self._split_tags(keys, tags)
         token = uuid.uuid4().hex if lock_ttl is not None else ""
+        epoch = _epoch()
         args = [
             int(now * 1000),
             token,
             int((lock_ttl or 0) * 1000) or 1,
             ",".join(keys.vary),
+            epoch,
+            int(COUNTER_TTL * 1000),
         ]
         script_keys = [self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same]
         if other:
@@ -454,7 +533,7 @@ class RedisCache:
             async def both() -> tuple[Any, Any]:
                 return await asyncio.gather(
                     self._lookup(keys=script_keys, args=args),
-                    self._cluster_mget(other),
+                    self._other_slots(other, epoch),
                 )
 
             result, extra = await self._call("lookup", both)
@@ -513,9 +592,14 @@ class RedisCache:
         if not tags:
             return
         pipe = self.client.pipeline(transaction=False)
-        for tag in tags:
-            pipe.incr(self._tag_key(tag))
+        self._bump(pipe, tags)
         await self._call("invalidate", pipe.execute, gate=False)
+
+    def _bump(self, pipe: Any, tags: Sequence[str]) -> None:
+        # EVAL, not a registered script: a pipeline would first ask SCRIPT EXISTS (a round trip)
+        ttl = int(COUNTER_TTL * 1000)
+        for tag in tags:
+            pipe.eval(self._invalidate_source, 1, self._tag_key(tag), _epoch(), ttl)
 
     def invalidate_sync(self, *tags: str) -> None:
         """Blocking, thread-safe :meth:`invalidate` for code in worker threads.
@@ -534,8 +618,7 @@ class RedisCache:
         try:
             with self.breaker.guard(failures=self._errors, force=True):
                 pipe = client.pipeline(transaction=False)
-                for tag in tags:
-                    pipe.incr(self._tag_key(tag))
+                self._bump(pipe, tags)
                 pipe.execute()
         except self._errors as exc:
             self.errors += 1

@@ -8,6 +8,8 @@
 -- ARGV[2]  a lock token, or '' to take no lock
 -- ARGV[3]  the lock's lifetime in ms
 -- ARGV[4]  the Vary names the caller assumed ('' for none)
+-- ARGV[5]  a fresh random epoch: an absent counter is created holding it
+-- ARGV[6]  the lifetime in ms of a counter created here
 -- Returns {data, fresh_until_ms, entry_versions, marker, current_versions, final, token}.
 -- A key holding something else than an entry (another type, missing fields) reads as no
 -- entry: a foreign or corrupt value is a miss, never an error.
@@ -31,9 +33,17 @@ if base[4] then
     final = 0
   end
 end
+-- An absent counter (never used, expired, evicted, lost in a failover) never reads as a
+-- value it held before: it is created with a random epoch, so every entry stored under
+-- an earlier life of the counter mismatches.
 local versions = {}
 for i = 4, #KEYS do
-  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
+  local version = redis.call('GET', KEYS[i])
+  if not version then
+    version = ARGV[5]
+    redis.call('SET', KEYS[i], version, 'PX', ARGV[6])
+  end
+  versions[#versions + 1] = version
 end
 local current = table.concat(versions, ',')
 local token = false

@@ -8,19 +8,31 @@
 -- ARGV[4]  the versions the entry was computed under (read before the app ran)
 -- ARGV[5]  the lock token to release, or ''
 -- ARGV[6]  the Vary names to mark at the base key, or '' when the entry lives there
--- Returns 1 when stored, 0 when a tag's version moved on (the entry would be stale).
+-- Returns 1 when stored, 0 when a tag's version moved on (the entry would be stale) or its
+-- counter vanished (an absent counter matches no versions). A counter that would expire
+-- before the entry is given the entry's lifetime (a persistent counter stays persistent).
 
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) == ARGV[5] then
   redis.call('DEL', KEYS[3])
 end
 local versions = {}
 for i = 4, #KEYS do
-  versions[#versions + 1] = redis.call('GET', KEYS[i]) or '0'
+  local version = redis.call('GET', KEYS[i])
+  if not version then
+    return 0
+  end
+  versions[#versions + 1] = version
 end
 local current = table.concat(versions, ',')
 if not (ARGV[4] == current or
     (current ~= '' and string.sub(ARGV[4], 1, #current + 1) == current .. ',')) then
   return 0
+end
+for i = 4, #KEYS do
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl >= 0 and ttl < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  end
 end
 if ARGV[6] ~= '' then
   redis.call('DEL', KEYS[1])

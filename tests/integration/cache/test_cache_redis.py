@@ -78,11 +78,14 @@ async def test_invalidate_is_one_round_trip_whatever_the_entries(
     tags = ["user:7:tasks"]
     keys = [entry_keys(f"d{n}", tags, (), []) for n in range(entries)]
     try:
+        # the tag's counter, created by a first lookup: what RedisCache.store records
+        current = (await direct.lookup(keys[0], tags, now=0, lock_ttl=None)).versions
         pipe = direct.client.pipeline(transaction=False)
         for key in keys:
             # What RedisCache.store writes, in one pipeline to fill fast.
             pipe.hset(
-                direct.prefix + key.variant, mapping={"d": b"x", "t": 2_000_000_000_000, "v": "0"}
+                direct.prefix + key.variant,
+                mapping={"d": b"x", "t": 2_000_000_000_000, "v": current},
             )
             pipe.pexpire(direct.prefix + key.variant, 60_000)
         await pipe.execute()
@@ -188,6 +191,7 @@ async def test_invalidate_sync_from_worker_threads(redis_server: RedisServer) ->
         redis_server.url, prefix=prefix(), socket_timeout=2, socket_connect_timeout=2
     )
     try:
+        redis_server.client().set(f"{backend.prefix}{{t}}:v:t", 0)
         async with anyio.create_task_group() as group:
             for _ in range(20):
                 group.start_soon(anyio.to_thread.run_sync, backend.invalidate_sync, "t")

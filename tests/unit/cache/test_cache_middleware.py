@@ -260,7 +260,8 @@ async def test_successful_write_invalidates_before_the_client_hears_of_it() -> N
     middleware = CacheMiddleware(app, backend, [rule], clock=clock)
     await call(middleware, path="/users/1/tasks")
     await call(middleware, path="/users/2/tasks")
-    versions_seen: list[int] = []
+    before = backend._versions["tasks:1"]
+    versions_seen: list[int | None] = []
 
     async def write_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 201, "headers": []})
@@ -271,13 +272,14 @@ async def test_successful_write_invalidates_before_the_client_hears_of_it() -> N
     async def observe(scope: Any, receive: Any, send: Any) -> None:
         async def spy(message: Any) -> None:
             if message["type"] == "http.response.start":
-                versions_seen.append(backend._versions.get("tasks:1", 0))
+                versions_seen.append(backend._versions.get("tasks:1"))
             await send(message)
 
         await writer(scope, receive, spy)
 
     await call(observe, method="POST", path="/users/1/tasks")
-    assert versions_seen == [1]
+    assert len(versions_seen) == 1
+    assert versions_seen[0] not in (None, before)  # invalidated before the response started
     assert (await call(middleware, path="/users/1/tasks")).header("cache-status") == (
         "scalekit; fwd=miss; stored"
     )
