@@ -197,6 +197,12 @@ def install(
     )
     from scalekit.observability.state_metrics import StateMetrics
 
+    if isinstance(getattr(app.state, "scalekit", None), Stack):
+        # A second stack would limit, cache and count every request twice.
+        raise ConfigurationError(
+            "install() was already called on this app: call it once (Stack.of(app) returns "
+            "what it built)"
+        )
     settings = settings or Settings()
     if settings.redis_url:
         # Fail the start-up, not the first request (or a health warn nobody reads).

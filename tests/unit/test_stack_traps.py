@@ -439,3 +439,14 @@ async def test_a_route_rule_replaces_the_default_under_root_path_too(framework: 
     async with serve(app, root_path="/svc") as client:
         codes = {(await client.get("/svc/api/search")).status_code for _ in range(10)}
     assert codes == {200}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_second_install_on_one_app_says_so(framework: str) -> None:
+    from scalekit import ConfigurationError, HealthOptions
+
+    app = make_app(framework)
+    install(app, registry=CollectorRegistry())
+    # Moving the paths (what the route clash would suggest) must not build a second stack.
+    with pytest.raises(ConfigurationError, match="install\\(\\) was already called on this app"):
+        install(app, registry=CollectorRegistry(), health=HealthOptions(live_path="/live2"))
