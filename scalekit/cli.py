@@ -4,7 +4,8 @@
 
     scalekit shards plan --strategy jump --from 4 --to 5
     scalekit shards move --bucket 17 --to 4 --control mysql://... \\
-        --shard mysql://.../s0 --shard mysql://.../s1 ... --table tasks:user_id:id [--dry-run]
+        --shard mysql://.../s0[,mysql://replica/s0] --shard mysql://.../s1 ... \\
+        --table tasks:user_id:id [--dry-run]
 
 A progress bar (rich, from the ``cli`` extra) on a terminal, plain log lines otherwise.
 Every error is one line on stderr saying what to fix, and exit status 2.
@@ -131,7 +132,7 @@ def _progress_reporter(out: TextIO) -> Iterator[Callable[[Any], None]]:
 
 
 def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) -> int:
-    from .db import Pool
+    from .db import Pool, ReplicaSet
     from .db.shards import ShardedTable, abort_move, move_bucket, plan_move
 
     if not args.shard:
@@ -145,10 +146,18 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
     try:
         control = Pool.from_url(args.control, name="control")
         pools.append(control)
-        shards = []
-        for index, url in enumerate(args.shard):
-            shards.append(Pool.from_url(url, name=f"shard{index}"))
-            pools.append(shards[-1])
+        shards: list[Pool | ReplicaSet] = []
+        for index, urls in enumerate(args.shard):
+            # "PRIMARY_URL,REPLICA_URL,...": the mover waits for the replicas before the flip.
+            primary, *replicas = urls.split(",")
+            first = Pool.from_url(primary, name=f"shard{index}")
+            pools.append(first)
+            if not replicas:
+                shards.append(first)
+                continue
+            pools += [Pool.from_url(url, name=f"shard{index}-replica{number}")
+                      for number, url in enumerate(replicas, 1)]  # fmt: skip
+            shards.append(ReplicaSet(first, pools[len(pools) - len(replicas) :]))
         if args.abort:
             deleted = abort_move(shards, args.bucket, tables=tables, control=control,
                                  batch_size=args.batch_size)  # fmt: skip
@@ -170,6 +179,7 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
                 progress=report,
                 checkpoint=checkpoint,
                 refresh_interval=args.refresh_interval,
+                replica_timeout=args.replica_timeout,
             )
         if done.already:
             print(f"bucket {done.bucket} is already on shard {done.target}", file=out)
@@ -191,6 +201,7 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scalekit`` argument parser."""
     from .db.shards.freshness import DEFAULT_REFRESH_INTERVAL
+    from .db.shards.mover import DEFAULT_REPLICA_TIMEOUT
 
     parser = _Parser(prog="scalekit", description="scalekit operations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("--to", type=int, metavar="SHARD", help="target shard (not with --abort)")
     move.add_argument("--control", required=True,
                       help="database URL holding the bucket map and move records")  # fmt: skip
-    move.add_argument("--shard", action="append", default=[], metavar="URL",
-                      help="a shard's primary URL; repeat for every shard, in order")  # fmt: skip
+    move.add_argument("--shard", action="append", default=[], metavar="URL[,REPLICA_URL...]",
+                      help="a shard's primary URL, then its replicas' (the mover waits for them "
+                      "before the flip); repeat for every shard, in order")  # fmt: skip
     move.add_argument("--table", action="append", default=[], required=True,
                       metavar="TABLE:SHARD_KEY:PK",
                       help="a table that follows the bucket, e.g. tasks:user_id:id")  # fmt: skip
@@ -228,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the instances' ShardSet refresh_interval: the mover waits this long "
                       "after the flip before opening the target, and again before deleting "
                       f"(default {DEFAULT_REFRESH_INTERVAL})")  # fmt: skip
+    move.add_argument("--replica-timeout", type=float, default=DEFAULT_REPLICA_TIMEOUT,
+                      metavar="SECONDS",
+                      help="how long the flip waits for the target's replicas to have the "
+                      f"copied rows (default {DEFAULT_REPLICA_TIMEOUT:g})")  # fmt: skip
     move.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     move.add_argument("--abort", action="store_true",
                       help="roll back an unfinished move that has not flipped the map")  # fmt: skip

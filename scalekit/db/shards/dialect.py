@@ -74,6 +74,14 @@ class Dialect:
         """``INSERT`` of one row that does nothing if its key exists."""
         raise ConfigError(f"no insert-or-ignore for a {self.name!r} pool")
 
+    def replication_position(self, conn: Connection) -> str | None:
+        """Where the server's replicas must be to have every write it made; None: unknown."""
+        return None
+
+    def wait_for_position(self, conn: Connection, position: str, seconds: float) -> bool:
+        """Wait up to ``seconds`` on a replica until it has applied ``position``."""
+        return True
+
     def _values(self, columns: Sequence[str], rows: int) -> str:
         names = ", ".join(self.quote(column) for column in columns)
         row = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -105,6 +113,15 @@ class MySQLDialect(Dialect):
         value = self.quote(column) if binary else f"CONVERT({self.quote(column)} USING utf8mb4)"
         digest = f"SHA2({value}, 256)"
         return f"MOD(CAST(CONV(LEFT({digest}, 16), 16, 10) AS UNSIGNED), {int(buckets)})"
+
+    def replication_position(self, conn: Connection) -> str | None:
+        # MariaDB's GTID position; None where the server writes no binary log.
+        (row,) = conn.query("SELECT @@gtid_binlog_pos AS position")
+        return str(row["position"]) if row["position"] else None
+
+    def wait_for_position(self, conn: Connection, position: str, seconds: float) -> bool:
+        (row,) = conn.query("SELECT MASTER_GTID_WAIT(%s, %s) AS waited", [position, seconds])
+        return bool(row["waited"] == 0)
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
         others = [column for column in columns if column not in key] or [key[0]]

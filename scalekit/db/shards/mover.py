@@ -52,7 +52,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from ..errors import ConfigError, MoveError
+from ..._replica_status import STATUS_STATEMENTS, parse_replica_status
+from ..errors import ConfigError, DatabaseError, MoveError
 from ..pool import Connection, Pool, Row
 from ..replicas import ReplicaSet
 from . import fence
@@ -95,6 +96,9 @@ class Step(enum.StrEnum):
 
 
 _UNFLIPPED = frozenset({Step.COPY, Step.SYNC, Step.VERIFY, Step.FLIP})
+
+DEFAULT_REPLICA_TIMEOUT = 30.0
+"""Seconds the mover waits, before the flip, for the target's replicas to have the copied rows."""
 
 MAP_WAIT_MARGIN = 0.1
 """Seconds the mover waits beyond ``refresh_interval``: for clocks that run at slightly
@@ -236,6 +240,8 @@ class _Move:
         lock: MoverLock | None = None,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         sleep: Callable[[float], None] = time.sleep,
+        replicas: Sequence[Sequence[Pool]] = (),
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
     ) -> None:
         if batch_size < 1:
             raise MoveError(f"batch_size={batch_size!r} must be at least 1")
@@ -259,6 +265,12 @@ class _Move:
             )
         self.map_wait = refresh_interval + MAP_WAIT_MARGIN if refresh_interval else 0.0
         self.sleep = sleep
+        if not 0 <= replica_timeout < math.inf:
+            raise MoveError(
+                f"replica_timeout={replica_timeout!r} must be finite seconds, at least 0"
+            )
+        self.replica_timeout = replica_timeout
+        self.dst_replicas = tuple(replicas[target]) if 0 <= target < len(replicas) else ()
         self.map = self.store.load()
         if len(pools) != self.map.shard_count:
             raise MoveError(
@@ -466,8 +478,48 @@ class _Move:
         self.rows = rows
         return Step.FLIP
 
+    def _wait_for_replicas(self) -> None:
+        """Wait until the target's replicas have applied every copied row.
+
+        From the flip on, reads of the bucket go to the target, and to its
+        replicas: one behind by less than its ``max_lag`` would otherwise answer
+        with the bucket's old rows missing. A replica whose SQL thread is
+        stopped serves no reads (``ReplicaSet`` skips it) and is not waited for.
+
+        Raises:
+            MoveError: a replica has not caught up within ``replica_timeout``
+                (the bucket stays frozen; rerun the move, or roll it back).
+        """
+        if not self.dst_replicas:
+            return
+        with self.dst.connect() as conn:
+            position = self.dst.dialect.replication_position(conn)
+        if position is None:
+            return
+        for pool in self.dst_replicas:
+            # One-second waits on the server, so the lock is checked between them.
+            for _ in range(max(1, math.ceil(self.replica_timeout))):
+                with pool.connection() as conn:
+                    if self.dst.dialect.wait_for_position(conn, position, 1.0):
+                        break
+                    stopped = not _sql_running(conn)
+                if stopped:
+                    _logger.warning("bucket move: replica not replicating, not waited for",
+                                    bucket=self.bucket, replica=pool.name)  # fmt: skip
+                    break
+                if self.lock is not None:
+                    self.lock.check()
+            else:
+                raise MoveError(
+                    f"replica {pool.name!r} of shard {self.target} has not applied the rows "
+                    f"copied to its primary within {self.replica_timeout:g}s; reads of bucket "
+                    f"{self.bucket} would go there after the flip and miss them. The bucket stays "
+                    "frozen: rerun the move when the replica has caught up, or roll it back"
+                )
+
     def flip(self) -> Step:
         """Compare-and-set the map to bucket → target, ``version + 1``, recording the step."""
+        self._wait_for_replicas()
         lock = dialect_of(self.control).update_lock
         table = self.store.table
         with self.control.connection() as conn:
@@ -546,6 +598,23 @@ def _pools(shards: ShardSet | Sequence[ReplicaSet | Pool]) -> list[Pool]:
     return [primary_pool(member) for member in members]
 
 
+def _replicas(shards: ShardSet | Sequence[ReplicaSet | Pool]) -> list[tuple[Pool, ...]]:
+    members = shards.shards if isinstance(shards, ShardSet) else shards
+    return [member.replicas if isinstance(member, ReplicaSet) else () for member in members]
+
+
+def _sql_running(conn: Connection) -> bool:
+    """Whether the replica's SQL thread runs (True where the status cannot be read)."""
+    for statement in STATUS_STATEMENTS:
+        try:
+            return parse_replica_status(conn.query(statement)).sql_running
+        except DatabaseError:
+            raise
+        except Exception:  # the driver's syntax error: an older spelling
+            continue
+    return True
+
+
 def move_bucket(
     shards: ShardSet | Sequence[ReplicaSet | Pool],
     bucket: int,
@@ -562,6 +631,7 @@ def move_bucket(
     checkpoint: Checkpoint | None = None,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
+    replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
 ) -> MoveResult:
     """Move one bucket's rows to shard ``to`` while the application keeps writing.
 
@@ -585,6 +655,9 @@ def move_bucket(
             after the flip before opening the target, and again before deleting.
             0 waits not at all: only when no instance reads the bucket.
         sleep: how the mover waits (``time.sleep``; tests pass their own).
+        replica_timeout: before the flip, seconds to wait for the target's
+            replicas (those of a ``ReplicaSet`` in ``shards``) to apply the
+            copied rows; reads of the bucket go there from the flip on.
 
     Raises:
         MoveError: bad arguments, another unfinished move of the bucket to a
@@ -598,7 +671,8 @@ def move_bucket(
         move = _Move(control_pool, pools, bucket, to, tables, batch_size=batch_size,
                      map_table=map_table, moves_table=moves_table, fence_table=fence_table,
                      progress=progress, checkpoint=checkpoint, lock=lock,
-                     refresh_interval=refresh_interval, sleep=sleep)  # fmt: skip
+                     refresh_interval=refresh_interval, sleep=sleep,
+                     replicas=_replicas(shards), replica_timeout=replica_timeout)  # fmt: skip
         if move.step is Step.DONE:
             return MoveResult(bucket, move.source, to, move.map.version, {}, already=True)
         move.check_shards()

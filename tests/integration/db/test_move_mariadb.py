@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from harness import MariaDBReplication
 
+from scalekit import cli
 from scalekit._clock import ManualClock
 from scalekit.db import (
     BucketMap,
@@ -642,8 +643,6 @@ def test_cli_errors_on_mariadb_are_one_line_without_the_password(
 ) -> None:
     """A control URL with no database said "another mover is working"; a missing table or
     column ended in a pymysql traceback."""
-    from scalekit import cli
-
     base = small.server.url.rsplit("/", 1)[0]
     password = base.rsplit("@", 1)[0].rsplit(":", 1)[1]
     argv = ["shards", "move", "--bucket", str(small.bucket), "--to", "1",
@@ -661,3 +660,58 @@ def test_cli_errors_on_mariadb_are_one_line_without_the_password(
         assert fragment in err
         assert password not in err
     assert small.count(0) == small.rows
+
+
+def test_reads_after_the_flip_find_every_row_on_a_lagging_target_replica(
+    small: Small, mariadb_replication: MariaDBReplication
+) -> None:
+    """After the flip, reads of the bucket go to the target's replicas; one behind by less
+    than max_lag lacked the rows just copied, so old rows read as missing."""
+    mariadb_replication.wait_caught_up()
+    base = mariadb_replication.replica.url.rsplit("/", 1)[0]
+    replica = Pool.from_url(f"{base}/{SMALL_DBS[1]}", name="replica-b")
+    target = ReplicaSet(small.shards[1].primary, [replica], max_lag=30.0, pin_after_write=40.0)
+    shards = [small.shards[0], target]
+    reader = ShardSet(shards, map_store=MapStore(small.control), refresh_interval=None)
+    select = "SELECT COUNT(*) AS n FROM items WHERE user_id = %s"
+    mariadb_replication.set_delay(3)  # the harness clears it after the test
+    try:
+        move_bucket(shards, small.bucket, 1, tables=ITEMS, control=small.control,
+                    sleep=small.waits.append)  # fmt: skip
+        reader.reload()
+        counts = [reader.query(select, (user,), key=user)[0]["n"] for user in small.users]
+        assert counts == [10] * len(small.users)
+    finally:
+        replica.close()
+
+
+def test_a_target_replica_that_does_not_catch_up_holds_the_flip(
+    small: Small, mariadb_replication: MariaDBReplication, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flip waits for the target's replicas at most replica_timeout; one whose SQL thread
+    is stopped (it takes no reads) is not waited for."""
+    mariadb_replication.wait_caught_up()
+    base = mariadb_replication.replica.url.rsplit("/", 1)[0]
+    replica = Pool.from_url(f"{base}/{SMALL_DBS[1]}", name="replica-b")
+    shards = [small.shards[0], ReplicaSet(small.shards[1].primary, [replica])]
+    options: dict[str, Any] = {"tables": ITEMS, "control": small.control,
+                               "sleep": small.waits.append}  # fmt: skip
+    mariadb_replication.set_delay(20)
+    primary = small.server.url.rsplit("/", 1)[0]
+    argv = ["shards", "move", "--bucket", str(small.bucket), "--to", "1",
+            "--control", f"{primary}/{SMALL_CONTROL}", "--table", "items:user_id:id",
+            "--shard", f"{primary}/{SMALL_DBS[0]}",
+            "--shard", f"{primary}/{SMALL_DBS[1]},{base}/{SMALL_DBS[1]}",
+            "--replica-timeout", "1", "--refresh-interval", "0"]  # fmt: skip
+    try:
+        assert cli.main(argv) == 2  # the command takes a shard's replicas after its primary
+        assert "replica 'shard1-replica1' of shard 1 has not applied" in capsys.readouterr().err
+        with pytest.raises(MoveError, match="replica 'replica-b' of shard 1 has not applied"):
+            move_bucket(shards, small.bucket, 1, replica_timeout=1.0, **options)
+        assert BucketMap.load_db(small.control).shard_of_bucket(small.bucket) == 0
+        mariadb_replication.stop_replication(only="sql")
+        done = move_bucket(shards, small.bucket, 1, replica_timeout=1.0, **options)
+        assert done.resumed_from == "flip"
+    finally:
+        replica.close()
+    assert (small.count(0), small.count(1)) == (0, small.rows)
