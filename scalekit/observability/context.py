@@ -7,6 +7,7 @@ import contextvars
 import os
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -76,6 +77,10 @@ class LineWriter(Protocol):
     """
 
     def __call__(self, method_name: str, event: str, fields: dict[str, Any]) -> bool: ...
+
+    def in_force(self) -> bool:
+        """Whether structlog is still configured the way this writer writes."""
+        ...
 
 
 _line_writer: LineWriter | None = None
@@ -366,7 +371,15 @@ class RequestContextMiddleware:
         }
         if error is not None:
             fields["error"] = type(error).__name__
-            self.logger.error("request", exc_info=error, **fields)
+            writer = _line_writer
+            if writer is None or not writer.in_force():
+                # Not configured by configure_logging(): structlog's default console
+                # renderer prints tracebacks with every frame's locals (the scope and
+                # its Authorization header among them). Hand it the plain text instead.
+                fields["exception"] = "".join(traceback.format_exception(error))
+                self.logger.error("request", **fields)
+            else:
+                self.logger.error("request", exc_info=error, **fields)
             return
         quiet = self.quiet_paths
         if quiet and (path in quiet or (scope.get("root_path") and route_path(scope) in quiet)):

@@ -243,6 +243,9 @@ class _DirectLines:
             and tuple(processors) == self._expected
         )
 
+    def in_force(self) -> bool:
+        return self._in_force()
+
     def __call__(self, method_name: str, event: str, fields: dict[str, Any]) -> bool:
         if method_name not in _DIRECT_LEVELS or not self._in_force():
             return False

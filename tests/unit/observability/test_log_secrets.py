@@ -237,3 +237,30 @@ async def test_logging_a_request_with_credentials_is_no_500(
     handled = [line for line in lines(stream) if line["event"] == "handling"]
     assert len(handled) == 1
     assert SECRET not in stream.getvalue()
+
+
+@pytest.mark.anyio
+async def test_an_unhandled_error_without_configure_logging_shows_no_locals() -> None:
+    # structlog's defaults render tracebacks with rich and show_locals=True: the
+    # middleware's own frames hold the scope, whose headers carry the credentials.
+    structlog.reset_defaults()
+    stream = io.StringIO()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream))
+
+    async def boom(request: Request) -> PlainTextResponse:
+        fail_with_a_secret_in_a_local()
+        return PlainTextResponse("unreachable")
+
+    app = Starlette(
+        routes=[Route("/boom", boom)], middleware=[Middleware(RequestContextMiddleware)]
+    )
+    import httpx
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/boom", headers={"authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 500
+    text = stream.getvalue()
+    assert "fail_with_a_secret_in_a_local" in text  # the traceback is there...
+    assert "ValueError" in text
+    assert SECRET not in text  # ...without any frame's locals

@@ -125,7 +125,8 @@ async def drive(app: Starlette) -> list[tuple[int, bool]]:
 
 
 def normalised_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    timing_and_random = {"duration_ms", "request_id", "exc_info", "length"}
+    # the traceback text names the frames of each layout
+    timing_and_random = {"duration_ms", "request_id", "exc_info", "exception", "length"}
     return [
         {
             key: value
