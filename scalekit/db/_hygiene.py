@@ -44,8 +44,11 @@ def can_reset(raw: Any) -> bool:
     return hasattr(raw, "_execute_command") and hasattr(raw, "_read_ok_packet")
 
 
-def reset(raw: Any, session: Sequence[str]) -> None:
+def reset(raw: Any, session: Sequence[str], *, database: str | None = None) -> None:
     """Reset the session (rolls back, drops variables, temporary tables, locks), then re-apply ours.
+
+    ``database``: select it again (``COM_RESET_CONNECTION`` keeps the one a
+    borrower chose with ``USE``; one more round trip, only then).
 
     Raises:
         Exception: the driver's, when the server does not know the command
@@ -53,6 +56,8 @@ def reset(raw: Any, session: Sequence[str]) -> None:
     """
     raw._execute_command(_COM_RESET_CONNECTION, b"")
     raw._read_ok_packet()
+    if database is not None:
+        raw.select_db(database)
     raw.autocommit(True)  # no round trip unless the server's default is off
     if session:
         cursor = raw.cursor()

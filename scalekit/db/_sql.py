@@ -108,12 +108,14 @@ class Statement:
     about a ``TEMPORARY`` table, or transaction control), so the connection
     needs no reset before its next borrower.
     ``begins``/``ends``: starts or ends a transaction.
+    ``changes_database``: ``USE``, which ``COM_RESET_CONNECTION`` does not undo.
     """
 
     read: bool
     session_clean: bool
     begins: bool
     ends: bool
+    changes_database: bool = False
 
 
 def _words(sql: str) -> tuple[list[str], bool]:
@@ -180,6 +182,7 @@ def classify(sql: str) -> Statement:
         session_clean=(read or dml or transaction) and not lingering,
         begins=begins,
         ends=ends,
+        changes_database=first == "USE",
     )
 
 

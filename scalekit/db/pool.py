@@ -118,6 +118,7 @@ class Connection:
         self.lost_unsent = False
         """The connection died before the last statement was sent (safe to send again)."""
         self._dirty = False
+        self._database_changed = False
         self._text_transaction = False
         self._answered: BaseException | None = None
         self._limited = False
@@ -130,6 +131,7 @@ class Connection:
         reset (or discarded) when it is returned.
         """
         self._dirty = True
+        self._database_changed = True  # it may have selected another database
         return self._slot.raw
 
     def query(self, sql: str, params: Params = None) -> list[Row]:
@@ -207,6 +209,7 @@ class Connection:
         statement = classify(sql)
         if not statement.session_clean:
             self._dirty = True
+            self._database_changed = self._database_changed or statement.changes_database
         if statement.begins:
             self._text_transaction = True
         elif statement.ends:
@@ -715,7 +718,7 @@ class Pool:
         if not discard:
             try:
                 if connection._dirty:
-                    discard = not self._reset(raw)
+                    discard = not self._reset(raw, database=connection._database_changed)
                 elif connection.in_transaction or _hygiene.in_transaction(
                     raw, tracked=connection._text_transaction
                 ):
@@ -726,11 +729,14 @@ class Pool:
             Connector.restore(raw, self.read_timeout, self.write_timeout)
         self._release(slot, discard=discard)
 
-    def _reset(self, raw: Any) -> bool:
+    def _reset(self, raw: Any, *, database: bool = False) -> bool:
         if not (self._can_reset and self.dialect == "mysql" and _hygiene.can_reset(raw)):
             return False
+        selected = getattr(raw, "db", None) if database else None
+        if database and not selected:
+            return False  # opened with no database: a reset cannot unselect one
         try:
-            _hygiene.reset(raw, self._session)
+            _hygiene.reset(raw, self._session, database=selected)
         except Exception as exc:
             if getattr(exc, "args", (None,))[0] == 1047:  # unknown command: MariaDB < 10.2
                 self._can_reset = False

@@ -11,7 +11,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from db_helpers import TABLE, Pools, marker
+from db_helpers import TABLE, Pools, ensure_table, marker
 from harness import APP_DATABASE, CountingProxy, MariaDBReplication
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +30,7 @@ def session_of(conn: Any) -> dict[str, Any]:
     (row,) = conn.query(
         "SELECT @@autocommit AS autocommit, @@in_transaction AS in_trans, @tenant AS tenant, "
         "@x AS x, @@session.sql_mode = @@global.sql_mode AS sql_mode_default, "
-        "@@session.tx_isolation AS isolation"
+        "@@session.tx_isolation AS isolation, DATABASE() AS db"
     )
     try:
         conn.query("SELECT 1 FROM scratch LIMIT 0")
@@ -48,7 +48,9 @@ CLEAN = {
     "sql_mode_default": 1,
     "isolation": "REPEATABLE-READ",
     "temporary_tables": 0,
+    "db": APP_DATABASE,
 }
+OTHER_DATABASE = "scalekit_hygiene_other"
 
 
 # -- point 1: every borrower starts clean ---------------------------------------------
@@ -118,13 +120,17 @@ def test_reads_and_writes_cost_no_extra_round_trip(
 
 
 Step = st.sampled_from(
-    ["begin", "commit", "rollback", "raise", "set_var", "set_session", "temporary", "insert"]
-)
+    ["begin", "commit", "rollback", "raise", "set_var", "set_session", "temporary", "insert",
+     "use"]
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def hygiene_pool(mariadb_replication: MariaDBReplication) -> Iterator[Pool]:
+    ensure_table(mariadb_replication)
     pool = Pool.from_url(mariadb_replication.primary.url, max_connections=2, name="hygiene")
+    pool.execute(f"CREATE DATABASE IF NOT EXISTS {OTHER_DATABASE}")
+    pool.execute(f"CREATE TABLE IF NOT EXISTS {OTHER_DATABASE}.{TABLE} LIKE {TABLE}")
     yield pool
     pool.close()
 
@@ -155,6 +161,8 @@ def test_every_borrower_sees_autocommit_no_transaction_no_variables(
                         conn.execute("SET @x = 42, @tenant = 'acme'")
                     elif step == "set_session":
                         conn.execute("SET SESSION sql_mode = '', tx_isolation = 'SERIALIZABLE'")
+                    elif step == "use":  # the next borrower wrote into this database
+                        conn.execute(f"USE {OTHER_DATABASE}")
                     elif step == "temporary":
                         conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS scratch (a INT)")
                     else:
@@ -165,6 +173,18 @@ def test_every_borrower_sees_autocommit_no_transaction_no_variables(
         with pool.connection() as first, pool.connection() as second:
             assert session_of(first) == CLEAN
             assert session_of(second) == CLEAN
+
+
+def test_a_borrowers_use_does_not_send_the_next_borrowers_writes_elsewhere(
+    mariadb_replication: MariaDBReplication, hygiene_pool: Pool
+) -> None:
+    """COM_RESET_CONNECTION keeps the database a borrower chose with USE (attack11)."""
+    note = marker()
+    with hygiene_pool.connection() as first, hygiene_pool.connection() as second:
+        for conn in (first, second):
+            conn.execute(f"USE {OTHER_DATABASE}")
+    hygiene_pool.execute(f"INSERT INTO {TABLE} (user_id, note) VALUES (5, %s)", [note])
+    assert rows_with(mariadb_replication, note) == 1
 
 
 # -- point 2: what is sent again, and what never is ------------------------------------
