@@ -357,28 +357,32 @@ class ShardSet:
             events.current_shard.reset(token)
 
     @overload
-    def execute(self, sql: str, params: Params = None, *, key: Any) -> Result: ...
+    def execute(
+        self, sql: str, params: Params = None, *, key: Any, returning: bool = False
+    ) -> Result: ...
 
     @overload
-    def execute(self, key: Any, sql: str, params: Params = None, /) -> Result: ...
+    def execute(
+        self, key: Any, sql: str, params: Params = None, /, *, returning: bool = False
+    ) -> Result: ...
 
     def execute(self, *args: Any, **kwargs: Any) -> Result:
         """One write on the key's shard; guarded by the bucket fence under a ``BucketMap``.
 
-        The old order ``execute(key, sql, params)`` still works, with a
-        ``DeprecationWarning``.
+        ``returning=True`` keeps the rows of ``INSERT … RETURNING`` in
+        ``Result.rows``, as on ``ReplicaSet``. The old order ``execute(key,
+        sql, params)`` still works, with a ``DeprecationWarning``.
         """
         key, sql, params, options = _statement("execute", args, kwargs)
-        if options:
-            raise TypeError(f"ShardSet.execute() got unexpected arguments {sorted(options)}")
+        returning = _returning("execute", options)
         if not isinstance(self._map.current(), BucketMap):
             index = self.strategy.shard_for(key)
             token = events.current_shard.set(index)
             try:
-                return self.shards[index].execute(sql, params, key=key)
+                return self.shards[index].execute(sql, params, key=key, returning=returning)
             finally:
                 events.current_shard.reset(token)
-        return self._transact(key, _writer(sql, params), 0)
+        return self._transact(key, _writer(sql, params, returning), 0)
 
     @overload
     def transaction(self, fn: Callable[[Cursor], T], *, key: Any, retries: int = 0) -> T: ...
@@ -488,25 +492,28 @@ class ShardSet:
             events.current_shard.reset(token)
 
     @overload
-    async def aexecute(self, sql: str, params: Params = None, *, key: Any) -> Result: ...
+    async def aexecute(
+        self, sql: str, params: Params = None, *, key: Any, returning: bool = False
+    ) -> Result: ...
 
     @overload
-    async def aexecute(self, key: Any, sql: str, params: Params = None, /) -> Result: ...
+    async def aexecute(
+        self, key: Any, sql: str, params: Params = None, /, *, returning: bool = False
+    ) -> Result: ...
 
     async def aexecute(self, *args: Any, **kwargs: Any) -> Result:
         """``execute`` in a worker thread; reads later in the caller's context see the write."""
         key, sql, params, options = _statement("aexecute", args, kwargs)
-        if options:
-            raise TypeError(f"ShardSet.aexecute() got unexpected arguments {sorted(options)}")
+        returning = _returning("aexecute", options)
         strategy = await self._current()
         if not isinstance(strategy, BucketMap):
             index = strategy.shard_for(key)
             token = events.current_shard.set(index)
             try:
-                return await self.shards[index].aexecute(sql, params, key=key)
+                return await self.shards[index].aexecute(sql, params, key=key, returning=returning)
             finally:
                 events.current_shard.reset(token)
-        return await self._atransact(key, _writer(sql, params), 0)
+        return await self._atransact(key, _writer(sql, params, returning), 0)
 
     @overload
     async def atransaction(self, fn: Callable[[Cursor], T], *, key: Any, retries: int = 0) -> T: ...
@@ -567,11 +574,18 @@ class ShardSet:
         return f"<ShardSet shards={len(self.shards)} strategy={self.strategy!r}>"
 
 
-def _writer(sql: str, params: Params) -> Callable[[Cursor], Result]:
+def _writer(sql: str, params: Params, returning: bool) -> Callable[[Cursor], Result]:
     def write(cursor: Cursor) -> Result:
-        return cursor.execute(sql, params)
+        return cursor.execute(sql, params, returning=returning)
 
     return write
+
+
+def _returning(method: str, options: dict[str, Any]) -> bool:
+    returning = bool(options.pop("returning", False))
+    if options:
+        raise TypeError(f"ShardSet.{method}() got unexpected arguments {sorted(options)}")
+    return returning
 
 
 async def _to_thread(call: Callable[[], T]) -> T:

@@ -248,3 +248,17 @@ def test_a_statement_without_a_key_is_a_type_error_naming_the_fix(tmp_path: Path
         shard_set.transaction(lambda cursor: 1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="two values"):
         shard_set.query("SELECT 1", [], key=1, params=[])  # type: ignore[call-overload]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", [Modulo(2), BucketMap(8, shards=2)])
+async def test_execute_returning_keeps_the_rows_as_on_replica_set(
+    tmp_path: Path, strategy: Modulo | BucketMap
+) -> None:
+    """``returning=True`` was a TypeError on ShardSet.execute, though ReplicaSet takes it."""
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=strategy)
+    insert = "INSERT INTO tasks (id, user_id, title) VALUES (%s, %s, 'n') RETURNING id, title"
+    result = shard_set.execute(insert, (7, 3), key=3, returning=True)
+    assert result.rows == [{"id": 7, "title": "n"}]
+    done = await shard_set.aexecute(insert, (8, 3), key=3, returning=True)
+    assert done.rows == [{"id": 8, "title": "n"}]
