@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import secrets
 import threading
@@ -34,6 +35,7 @@ from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnavailable
 from scalekit.cache.keys import EntryKeys
+from scalekit.cache.pipe import ScriptPipe, supports_pipe
 
 __all__ = ["CacheBackend", "Lookup", "MemoryCache", "RedisCache"]
 
@@ -405,11 +407,18 @@ class RedisCache:
         self._errors: tuple[type[BaseException], ...] = _redis.redis_errors()
         self._cluster = type(client).__name__ == "RedisCluster"
         self._lookup = client.register_script(_script("lookup"))
+        # a hit's one round trip on a held connection (not on Cluster: it routes by slot)
+        self._lookup_pipe = (
+            ScriptPipe(client, _script("lookup"))
+            if not self._cluster and supports_pipe(client)
+            else None
+        )
         self._store = client.register_script(_script("store"))
         self._release = client.register_script(_script("release"))
         self._versions = client.register_script(_script("versions"))
         self._invalidate_source = _script("invalidate")
         self._sync_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(
@@ -513,6 +522,15 @@ class RedisCache:
             versions.update(zip(group, values, strict=True))
         return versions
 
+    def _background(self, work: Awaitable[None]) -> None:
+        async def quietly() -> None:
+            with contextlib.suppress(CacheBackendError, CacheUnavailable):
+                await work
+
+        task = asyncio.ensure_future(quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def lookup(
         self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
     ) -> Lookup:
@@ -541,7 +559,21 @@ class RedisCache:
             ordered.update(zip(other, extra, strict=True))
             current = _joined([ordered.get(key) for key in (*same, *other)])
         else:
-            result = await self._call("lookup", lambda: self._lookup(keys=script_keys, args=args))
+            pipe = self._lookup_pipe
+            if pipe is not None:
+
+                def orphaned(reply: Any) -> None:
+                    # the caller was cancelled but the script ran: give back the fill lock
+                    if token and len(reply) > 6 and reply[6]:
+                        self._background(self.release(keys, token))
+
+                result = await self._call(
+                    "lookup", lambda: pipe.call(script_keys, args, orphaned=orphaned)
+                )
+            else:
+                result = await self._call(
+                    "lookup", lambda: self._lookup(keys=script_keys, args=args)
+                )
             current = (result[4] or b"").decode()
         data, fresh_until, entry_versions, marker = result[:4]
         return Lookup(
@@ -640,6 +672,8 @@ class RedisCache:
     async def aclose(self) -> None:
         """Stop the breaker's probe and close the Redis clients."""
         await self.breaker.aclose()
+        if self._lookup_pipe is not None:
+            await self._lookup_pipe.aclose()
         await self.client.aclose()
         if self.sync_client is not None:
             self.sync_client.close()
