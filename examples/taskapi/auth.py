@@ -10,6 +10,7 @@ answer 401 with a JSON body (:func:`examples.taskapi.app.current_user`).
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ ALGORITHM = "HS256"
 AUTH_ERROR_KEY = "taskapi.auth_error"
 """Scope key holding why a request carrying a token is anonymous."""
 
+_MAX_USER_ID = 2**63 - 1
 _CLOCK_SKEW = 30.0  # seconds a token's iat may lie ahead of our clock
 
 
@@ -128,26 +130,46 @@ class Tokens:
             raise TokenError("invalid token")
         if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and 0 < len(sub) <= 19):
             raise TokenError("invalid token")
+        # 19 digits reach past the databases' signed 64-bit ids (SQLite raised
+        # OverflowError: a 500 on every route).
+        if not 0 < int(sub) <= _MAX_USER_ID:
+            raise TokenError("invalid token")
         return int(sub), exp
 
 
 class Passwords:
     """argon2id hashing off the event loop.
 
+    At most ``concurrency`` hashes run at once: each argon2 computation
+    takes ``memory_cost`` (64 MiB by default), and without a bound anyio's
+    40 worker threads let 40 concurrent logins or registrations claim
+    2.5 GiB. The others wait their turn (and stay within the rate limits).
+
     Args:
         hasher: an ``argon2.PasswordHasher`` (default parameters if None;
             tests pass a cheap one).
+        concurrency: hashes computed at once (default: the CPU count).
     """
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, hasher: PasswordHasher | None = None, *, concurrency: int = 0) -> None:
         self._hasher = hasher or PasswordHasher()
+        self._concurrency = concurrency or os.cpu_count() or 1
+        if self._concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self._limiter: anyio.CapacityLimiter | None = None
         # Verified when the user does not exist, so that an unknown email
         # costs as much time as a wrong password.
         self._dummy = self._hasher.hash("not a password of anyone")
 
+    def _threads(self) -> anyio.CapacityLimiter:
+        # Made on first use, inside the event loop that uses it.
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._concurrency)
+        return self._limiter
+
     async def hash(self, password: str) -> str:
         """The argon2id hash of ``password`` (computed in a worker thread)."""
-        return await anyio.to_thread.run_sync(self._hasher.hash, password)
+        return await anyio.to_thread.run_sync(self._hasher.hash, password, limiter=self._threads())
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether ``password`` matches; ``None`` (no such user) takes as long and is False."""
@@ -158,7 +180,7 @@ class Passwords:
             except (VerificationError, InvalidHashError):
                 return False
 
-        matched = await anyio.to_thread.run_sync(check)
+        matched = await anyio.to_thread.run_sync(check, limiter=self._threads())
         return matched and password_hash is not None
 
 

@@ -206,10 +206,9 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
+                # Digits only: int() also takes "+5", " 5" and "1_0", which
+                # no HTTP server accepts and which could disagree with the body.
+                declared = int(value) if value.isdigit() else -1
                 if declared < 0:
                     await error_response(400, "bad_request", "invalid Content-Length")(
                         scope, receive, send

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -66,8 +68,19 @@ Title = Annotated[
 # take 12 bytes of JSON (an astral one as two \uXXXX escapes), and
 # 5,000 + 200 characters of 12 bytes is 62,400.
 Description = Annotated[str, Field(max_length=5_000, pattern=_NO_NUL), AfterValidator(_storable)]
+
+
+def _nfkc(value: Any) -> Any:
+    # Compatibility forms (fullwidth letters, ligatures) are one
+    # address with their plain form: MariaDB's utf8mb4_unicode_ci compares
+    # them equal, SQLite's NOCASE does not. Normalised before the pattern,
+    # so a fullwidth at sign (U+FF20) cannot become a second "@" after it is checked.
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
 Email = Annotated[
     str,
+    BeforeValidator(_nfkc),
     Field(
         min_length=3,
         max_length=254,
