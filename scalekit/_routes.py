@@ -13,9 +13,12 @@ trailing newline, i.e. ``/login%0A``), the converters (``str``, ``path``,
 the result against ``Route.matches`` itself. Methods follow Starlette too:
 a rule for ``GET`` also covers ``HEAD``.
 
-The rest of the module finds, after the app ran, the full template of the
-route that handled a request (``/api/v1/users/{user_id}`` under mounts), for
-the metrics ``route`` label and the access log.
+The rest of the module walks an app's route tree (:func:`walk_routes`:
+Starlette mounts and hosts, FastAPI's lazily included routers, nested ones)
+and finds, after the app ran, the full template of the route that handled a
+request (``/api/v1/users/{user_id}`` under mounts and ``include_router``
+prefixes), for the metrics ``route`` label and the access log; the
+declarations of :mod:`scalekit.fastapi` read the same walk.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.convertors import CONVERTOR_TYPES
-from starlette.routing import PARAM_REGEX, Match, Route
+from starlette.routing import PARAM_REGEX, Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from scalekit.errors import ConfigurationError
@@ -50,12 +53,14 @@ __all__ = [
     "OTHER_METHOD",
     "OVERFLOW_ROUTE",
     "UNMATCHED_ROUTE",
+    "RouteEntry",
     "RouteNames",
     "RouteTemplate",
     "RouteTemplateError",
     "normalise_method",
     "route_methods",
     "route_path",
+    "walk_routes",
 ]
 
 UNMATCHED_ROUTE = "<unmatched>"
@@ -178,43 +183,110 @@ def _compiled(template: str) -> RouteTemplate:
 
 
 def _mount_prefix(route: Any) -> str:
-    """The template a ``Mount`` adds in front of its routes (``/api/{version}``)."""
+    """The label a ``Mount`` adds in front of its routes (``/api/{version}``)."""
     path_format = str(getattr(route, "path_format", ""))
     return path_format.removesuffix("/{path}")
 
 
-def _walk(routes: Any, prefix: str, target: Any, depth: int = 0) -> Iterator[str]:
-    """Every full template under which ``target`` appears in ``routes``."""
-    if depth > 32:  # a router mounted inside itself
-        return
-    for route in routes or ():
-        if route is target:
-            yield prefix + str(getattr(route, "path_format", ""))
-        children = getattr(route, "routes", None)
-        if children:
-            yield from _walk(children, prefix + _mount_prefix(route), target, depth + 1)
+class RouteEntry(NamedTuple):
+    """One route of an app's tree, with its full path (mount and router prefixes included)."""
+
+    template: str
+    """The matchable template (``/api/{version:int}/users/{id:int}``; an opaque mount ends
+    in ``/{path:path}``)."""
+    label: str
+    """The metrics ``route`` label (``/api/{version}/users/{id}``)."""
+    route: Any
+    """The object the router matches: for a route of a FastAPI included router, the
+    effective route carrying the prefixes and the router's dependencies."""
+    original: Any
+    """The route as the app declared it (``route`` itself unless included by FastAPI)."""
 
 
-def _match(routes: Any, scope: Scope, depth: int = 0) -> Any:
-    """The route Starlette's router would pick for ``scope`` (None if none)."""
-    if depth > 32:
+def _included(route: Any) -> list[tuple[Any, Any]] | None:
+    """The routes of a lazily included FastAPI router as ``(route, original)``, else None.
+
+    FastAPI >= 0.120 keeps ``include_router(router, prefix=...)`` as one
+    ``_IncludedRouter`` route with no ``routes`` of its own; its effective route
+    contexts (nested includes flattened, in the order it tries them) carry each
+    route's full path, methods and dependencies. Plain Starlette routes, mounts
+    and hosts under it come as prefixed copies (``starlette_route``).
+    """
+    contexts = getattr(route, "effective_route_contexts", None)
+    if not callable(contexts):
         return None
+    found = []
+    for context in contexts():
+        effective = getattr(context, "starlette_route", None) or context
+        found.append((effective, getattr(context, "original_route", effective)))
+    return found
+
+
+def walk_routes(routes: Iterable[Any]) -> Iterator[RouteEntry]:
+    """Every route of ``routes`` (an app's ``router.routes``) with its full path, depth first.
+
+    The one walk of an app's route tree: the metrics route label and the
+    declarations of :mod:`scalekit.fastapi` both read it. It descends into
+    Starlette ``Mount``/``Host`` routers and FastAPI's included routers
+    (nested ones and mounts under them too); a mounted app it cannot see into
+    is one entry covering everything under it.
+    """
+
+    def walk(routes: Iterable[Any], prefix: str, label: str, depth: int) -> Iterator[RouteEntry]:
+        if depth > 32:  # a router mounted inside itself
+            return
+        for route in routes or ():
+            included = _included(route)
+            pairs = included if included is not None else [(route, route)]
+            for leaf, original in pairs:
+                path = str(getattr(leaf, "path", ""))
+                children = getattr(leaf, "routes", None)
+                if children:
+                    yield from walk(children, prefix + path, label + _mount_prefix(leaf), depth + 1)
+                    continue
+                path_format = str(getattr(leaf, "path_format", ""))
+                if isinstance(leaf, Mount):  # a mounted app we cannot see into: all under it
+                    yield RouteEntry(
+                        prefix + path + "/{path:path}", label + path_format, leaf, leaf
+                    )
+                else:
+                    yield RouteEntry(prefix + path, label + path_format, leaf, original)
+
+    yield from walk(routes, "", "", 0)
+
+
+def _match(routes: Iterable[Any], scope: Scope, depth: int = 0) -> tuple[Match, Any]:
+    """The route Starlette's (or FastAPI's) router would pick for ``scope``, and how."""
+    if depth > 32:
+        return Match.NONE, None
     partial = None
     for route in routes or ():
-        match, child_scope = route.matches(scope)
+        included = _included(route)
+        if included is not None:
+            # The included router matches its routes in order: a full match of
+            # one of them is the router's full match, else its first partial.
+            match, found = _match([leaf for leaf, _ in included], scope, depth + 1)
+            if match is Match.FULL:
+                return match, found
+            if match is Match.PARTIAL and partial is None:
+                partial = found
+            continue
+        try:
+            match, child_scope = route.matches(scope)
+        except Exception:  # a custom converter that raises: no route, as far as we can tell
+            continue
         if match is Match.NONE:
             continue
         children = getattr(route, "routes", None)
         if children:
             if match is Match.FULL:
-                found = _match(children, {**scope, **child_scope}, depth + 1)
-                if found is not None:
-                    return found
+                # The mount takes the request; its router answers 404 if nothing inside matches.
+                return Match.FULL, _match(children, {**scope, **child_scope}, depth + 1)[1]
             continue
         if match is Match.FULL:
-            return route
+            return match, route
         partial = partial or route  # the method differs: the router would answer 405
-    return partial
+    return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, None)
 
 
 class RouteNames:
@@ -247,11 +319,15 @@ class RouteNames:
         route = scope.get("route")
         router = scope.get("router")
         if route is None:
-            # The router never ran: a middleware inside this one answered (a
-            # cache hit, a 429). Match the app's routes so it still counts
-            # under its template.
+            # The router never ran (a middleware inside this one answered: a
+            # cache hit, a 429), or it picked a route that does not write
+            # scope["route"] (FastAPI's router, for a plain Starlette route).
+            # Match the app's routes so it still counts under its template,
+            # against the request's own root_path (mounts rewrite root_path).
             router = getattr(scope.get("app"), "router", None)
-            route = _match(getattr(router, "routes", ()), scope)
+            if "app_root_path" in scope:
+                scope = {**scope, "root_path": scope["app_root_path"]}
+            route = _match(getattr(router, "routes", ()), scope)[1]
         if route is None or getattr(route, "routes", None):
             # No route, or a Mount/Host whose own router then matched nothing.
             return UNMATCHED_ROUTE
@@ -261,33 +337,38 @@ class RouteNames:
         return self._resolve(route, router, scope)
 
     def _resolve(self, route: Any, router: Any, scope: Scope) -> str:
-        candidates = list(dict.fromkeys(_walk(getattr(router, "routes", ()), "", route)))
-        if len(candidates) == 1:
-            template = candidates[0]
-        elif candidates:
-            # One route object mounted at several places: ask each full template.
+        # FastAPI's router writes the route as declared (shared by every
+        # include_router of its router), ours finds the effective one: both count.
+        entries = [
+            entry
+            for entry in walk_routes(getattr(router, "routes", ()))
+            if entry.route is route or entry.original is route
+        ]
+        candidates = list(dict.fromkeys((entry.template, entry.label) for entry in entries))
+        if len(candidates) > 1:
+            # One route object at several places (a router mounted or included
+            # twice): ask each full template. Not cached: it depends on the path.
             return self._admit(self._pick(candidates, scope))
-        else:
-            template = str(getattr(route, "path_format", "")) or UNMATCHED_ROUTE
-        template = self._admit(template)
+        template = candidates[0][1] if candidates else str(getattr(route, "path_format", ""))
+        template = self._admit(template or UNMATCHED_ROUTE)
         with self._lock:
             self._templates[id(route)] = (route, template)
         return template
 
     @staticmethod
-    def _pick(candidates: list[str], scope: Scope) -> str:
+    def _pick(candidates: list[tuple[str, str]], scope: Scope) -> str:
         path = str(scope.get("path", ""))
         # The router rewrote root_path while descending into mounts; the
         # request's own root_path is kept as app_root_path.
         root_path = str(scope.get("app_root_path", scope.get("root_path", "")))
-        for template in candidates:
+        for template, label in candidates:
             try:
                 matcher = _compiled(template)
             except RouteTemplateError:
                 continue
             if matcher.match(path, root_path) is not None:
-                return template
-        return candidates[0]
+                return label or UNMATCHED_ROUTE
+        return candidates[0][1] or UNMATCHED_ROUTE
 
     def _admit(self, template: str) -> str:
         if self.max_routes is None or template in self._seen:

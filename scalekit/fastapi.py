@@ -42,10 +42,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from scalekit._rates import RateSyntaxError, parse_rates
+from scalekit._routes import walk_routes
 from scalekit.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -326,32 +327,14 @@ def _credentials(dependant: Any, depth: int = 0) -> Iterator[Credential]:
 
 
 def route_templates(routes: Sequence[BaseRoute]) -> Iterator[tuple[str, BaseRoute]]:
-    """Every route with its full template (mount prefixes included), depth first."""
+    """Every route with its full template (mount and router prefixes included), depth first.
 
-    def walk(
-        routes: Sequence[BaseRoute], prefix: str, depth: int
-    ) -> Iterator[tuple[str, BaseRoute]]:
-        if depth > 32:  # a router mounted inside itself
-            return
-        for route in routes:
-            contexts = getattr(route, "effective_route_contexts", None)
-            if callable(contexts):
-                # FastAPI >= 0.120 keeps an included router as one lazy route; its
-                # contexts carry each route's full path, methods and dependencies.
-                for context in contexts():
-                    effective = getattr(context, "starlette_route", None) or context
-                    yield prefix + str(getattr(effective, "path", "")), effective
-                continue
-            path = str(getattr(route, "path", ""))
-            children = getattr(route, "routes", None)
-            if children:
-                yield from walk(children, prefix + path, depth + 1)
-            elif isinstance(route, Mount):  # a mounted app we cannot see into: all under it
-                yield prefix + path + "/{path:path}", route
-            else:
-                yield prefix + path, route
-
-    yield from walk(routes, "", 0)
+    The walk of :func:`scalekit._routes.walk_routes` (the one the metrics route
+    label uses): FastAPI's lazily included routers yield their effective routes,
+    which carry the prefixes and the router's dependencies.
+    """
+    for entry in walk_routes(routes):
+        yield entry.template, entry.route
 
 
 def _segments_may_overlap(first: str, second: str) -> bool:
