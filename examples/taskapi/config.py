@@ -54,7 +54,9 @@ class TaskApiConfig:
     """
 
     settings: Settings
-    jwt_secret: str
+    # Kept out of repr: a config printed or logged (a start-up error, a
+    # debugger, a traceback's locals) must not carry the signing key.
+    jwt_secret: str = dataclasses.field(repr=False)
     secret_generated: bool = False
     token_ttl: int = 3600
     api_limit: str = DEFAULT_API_LIMIT

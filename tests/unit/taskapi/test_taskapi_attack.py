@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from taskapi_helpers import SECRET, Clock, signup
 
 from examples.taskapi.auth import Passwords, TokenError, Tokens
+from examples.taskapi.config import TaskApiConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -98,3 +99,13 @@ async def test_argon2_runs_at_most_concurrency_hashes_at_once() -> None:
     assert hasher.exceeded == 0
     with pytest.raises(ValueError, match="concurrency"):
         Passwords(hasher, concurrency=-1)
+
+
+def test_the_jwt_secret_is_not_in_the_config_repr(tmp_path: Any) -> None:
+    # Settings hides its URLs' passwords; the signing key showed in full.
+    config = TaskApiConfig.from_env(
+        {"TASKAPI_JWT_SECRET": SECRET, "TASKAPI_DATA_DIR": str(tmp_path)}
+    )
+    assert SECRET not in repr(config)
+    assert "token_ttl=3600" in repr(config)
+    assert config.jwt_secret == SECRET
