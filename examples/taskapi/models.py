@@ -78,6 +78,19 @@ def _nfkc(value: Any) -> Any:
     return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
 
 
+def _address(value: str) -> str:
+    # Invisible characters (soft hyphen, zero-width space and joiners, BOM,
+    # bidi marks) made "ada@example.com" twice over: a second account that
+    # reads the same on SQLite, and on MariaDB, whose collation ignores
+    # them, the same account under another spelling.
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp", "Zs"):
+            raise ValueError(
+                f"must not contain invisible or control characters (U+{ord(char):04X})"
+            )
+    return value.lower()
+
+
 Email = Annotated[
     str,
     BeforeValidator(_nfkc),
@@ -86,7 +99,7 @@ Email = Annotated[
         max_length=254,
         pattern=rf"^{_ADDRESS_PART}@{_ADDRESS_PART}\.{_ADDRESS_PART}$",
     ),
-    AfterValidator(lambda value: _storable(value).lower()),
+    AfterValidator(lambda value: _address(_storable(value))),
 ]
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 Password = Annotated[SecretStr, Field(min_length=8, max_length=256)]

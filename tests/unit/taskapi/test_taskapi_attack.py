@@ -55,6 +55,23 @@ async def test_an_email_in_compatibility_form_is_the_same_address(make_client: A
         assert response.json()["fields"][0]["loc"] == ["body", "email"]
 
 
+@pytest.mark.parametrize("invisible", ["\u00ad", "\u200b", "\u200d", "\ufeff", "\u202e", "\u2060"])
+async def test_an_email_with_an_invisible_character_is_422(
+    make_client: Any, invisible: str
+) -> None:
+    # "ada@example.com" with a soft hyphen or a zero-width space reads the same:
+    # a look-alike second account on SQLite; on MariaDB (utf8mb4_unicode_ci
+    # ignores them) the same account under another spelling.
+    async with make_client() as client:
+        await signup(client, "ada")
+        for spelled in (f"ad{invisible}a@example.com", f"ada@exam{invisible}ple.com"):
+            body = {"email": spelled, "username": "twin", "password": "12345678"}
+            response = await client.post(REGISTER, json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["fields"][0]["loc"] == ["body", "email"]
+            assert "invisible" in response.json()["fields"][0]["message"]
+
+
 @pytest.mark.parametrize("declared", [b"+13", b" 13", b"1_3", b"0x0d", b""])
 async def test_a_content_length_that_is_not_digits_is_400(
     make_client: Any, declared: bytes
