@@ -37,6 +37,8 @@ AUTH_ERROR_KEY = "taskapi.auth_error"
 """Scope key holding why a request carrying a token is anonymous."""
 
 _MAX_USER_ID = 2**63 - 1
+MAX_HASHING = 4
+"""Default bound on argon2 hashes at once: 256 MiB at the default memory cost."""
 _CLOCK_SKEW = 30.0  # seconds a token's iat may lie ahead of our clock
 
 
@@ -148,18 +150,24 @@ class Passwords:
     Args:
         hasher: an ``argon2.PasswordHasher`` (default parameters if None;
             tests pass a cheap one).
-        concurrency: hashes computed at once (default: the CPU count).
+        concurrency: hashes computed at once (default: the CPU count, at
+            most 4 — each hash already runs its 4 lanes in parallel).
     """
 
     def __init__(self, hasher: PasswordHasher | None = None, *, concurrency: int = 0) -> None:
         self._hasher = hasher or PasswordHasher()
-        self._concurrency = concurrency or os.cpu_count() or 1
+        self._concurrency = concurrency or min(os.cpu_count() or 1, MAX_HASHING)
         if self._concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._limiter: anyio.CapacityLimiter | None = None
         # Verified when the user does not exist, so that an unknown email
         # costs as much time as a wrong password.
         self._dummy = self._hasher.hash("not a password of anyone")
+
+    @property
+    def concurrency(self) -> int:
+        """How many hashes may run at once."""
+        return self._concurrency
 
     def _threads(self) -> anyio.CapacityLimiter:
         # Made on first use, inside the event loop that uses it.

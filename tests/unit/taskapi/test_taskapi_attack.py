@@ -118,6 +118,15 @@ async def test_argon2_runs_at_most_concurrency_hashes_at_once() -> None:
         Passwords(hasher, concurrency=-1)
 
 
+def test_the_default_hashing_bound_does_not_grow_with_the_host(monkeypatch: Any) -> None:
+    # A 64-CPU host would otherwise allow 64 x 64 MiB, more than anyio's 40 threads did.
+    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert Passwords(hasher).concurrency == 4
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert Passwords(hasher).concurrency == 1
+
+
 def test_the_jwt_secret_is_not_in_the_config_repr(tmp_path: Any) -> None:
     # Settings hides its URLs' passwords; the signing key showed in full.
     config = TaskApiConfig.from_env(
