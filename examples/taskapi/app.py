@@ -346,7 +346,9 @@ def create_app(
     app.add_middleware(UnexpectedErrorMiddleware)
 
     if config.data_dir is not None:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only: users.db holds the password hashes (an existing folder
+        # is left as it is).
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The API-wide limit is keyed on the user (or the IP before login) and
     # covers only the API, so it is declared here rather than as the
     # IP-keyed default rule Settings.rate_limit would install.

@@ -135,3 +135,10 @@ def test_the_jwt_secret_is_not_in_the_config_repr(tmp_path: Any) -> None:
     assert SECRET not in repr(config)
     assert "token_ttl=3600" in repr(config)
     assert config.jwt_secret == SECRET
+
+
+async def test_the_embedded_data_folder_is_owner_only(make_client: Any, tmp_path: Any) -> None:
+    # users.db holds the password hashes; it was created world-readable (755/644).
+    async with make_client() as client:
+        await signup(client, "ada")
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
