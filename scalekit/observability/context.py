@@ -41,6 +41,8 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+_INTERNAL_ERROR_BODY = b'{"error": "internal_error", "detail": "Internal Server Error"}'
+
 # An exception that escaped a request carries its request id (and whether the
 # middleware logged it), so the server's own error line can be given the id or
 # dropped as a duplicate: it is logged after the request's context is gone.
@@ -309,14 +311,16 @@ class RequestContextMiddleware:
                 # The app's own error handler would answer outside this
                 # middleware; answer here so the 500 carries the id too.
                 # (Metrics count it as 500 as they would behind this layer.)
+                # JSON in the shape of scalekit's own 429, so an API's
+                # clients parse every error alike.
                 status = 500
-                body = b"Internal Server Error"
+                body = _INTERNAL_ERROR_BODY
                 await send_with_id(
                     {
                         "type": "http.response.start",
                         "status": 500,
                         "headers": [
-                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode("ascii")),
                         ],
                     }

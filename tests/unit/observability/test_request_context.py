@@ -132,6 +132,9 @@ async def test_a_500_from_an_unhandled_exception_carries_the_id(
         response = await http.get("/boom", headers={"X-Request-ID": "err-1"})
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "err-1"
+    if inside:  # answered by the middleware: JSON in the shape of the 429
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "internal_error", "detail": "Internal Server Error"}
     [access] = access_lines(logs)
     assert access["status"] == 500
     assert access["error"] == "RuntimeError"

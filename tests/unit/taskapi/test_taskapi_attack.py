@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import anyio
+import httpx
 import jwt
 import pytest
 from argon2 import PasswordHasher
@@ -142,3 +143,21 @@ async def test_the_embedded_data_folder_is_owner_only(make_client: Any, tmp_path
     async with make_client() as client:
         await signup(client, "ada")
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+async def test_an_error_outside_the_routes_is_a_json_500(make_client: Any) -> None:
+    # A bug in the authentication backend (which runs in scalekit's stack,
+    # outside the example's JSON 500) was answered "Internal Server Error"
+    # in plain text.
+    async with make_client() as client:
+        headers = await signup(client, "ada")
+
+        def broken(token: str) -> int:
+            raise RuntimeError("bug in verify")
+
+        client.app.state.taskapi.tokens.verify = broken
+        transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as raw:
+            response = await raw.get(TASKS, headers=headers)
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
