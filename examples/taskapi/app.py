@@ -330,6 +330,9 @@ def create_app(
         )
     tokens = tokens or Tokens(config.jwt_secret, ttl=config.token_ttl)
     app = FastAPI(
+        # "/api/v1/tasks/" is a JSON 404 naming the path without the slash,
+        # not an empty 307 to a Location built from the client's Host header.
+        redirect_slashes=False,
         title="scalekit example task API",
         version="1.0.0",
         description=(

@@ -96,7 +96,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"no route for {request.url.path}"
+        path = request.url.path
+        detail = f"no route for {path}"
+        if len(path) > 1 and path.endswith("/"):
+            detail += f"; without the trailing slash: {path.rstrip('/')}"
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return error_response(exc.status_code, _code_for(exc.status_code), detail, headers=exc.headers)

@@ -161,3 +161,25 @@ async def test_an_error_outside_the_routes_is_a_json_500(make_client: Any) -> No
             response = await raw.get(TASKS, headers=headers)
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error"
+
+
+async def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_host_header(
+    make_client: Any,
+) -> None:
+    # It was an empty 307 whose Location came from the client's Host header
+    # (http://evil.example/api/v1/tasks); curl without -L printed nothing.
+    async with make_client() as client:
+        headers = await signup(client, "ada")
+        for method in ("GET", "POST"):
+            response = await client.request(
+                method,
+                TASKS + "/",
+                json={"title": "t"},
+                headers={**headers, "Host": "evil.example"},
+            )
+            assert response.status_code == 404, response.text
+            assert "location" not in response.headers
+            assert response.json() == {
+                "error": "not_found",
+                "detail": "no route for /api/v1/tasks/; without the trailing slash: /api/v1/tasks",
+            }
