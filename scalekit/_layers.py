@@ -316,10 +316,11 @@ class Chain:
         """
         cache_rules = [*_declared_cache_rules(declared), *self.cache_rules]
         chain = below
+        cached = None
         if cache_rules:
             from scalekit.cache import CacheMiddleware
 
-            chain = CacheMiddleware(
+            chain = cached = CacheMiddleware(
                 chain,
                 backend=self.cache_backend,
                 rules=cache_rules,
@@ -330,7 +331,14 @@ class Chain:
                 poll_interval=self.cache.poll_interval,
                 clock=self.clock,
             )
-        chain = self._rate_limited(chain, [*_declared_rules(declared), *self.rate_rules])
+        limited = self._rate_limited(chain, [*_declared_rules(declared), *self.rate_rules])
+        if cached is not None and limited is not chain and self._one_redis():
+            from scalekit.ratelimit import RateLimitMiddleware
+
+            if isinstance(limited, RateLimitMiddleware):
+                # one round trip for a limited, cached hit: the limiter carries the lookup
+                limited.prefetch_with(cached.prefetch)
+        chain = limited
         if self.identity is not None:
             chain = _Identity(chain, self.identity)
         if self.auth_backend is not None:
@@ -338,6 +346,31 @@ class Chain:
 
             chain = AuthenticationMiddleware(chain, backend=self.auth_backend)
         return chain
+
+    def _one_redis(self) -> bool:
+        """Whether the limiter's checks can carry the cache's lookups.
+
+        Both on one standalone Redis (same server, database and client
+        settings; not Sentinel, not Cluster), the limiter batching on its held
+        connection and the cache looking up on its own.
+        """
+        from scalekit.cache import RedisCache
+        from scalekit.ratelimit import RedisRateLimitBackend
+
+        cache, storage = self.cache_backend, self.storage
+        if not isinstance(cache, RedisCache) or not isinstance(storage, RedisRateLimitBackend):
+            return False
+        if not storage.can_prefetch:
+            return False
+        first: Any = getattr(cache.client, "connection_pool", None)
+        second: Any = getattr(storage.client, "connection_pool", None)
+        if type(first).__name__ != "ConnectionPool" or type(second).__name__ != "ConnectionPool":
+            return False  # Sentinel, Cluster or something else: keep the two calls
+        same = ("host", "port", "path", "db", "username", "decode_responses", "protocol")
+        ours, theirs = first.connection_kwargs, second.connection_kwargs
+        return first.connection_class is second.connection_class and all(
+            ours.get(name) == theirs.get(name) for name in same
+        )
 
     def _rate_limited(self, app: ASGIApp, rules: list[Rule]) -> ASGIApp:
         if self.settings.rate_limit:

@@ -30,9 +30,10 @@ from typing import Any, Protocol, cast, runtime_checkable
 import structlog
 
 from scalekit import _redis, events
-from scalekit._breaker import CircuitBreaker, CircuitOpen
+from scalekit._breaker import BreakerState, CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
+from scalekit._prefetch import Prefetch
 from scalekit.cache.errors import CacheBackendError, CacheConfigError, CacheUnavailable
 from scalekit.cache.keys import EntryKeys
 from scalekit.cache.pipe import ScriptPipe, supports_pipe
@@ -531,6 +532,47 @@ class RedisCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _script_keys(self, keys: EntryKeys, same: list[str]) -> list[str]:
+        return [self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same]
+
+    def prefetch(self, keys: EntryKeys, tags: Sequence[str], *, now: float) -> Prefetch | None:
+        """A lookup of ``keys`` that takes no fill lock, for another sender to carry.
+
+        None on Cluster, when a tag's counter lives in another slot, without a
+        held connection, or while the breaker is not closed (the cache then
+        degrades on its own, as without a prefetch).
+        """
+        pipe = self._lookup_pipe
+        if pipe is None or self.breaker.state is not BreakerState.CLOSED:
+            return None
+        same, other = self._split_tags(keys, tags)
+        if other:
+            return None
+        args = [int(now * 1000), "", 1, ",".join(keys.vary), _epoch(), int(COUNTER_TTL * 1000)]
+        return Prefetch(pipe.script, pipe.sha, self._script_keys(keys, same), args)
+
+    def prefetched(self, prefetch: Prefetch, keys: EntryKeys, tags: Sequence[str]) -> Lookup | None:
+        """The answer of :meth:`prefetch` when it looked up these keys, else None."""
+        same, other = self._split_tags(keys, tags)
+        if other or not prefetch.answered or prefetch.keys != self._script_keys(keys, same):
+            return None
+        result = prefetch.reply
+        if not isinstance(result, list) or len(result) < 6:
+            return None
+        return self._found(result, (result[4] or b"").decode(), None)
+
+    def _found(self, result: list[Any], current: str, token: str | None) -> Lookup:
+        data, fresh_until, entry_versions, marker = result[:4]
+        return Lookup(
+            data=data,
+            fresh_until=_number(fresh_until) / 1000,
+            entry_versions=_text(entry_versions),
+            versions=current,
+            marker=_text(marker),
+            final=bool(result[5]),
+            lock_token=token if len(result) > 6 and result[6] else None,
+        )
+
     async def lookup(
         self, keys: EntryKeys, tags: Sequence[str], *, now: float, lock_ttl: float | None
     ) -> Lookup:
@@ -545,7 +587,7 @@ class RedisCache:
             epoch,
             int(COUNTER_TTL * 1000),
         ]
-        script_keys = [self._key(keys.base), self._key(keys.variant), self._key(keys.lock), *same]
+        script_keys = self._script_keys(keys, same)
         if other:
 
             async def both() -> tuple[Any, Any]:
@@ -575,16 +617,7 @@ class RedisCache:
                     "lookup", lambda: self._lookup(keys=script_keys, args=args)
                 )
             current = (result[4] or b"").decode()
-        data, fresh_until, entry_versions, marker = result[:4]
-        return Lookup(
-            data=data,
-            fresh_until=_number(fresh_until) / 1000,
-            entry_versions=_text(entry_versions),
-            versions=current,
-            marker=_text(marker),
-            final=bool(result[5]),
-            lock_token=token if len(result) > 6 and result[6] else None,
-        )
+        return self._found(result, current, token)
 
     async def store(
         self,

@@ -30,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalekit import events
 from scalekit._clock import Clock, get_clock
+from scalekit._prefetch import SCOPE_KEY as PREFETCHED
+from scalekit._prefetch import Prefetch
 from scalekit.cache import respond
 from scalekit.cache.backends import CacheBackend, Lookup
 from scalekit.cache.capture import Captured, ResponseCapture
@@ -143,17 +145,59 @@ class CacheMiddleware:
                 return rule, params
         return None
 
+    def prefetch(self, scope: Scope) -> Prefetch | None:
+        """The lookup this request would make, taking no fill lock, for the rate limiter to carry.
+
+        None when the request would make none (not a GET or HEAD, no rule, a
+        bypass, a refresh) or the backend cannot hand it over (see
+        :meth:`RedisCache.prefetch`). The answer comes back in the scope;
+        only a fresh hit is served from it.
+        """
+        make = getattr(self.backend, "prefetch", None)
+        if make is None or scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            return None
+        matched = self._match(scope)
+        if matched is None:
+            return None
+        rule, params = matched
+        planned = plan(
+            rule, params, scope, identity=self.identity, vary=self._vary.get(rule.name, ())
+        )
+        if isinstance(planned, Bypass) or planned.refresh:
+            return None
+        prefetch: Prefetch | None = make(planned.keys, planned.tags, now=self._now())
+        return prefetch
+
+    def _prefetched(self, prefetch: Any, request: CacheRequest) -> Entry | None:
+        """The fresh entry the rate limiter's combined round trip found, if any."""
+        read = getattr(self.backend, "prefetched", None)
+        if read is None or not isinstance(prefetch, Prefetch) or request.refresh:
+            return None
+        found: Lookup | None = read(prefetch, request.keys, request.tags)
+        if found is None or not found.final:
+            return None
+        verdict = classify(found, self._now(), request.rule)
+        return verdict.entry if isinstance(verdict, Fresh) else None
+
     # -- look up and answer -------------------------------------------------------------------
 
     async def _cacheable(
         self, rule: CacheRule, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
     ) -> None:
+        prefetch = scope.pop(PREFETCHED, None)
         planned = plan(
             rule, params, scope, identity=self.identity, vary=self._vary.get(rule.name, ())
         )
         if isinstance(planned, Bypass):
             await self._bypass(rule, planned.reason, scope, receive, send)
             return
+        if prefetch is not None:
+            entry = self._prefetched(prefetch, planned)
+            if entry is not None:
+                _emit(rule, "hit")
+                now = self._now()
+                await self._send(planned, entry, send, ("hit",), now)
+                return
         try:
             # HEAD never fills, so it never takes the fill lock.
             request, found = await self._lookup(planned, lock=not (planned.head or planned.refresh))

@@ -62,6 +62,16 @@ class ScriptPipe:
         self._sending = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def script(self) -> str:
+        """The script's source."""
+        return self._script
+
+    @property
+    def sha(self) -> str:
+        """The script's SHA1, as ``EVALSHA`` names it."""
+        return self._sha
+
     async def call(
         self,
         keys: list[str],

@@ -22,6 +22,7 @@ Strategies, with the meanings of the ``limits`` package:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -37,6 +38,7 @@ from scalekit import events
 from scalekit._breaker import BreakerState, CircuitBreaker, CircuitOpen
 from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
+from scalekit._prefetch import Prefetch
 from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, AsyncRedisClient, from_url, redis_errors
 from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitUnavailable
 from scalekit.ratelimit.failover import SentinelFollower
@@ -93,6 +95,7 @@ class Mode(enum.StrEnum):
 
 _logger = structlog.get_logger("scalekit.ratelimit")
 _T = TypeVar("_T")
+_Pending = tuple[list[str], list[Any], "asyncio.Future[Any]", Prefetch | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -322,7 +325,7 @@ class RedisRateLimitBackend:
         self._init_lock = asyncio.Lock()
         # redis-py's Cluster pipelines route differently; batch only elsewhere
         self._batching = batching and not hasattr(client, "get_nodes")
-        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Pending] = []
         self._sending = False
         self._connection: Any = None
         exceptions = require("redis.exceptions", "redis")
@@ -346,8 +349,23 @@ class RedisRateLimitBackend:
         """What follows the master through failovers, on Sentinel (else None)."""
         return self._follower
 
-    async def check(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict:
+    @property
+    def can_prefetch(self) -> bool:
+        """Whether :meth:`check` can carry a cache lookup (batching, not on Sentinel)."""
+        return self._batching and self._follower is None
+
+    async def check(
+        self,
+        checks: Sequence[LimitCheck],
+        at: float | None = None,
+        *,
+        prefetch: Prefetch | None = None,
+    ) -> Verdict:
         """Run ``checks`` in one ``EVALSHA`` (``EVAL`` once after a restart or failover).
+
+        ``prefetch`` (when :attr:`can_prefetch`) is sent in the same write,
+        right after the checks; its reply is recorded on it, an error reply
+        leaves it unanswered.
 
         Raises:
             RateLimitUnavailable: Redis failed or timed out.
@@ -368,7 +386,7 @@ class RedisRateLimitBackend:
             if self._follower is not None:
                 self._follower.start()
             if self._batching:
-                raw = await self._batched(keys, args)
+                raw = await self._batched(keys, args, prefetch)
             else:
                 await self._follow_the_master()
                 raw = await self._round_trip(self._run, keys, args)
@@ -410,13 +428,13 @@ class RedisRateLimitBackend:
             # EVAL runs the script and caches it again, still one call.
             return await self._client.execute_command("EVAL", self._script, len(keys), *keys, *args)
 
-    async def _batched(self, keys: list[str], args: list[Any]) -> Any:
+    async def _batched(self, keys: list[str], args: list[Any], prefetch: Prefetch | None) -> Any:
         # One sender at a time: checks that arrive while a pipeline is in
         # flight wait for it and then travel together in the next one. Each is
         # still its own atomic script; they share one write and one read,
         # which is most of a call's cost. A lone check is sent as it is.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, args, future))
+        self._pending.append((keys, args, future, prefetch))
         if not self._sending:
             self._sending = True
             task = asyncio.ensure_future(self._drain())
@@ -433,7 +451,7 @@ class RedisRateLimitBackend:
         finally:
             self._sending = False
 
-    async def _send(self, pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, pending: list[_Pending]) -> None:
         try:
             await self._follow_the_master()
             results = await self._round_trip(self._on_connection, pending)
@@ -447,13 +465,15 @@ class RedisRateLimitBackend:
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         except BaseException as exc:
-            for _, _, future in pending:
+            for _, _, future, prefetch in pending:
+                if prefetch is not None:
+                    prefetch.forget()
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), result in zip(pending, results, strict=True):
+        for (_, _, future, _), result in zip(pending, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):
@@ -463,7 +483,7 @@ class RedisRateLimitBackend:
 
     async def _on_connection(
         self,
-        pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]],
+        pending: list[_Pending],
         reload: bool = False,
     ) -> list[Any]:
         # The sender keeps one connection of the client's pool for itself:
@@ -475,12 +495,16 @@ class RedisRateLimitBackend:
             connection = await self._connect()
         try:
             commands: list[tuple[Any, ...]] = [
-                ("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _ in pending
+                ("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args, _, _ in pending
             ]
             if reload and len(commands) == 1:
                 commands[0] = ("EVAL", self._script, *commands[0][2:])
             elif reload:
                 commands.insert(0, ("SCRIPT", "LOAD", self._script))
+            # a cache lookup travelling with its check (not on a reload: the
+            # first write already carried it); read after all the checks
+            extras = [] if reload else [p for _, _, _, p in pending if p is not None]
+            commands += [("EVALSHA", p.sha, len(p.keys), *p.keys, *p.args) for p in extras]
             await connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
@@ -492,6 +516,10 @@ class RedisRateLimitBackend:
                     results.append(await connection.read_response())
                 except self._response_error as exc:
                     results.append(exc)
+            for extra in extras:
+                # NOSCRIPT or any error reply: the cache looks up on its own
+                with contextlib.suppress(self._response_error):
+                    extra.answer(await connection.read_response())
         except BaseException:
             await self._drop(connection)
             raise

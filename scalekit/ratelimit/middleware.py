@@ -25,6 +25,8 @@ from scalekit import events
 from scalekit._breaker import CircuitBreaker
 from scalekit._clock import Clock
 from scalekit._net import ClientIP, ForwardedHeader
+from scalekit._prefetch import SCOPE_KEY as PREFETCHED
+from scalekit._prefetch import Prefetch, Prefetcher
 from scalekit.ratelimit import responses
 from scalekit.ratelimit.backends import (
     LimitCheck,
@@ -128,6 +130,16 @@ class RateLimitMiddleware:
         self._planner = Planner(
             self.rules, strategy=self.strategy, key_prefix=key_prefix, client_ip=client_ip
         )
+        self._prefetcher: Prefetcher | None = None
+
+    def prefetch_with(self, prefetcher: Prefetcher | None) -> None:
+        """Send ``prefetcher``'s lookup for a request with its first check (the stack wires it).
+
+        Only for a backend whose checks can carry it (``RedisRateLimitBackend``
+        on standalone Redis) and a lookup on the same Redis; the answer is
+        handed to the app in the scope, never for a rejected request.
+        """
+        self._prefetcher = prefetcher
 
     async def aclose(self) -> None:
         """Close the backend's connections (also done at lifespan shutdown)."""
@@ -146,7 +158,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         scope[CLIENT_IP_SCOPE_KEY] = plan.client_ip
-        outcome = await self._enforce(plan)
+        prefetch = self._prefetcher(scope) if self._prefetcher is not None else None
+        outcome = await self._enforce(plan, prefetch)
+        if prefetch is not None and prefetch.answered and isinstance(outcome, Admitted):
+            scope[PREFETCHED] = prefetch
         if isinstance(outcome, Rejected):
             await responses.send_too_many_requests(send, outcome, self.fields)
         elif isinstance(outcome, Unavailable):
@@ -154,12 +169,18 @@ class RateLimitMiddleware:
         else:
             await self._serve(scope, receive, send, outcome)
 
-    async def _enforce(self, plan: Plan) -> Outcome:
-        """One backend call per identity, in rule order; stop at the first no."""
+    async def _enforce(self, plan: Plan, prefetch: Prefetch | None = None) -> Outcome:
+        """One backend call per identity, in rule order; stop at the first no.
+
+        ``prefetch`` travels with the first call.
+        """
         passed: list[Checked] = []
         failed_open = False
         for group in plan.groups:
-            verdict = await self._call(group.checks)
+            verdict = await self._call(group.checks, prefetch=prefetch)
+            if verdict is None and prefetch is not None:
+                prefetch.forget()  # its round trip failed: the cache looks up on its own
+            prefetch = None
             if verdict is None:
                 self._decide(group.rule_names, "error")
                 if group.fails_closed(self.on_backend_error):
@@ -195,13 +216,21 @@ class RateLimitMiddleware:
                 for checked in refunded_on_success:
                     await self._call(checked.group.success_refunds(), at=checked.verdict.at)
 
-    async def _call(self, checks: Sequence[LimitCheck], at: float | None = None) -> Verdict | None:
+    async def _call(
+        self,
+        checks: Sequence[LimitCheck],
+        at: float | None = None,
+        *,
+        prefetch: Prefetch | None = None,
+    ) -> Verdict | None:
         """One backend call; ``None`` when the backend is unavailable.
 
         The backend's breaker and its failure reports (one per failed round
         trip) live in the backend: a request here is not a round trip.
         """
         try:
+            if prefetch is not None:
+                return await self.backend.check(checks, at, prefetch=prefetch)  # type: ignore[call-arg]
             return await self.backend.check(checks, at)
         except RateLimitUnavailable:
             return None
