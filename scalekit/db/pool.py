@@ -680,8 +680,15 @@ class Pool:
     def _new_slot(self, deadline: Deadline) -> Slot:
         arguments = self._connector.arguments(self.connect_timeout, deadline)
         if self.dialect == "mysql":
+            # The handshake and the session statements are read with the socket
+            # timeouts, not connect_timeout: a frozen server that accepts the TCP
+            # connect would hold a connect for the whole read_timeout. Cut them
+            # to the connect's limit; the configured ones are put back below.
+            limit = arguments.get("connect_timeout")
             for key in ("read_timeout", "write_timeout"):
                 value = self._timeout(key, 1 if key == "read_timeout" else 2)
+                if limit is not None:
+                    value = limit if value is None else min(value, limit)
                 if value is not None:
                     arguments[key] = value
         try:
@@ -703,6 +710,8 @@ class Pool:
             self._backoff.failed(str(exc), unresponsive=is_timeout(exc))
             raise error from exc
         self._backoff.succeeded()
+        if self.dialect == "mysql" and hasattr(steady._con, "_read_timeout"):
+            Connector.restore(steady._con, self.read_timeout, self.write_timeout)
         if self._creator_is_callable:
             self._adopt(steady._con)
         self._slots.opened_one()

@@ -14,8 +14,11 @@ clocks matter, not their offsets.
 
 While the control database does not answer a poll, the set keeps its map,
 emits ``BackendError("db.shards", "map_poll", ...)`` and polls again an
-interval later; guarded writes stay safe (the fences turn them away), reads
-may be stale for as long as the outage lasts.
+interval after the failed poll ended; guarded writes stay safe (the fences
+turn them away), reads may be stale for as long as the outage lasts. A poll
+gives up after ``POLL_TIMEOUT`` (statements waiting for it wait that long at
+most), so a frozen control database cannot stall every statement for the
+control pool's whole read timeout.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ __all__ = ["DEFAULT_REFRESH_INTERVAL", "MapFollower"]
 DEFAULT_REFRESH_INTERVAL = 1.0
 """Seconds between an instance's polls of the stored map version (and the mover's wait)."""
 
+POLL_TIMEOUT = 1.0
+"""Seconds one poll of the stored version may take (checkout and query) before it fails."""
+
 
 def _version(strategy: ShardStrategy) -> object:
     return getattr(strategy, "version", None)
@@ -45,7 +51,8 @@ class MapFollower:
     Args:
         strategy: the strategy to start with.
         load: returns the stored strategy; None follows nothing.
-        version: returns the stored version cheaply; None polls with ``load``.
+        version: returns the stored version cheaply, within the seconds it is
+            given; None polls with ``load``.
         interval: seconds between polls; None polls never (fence hits still reload).
         clock: where the interval is read.
         check: raises if a loaded strategy does not fit the set.
@@ -56,7 +63,7 @@ class MapFollower:
         strategy: ShardStrategy,
         *,
         load: Callable[[], ShardStrategy] | None,
-        version: Callable[[], int] | None,
+        version: Callable[[float], int] | None,
         interval: float | None,
         clock: Clock,
         check: Callable[[ShardStrategy], None],
@@ -108,12 +115,16 @@ class MapFollower:
             self.polls += 1
             try:
                 if self._version is not None:
-                    if self._version() != _version(self.strategy):
+                    if self._version(POLL_TIMEOUT) != _version(self.strategy):
                         self._install(self._load())
                 else:
                     self._install(self._load())
             except DatabaseError as exc:
                 events.emit(events.BackendError("db.shards", "map_poll", str(exc)))
+                # Not due again at once: from when it failed (a poll sent at
+                # ``sent`` may have taken a whole timeout), or every statement
+                # would wait for one failing poll after another.
+                sent = self._clock.monotonic()
             self._checked = sent
 
     def reload(self) -> ShardStrategy:

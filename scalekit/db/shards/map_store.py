@@ -62,13 +62,22 @@ class MapStore:
         bucket_map._stored = True
         return bucket_map
 
-    def version(self) -> int:
+    def version(self, timeout: float | None = None) -> int:
         """The stored map's version: one row, for instances that poll for changes.
+
+        Args:
+            timeout: seconds the checkout and the query may take together
+                (default: the pool's ``acquire_timeout`` and ``read_timeout``).
 
         Raises:
             ConfigError: the table holds no map.
         """
-        rows = self.pool.query(f"SELECT version FROM {self.table} WHERE bucket = -1")
+        sql = f"SELECT version FROM {self.table} WHERE bucket = -1"
+        if timeout is None:
+            rows = self.pool.query(sql)
+        else:
+            with self.pool.connection(timeout, deadline=timeout) as conn:
+                rows = conn.query(sql)
         if not rows:
             raise ConfigError(
                 f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"

@@ -6,6 +6,7 @@ import collections
 import os
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -378,3 +379,22 @@ def test_pool_timeout_names_connects_in_progress(
     pool = pools.pool(mariadb_replication.primary.url, max_connections=1, acquire_timeout=0.05)
     with pool.connection(), pytest.raises(PoolTimeout, match=r"max_connections=1: 1 in use"):
         pool.query("SELECT 1")
+
+
+def test_a_connect_to_a_frozen_server_ends_within_connect_timeout(
+    mariadb_replication: MariaDBReplication, pools: Pools
+) -> None:
+    """The server accepts the TCP connect but never sends its handshake: pymysql read it with
+    read_timeout (60 s for a primary), neither connect_timeout nor the deadline (attack11)."""
+    server = mariadb_replication.replica  # healed (thawed) by the harness after the test
+    pool = pools.pool(server.url + "?connect_timeout=1&read_timeout=30", name="frozen")
+    server.freeze()
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="cannot connect"):
+        pool.query("SELECT 1")
+    assert time.monotonic() - started < 1.0 + 1.5  # connect_timeout, not read_timeout
+    server.thaw()
+    pools.clock.advance(1.0)  # the connect back-off ends
+    with pool.connection() as conn:  # the configured timeouts are back after the connect
+        raw = conn.dbapi_connection
+        assert (raw._read_timeout, raw._write_timeout) == (30.0, 60.0)

@@ -6,6 +6,7 @@ That ``query_all`` runs the shards at the same time is shown by the unit tests
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,7 @@ from scalekit.db import (
     ConfigError,
     Cursor,
     JumpHash,
+    MapStore,
     MoveError,
     Pool,
     ReplicaSet,
@@ -26,6 +28,7 @@ from scalekit.db import (
     ShardSet,
     move_bucket,
 )
+from scalekit.db.shards.freshness import POLL_TIMEOUT
 
 DATABASES = ["scalekit_shard_a", "scalekit_shard_b"]
 CONTROL = "scalekit_shard_ctl"
@@ -173,3 +176,33 @@ def test_a_stale_derived_map_cannot_undo_a_finished_move(
     assert shard_pools[1].query("SELECT user_id FROM items") == [{"user_id": key}]
     control.close()
     shards.close()
+
+
+def test_a_frozen_control_database_costs_a_statement_one_poll_timeout(
+    urls: tuple[str, list[str]],
+    shard_pools: list[ReplicaSet],
+    mariadb_replication: MariaDBReplication,
+) -> None:
+    """The map poll ran with the control pool's 60 s read timeout (120 s with its retry), and
+    every statement of every thread waited for it, poll after poll (attack11)."""
+    primary_control = Pool.from_url(urls[0])
+    BucketMap(8, shards=2).save_db(primary_control)
+    primary_control.close()
+    mariadb_replication.wait_caught_up()
+    # The map read from the replica server, so that freezing it leaves the shards alone.
+    replica = mariadb_replication.replica  # thawed by the harness after the test
+    control = Pool.from_url(replica.url.rsplit("/", 1)[0] + f"/{CONTROL}", name="control")
+    clock = ManualClock()
+    shards = ShardSet(shard_pools, map_store=MapStore(control), refresh_interval=1.0,
+                      clock=clock)  # fmt: skip
+    try:
+        replica.freeze()
+        clock.advance(1.0)
+        started = time.monotonic()
+        assert shards.query("SELECT 1 AS one", key=7) == [{"one": 1}]  # the old map serves
+        assert shards.query("SELECT 1 AS one", key=8) == [{"one": 1}]  # no second poll
+        assert time.monotonic() - started < POLL_TIMEOUT + 1.5
+        assert shards.map_polls == 1
+    finally:
+        replica.thaw()
+        control.close()
