@@ -86,6 +86,10 @@ class MapFollower:
         self.reloads = 0
         """Times a newer strategy was installed."""
 
+    def after_fork(self) -> None:
+        """In a forked child: a parent thread may have held the lock at fork time."""
+        self._lock = threading.Lock()
+
     @property
     def follows(self) -> bool:
         """Whether there is a source to reload from."""

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from ... import events
 from ..._clock import Clock, get_clock
+from .. import _fork
 from ..errors import BucketMoved, ConfigError
 from ..pool import Cursor, Params, Result, Row
 from ..replicas import ReplicaSet
@@ -243,6 +244,14 @@ class ShardSet:
         self._fences_ready: set[int] = set()
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        _fork.register(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's fan-out threads do not exist here (a task
+        submitted to their executor would wait forever), and its locks may be held."""
+        self._lock = threading.Lock()
+        self._executor = None
+        self._map.after_fork()
 
     def _check(self, strategy: ShardStrategy) -> None:
         if strategy.shard_count != len(self.shards):

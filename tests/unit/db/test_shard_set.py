@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -262,3 +264,22 @@ async def test_execute_returning_keeps_the_rows_as_on_replica_set(
     assert result.rows == [{"id": 7, "title": "n"}]
     done = await shard_set.aexecute(insert, (8, 3), key=3, returning=True)
     assert done.rows == [{"id": 8, "title": "n"}]
+
+
+def test_query_all_in_a_forked_child_does_not_wait_forever(tmp_path: Path) -> None:
+    """After fork (gunicorn --preload) the parent's fan-out executor has no threads in the
+    child: query_all queued its reads there and waited forever (attack11)."""
+    shard_set = ShardSet(sqlite_shards(tmp_path, 2), strategy=JumpHash(2))
+    assert len(shard_set.query_all("SELECT 1 AS one")) == 2  # the executor's threads start
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.alarm(10)  # a hang ends the child with SIGALRM
+            code = 0 if len(shard_set.query_all("SELECT 1 AS one")) == 2 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(shard_set.query_all("SELECT 1 AS one")) == 2  # the parent's still works
+    shard_set.close()
