@@ -179,7 +179,7 @@ class ReplicaSet:
             MisroutedWrite: the statement is a write.
         """
         if primary or not self._replicas:
-            return self.primary.query(sql, params)
+            return self._primary_query(sql, params, key)
         to_primary, gtid, reason = self._plan(key, after)
         if not to_primary:
             served, rows, reason = self._replica_read(sql, params, gtid, self._candidates())
@@ -187,7 +187,7 @@ class ReplicaSet:
                 return rows
         self._event("fallback_primary", reason)
         try:
-            return self.primary.query(sql, params)
+            return self._primary_query(sql, params, key)
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
@@ -200,6 +200,19 @@ class ReplicaSet:
             raise NoHealthyServer(
                 f"no replica of {self.name!r} could serve the read and the primary failed: {exc}"
             ) from exc
+
+    def _primary_query(self, sql: str, params: Params, key: object) -> list[Row]:
+        """``query`` on the primary; a write by its text marks and pins as ``execute`` does."""
+        if classify(sql).read:
+            return self.primary.query(sql, params)
+        mark_key = str(key) if key is not None else _scope.bound_key()
+        try:
+            rows = self.primary.query(sql, params)
+        except WriteOutcomeUnknown:
+            self._wrote(mark_key, None)
+            raise
+        self._wrote(mark_key, None)
+        return rows
 
     def _plan(self, key: object, after: str | None) -> tuple[bool, str | None, str]:
         gtid = after

@@ -210,3 +210,23 @@ async def test_async_reads_run_concurrently_and_a_write_pins_the_task(
     await rs.aexecute(f"INSERT INTO {TABLE} (user_id, note) VALUES (%s, %s)", [9, tag])
     await rs.aquery(f"SELECT /* {tag}-w */ 1")  # pinned in this task: the primary
     assert count_statements(general_log.primary, f"{tag}-w") == 1
+
+
+def test_a_write_sent_with_query_on_the_primary_is_read_back_too(
+    mariadb_replication: MariaDBReplication, pools: Pools
+) -> None:
+    """``query("INSERT … RETURNING …", primary=True, key=…)`` wrote without a pin or a mark:
+    the next read, in the same request too, went to a lagging replica and missed it (attack11)."""
+    rs = pools.replica_set(max_lag=100.0, pin_after_write=4000.0, lag_check_interval=3600.0)
+    rs.query("SELECT 1")  # replica checked once while caught up
+    mariadb_replication.set_delay(60)
+    note = marker()
+    inserted = rs.query(f"INSERT INTO {TABLE} (user_id, note) VALUES (9, %s) RETURNING id",
+                        [note], primary=True, key=9)  # fmt: skip
+    sql = f"SELECT COUNT(*) AS n FROM {TABLE} WHERE id = %s"
+    assert rs.query(sql, [inserted[0]["id"]], key=9) == [{"n": 1}]  # the mark for key 9
+
+    def other_request() -> list[dict[str, object]]:  # no pin there: only the mark counts
+        return rs.query(sql, [inserted[0]["id"]], key=9)
+
+    assert contextvars.Context().run(other_request) == [{"n": 1}]
