@@ -85,7 +85,9 @@ class Cursor:
         Before 0.1 this returned the affected row count; the ``Result`` still
         compares and converts like that int, with a ``DeprecationWarning``.
         """
-        result, rows = self._connection._run(sql, params, in_transaction=self._in_transaction)
+        result, rows = self._connection._run(
+            sql, params, in_transaction=self._in_transaction, write=True
+        )
         self.rowcount = result.rowcount
         self.lastrowid = result.lastrowid
         self._rows = rows
@@ -145,7 +147,7 @@ class Connection:
             WriteOutcomeUnknown: the connection was lost with the write in flight.
         """
         self._pool._check_read_only(self)
-        result, rows = self._run(sql, params)
+        result, rows = self._run(sql, params, write=True)
         return dataclasses.replace(result, rows=rows) if returning else result
 
     def cursor(self) -> Cursor:
@@ -203,8 +205,10 @@ class Connection:
         return decision.error
 
     def _run(
-        self, sql: str, params: Params, *, in_transaction: bool = False
+        self, sql: str, params: Params, *, in_transaction: bool = False, write: bool = False
     ) -> tuple[Result, list[Row]]:
+        """Run one statement; ``write``: sent with ``execute``, so never sent again when lost
+        in flight, even if its text reads (``SELECT f()`` where ``f`` writes)."""
         pool = self._pool
         statement = classify(sql)
         if not statement.session_clean:
@@ -252,7 +256,9 @@ class Connection:
             self._answered = exc
             raise
         except Exception as exc:
-            error = self._decide(exc, write=not statement.read, in_transaction=in_transaction)
+            error = self._decide(
+                exc, write=write or not statement.read, in_transaction=in_transaction
+            )
             outcome = outcome_name(error)
             if error is exc:
                 raise

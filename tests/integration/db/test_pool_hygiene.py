@@ -226,6 +226,28 @@ def test_read_lost_after_it_ran_is_sent_again_once(
     assert proxy.drops == 1
 
 
+def test_a_select_sent_with_execute_is_never_sent_again(
+    mariadb_replication: MariaDBReplication, pools: Pools, counting_proxy: Any
+) -> None:
+    """A SELECT calling a function that writes: the docs say to send it with execute(), but
+    Pool.execute sent it again after a lost reply (by its text a read): two rows, and no
+    error (attack11)."""
+    tag = marker()
+    proxy = dropping_proxy(mariadb_replication, counting_proxy, tag)
+    pool = pools.pool(proxy.url_for(mariadb_replication.primary.url))
+    function = f"{APP_DATABASE}.scalekit_add_item"
+    mariadb_replication.primary.query(f"DROP FUNCTION IF EXISTS {function}")
+    mariadb_replication.primary.query(  # as root: creating functions needs SUPER with a binlog
+        f"CREATE FUNCTION {function}(n VARCHAR(40)) RETURNS INT DETERMINISTIC "
+        f"BEGIN INSERT INTO {APP_DATABASE}.{TABLE} (user_id, note) VALUES (0, n); RETURN 1; END"
+    )
+    proxy.drop_after_response_to = lambda sent: tag.encode() in sent and proxy.drops == 0
+    with pytest.raises(WriteOutcomeUnknown):
+        pool.execute("SELECT scalekit_add_item(%s) AS added", [tag])
+    assert proxy.drops == 1
+    assert rows_with(mariadb_replication, tag) == 1  # it ran once, and was not sent again
+
+
 def test_execute_returning_gives_the_rows(
     mariadb_replication: MariaDBReplication, pools: Pools
 ) -> None:
