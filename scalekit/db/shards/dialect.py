@@ -74,6 +74,10 @@ class Dialect:
         """``INSERT`` of one row that does nothing if its key exists."""
         raise ConfigError(f"no insert-or-ignore for a {self.name!r} pool")
 
+    def unique_keys(self, conn: Connection, table: str) -> list[tuple[str, ...]] | None:
+        """The columns of the table's primary and unique keys, in order; None: cannot tell."""
+        return None
+
     def replication_position(self, conn: Connection) -> str | None:
         """Where the server's replicas must be to have every write it made; None: unknown."""
         return None
@@ -113,6 +117,18 @@ class MySQLDialect(Dialect):
         value = self.quote(column) if binary else f"CONVERT({self.quote(column)} USING utf8mb4)"
         digest = f"SHA2({value}, 256)"
         return f"MOD(CAST(CONV(LEFT({digest}, 16), 16, 10) AS UNSIGNED), {int(buckets)})"
+
+    def unique_keys(self, conn: Connection, table: str) -> list[tuple[str, ...]] | None:
+        rows = conn.query(
+            "SELECT INDEX_NAME AS name, COLUMN_NAME AS col FROM information_schema.STATISTICS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND NON_UNIQUE = 0 "
+            "ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
+            [table],
+        )
+        keys: dict[str, list[str]] = {}
+        for row in rows:
+            keys.setdefault(str(row["name"]), []).append(str(row["col"]))
+        return [tuple(columns) for columns in keys.values()]
 
     def replication_position(self, conn: Connection) -> str | None:
         # MariaDB's GTID position; None where the server writes no binary log.
@@ -160,6 +176,17 @@ class SQLiteDialect(Dialect):
     def bucket_of(self, column: str, buckets: int, *, binary: bool = False) -> str:
         # The function gets what Python would: int, str (UTF-8) or bytes (a BLOB).
         return f"scalekit_bucket({self.quote(column)}, {int(buckets)})"
+
+    def unique_keys(self, conn: Connection, table: str) -> list[tuple[str, ...]] | None:
+        quoted = self.quote(table)
+        columns = [row for row in conn.query(f"PRAGMA table_info({quoted})") if row["pk"]]
+        keys = [tuple(str(row["name"]) for row in sorted(columns, key=lambda r: r["pk"]))]
+        for index in conn.query(f"PRAGMA index_list({quoted})"):
+            if index["unique"]:
+                name = str(index["name"]).replace('"', '""')
+                info = conn.query(f'PRAGMA index_info("{name}")')
+                keys.append(tuple(str(row["name"]) for row in info if row["name"]))
+        return [key for key in keys if key]
 
     def upsert(self, table: str, columns: Sequence[str], key: Sequence[str], rows: int) -> str:
         return f"INSERT OR REPLACE INTO {self.quote(table)} {self._values(columns, rows)}"

@@ -338,7 +338,8 @@ class _Move:
         of the bucket's rows and the target does (the shards look swapped).
 
         Raises:
-            MoveError: a database is recorded as another shard, or looks swapped.
+            MoveError: a database is recorded as another shard, or looks swapped,
+                or a table's declared primary key is not a key of the table.
         """
         indexes = list(dict.fromkeys((self.source, self.target)))
         for index in indexes:
@@ -358,6 +359,10 @@ class _Move:
                 fence.check_shard(self.pools[index], index, self.fence_table)
             except ConfigError as exc:
                 raise MoveError(str(exc)) from None
+        for side in (self.src, self.dst):
+            with side.connect() as conn:
+                for table in self.tables:
+                    side.check_key(conn, table)
 
     def start(self) -> None:
         """Record a new move at its first step."""

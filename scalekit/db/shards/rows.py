@@ -86,6 +86,30 @@ class BucketRows:
                 }
             yield conn
 
+    def check_key(self, conn: Connection, table: ShardedTable) -> None:
+        """The declared primary key identifies one row here (a key of the table is within it).
+
+        Rows are upserted and deleted by the declared key: declaring ``id``
+        where the table's key is ``(user_id, id)`` would delete other buckets'
+        rows that share an ``id``.
+
+        Raises:
+            MoveError: no primary or unique key of the table is made of the
+                declared columns (or the table does not exist).
+        """
+        keys = self.dialect.unique_keys(conn, table.name)
+        declared = {column.lower() for column in table.primary_key}
+        if keys is None or any({column.lower() for column in key} <= declared for key in keys):
+            return
+        found = "; ".join(",".join(key) for key in keys) or "none: does the table exist there?"
+        suggestion = ",".join(keys[0]) if keys else ",".join(table.primary_key)
+        raise MoveError(
+            f"table {table.name} on {self.pool.name!r}: the declared primary key "
+            f"({','.join(table.primary_key)}) is not a key of the table (its primary and "
+            f"unique keys: {found}); rows are copied and deleted by it, so declare the "
+            f"table's primary key, e.g. {table.name}:{table.shard_key}:{suggestion}"
+        )
+
     def predicate(self, table: ShardedTable) -> tuple[str, list[Any]]:
         """The ``WHERE`` condition (and its parameters) for the bucket's rows of ``table``.
 

@@ -715,3 +715,23 @@ def test_a_target_replica_that_does_not_catch_up_holds_the_flip(
     finally:
         replica.close()
     assert (small.count(0), small.count(1)) == (0, small.rows)
+
+
+def test_a_declared_primary_key_that_is_not_the_tables_is_refused(small: Small) -> None:
+    """``--table notes:user_id:id`` where the key is (user_id, id): the delete step removed
+    the rows of users in other buckets that share an id, and the move reported success."""
+    for shard in small.shards:
+        shard.execute("CREATE TABLE notes (user_id BIGINT NOT NULL, id INT NOT NULL, "
+                      "body VARCHAR(16) NOT NULL, PRIMARY KEY (user_id, id))")  # fmt: skip
+    other = next(u for u in range(5000) if small.map.shard_for(u) == 0
+                 and small.map.bucket_for(u) != small.bucket)  # fmt: skip
+    small.shards[0].execute("INSERT INTO notes VALUES (%s, 1, 'mine'), (%s, 1, 'not mine')",
+                            (small.users[0], other))  # fmt: skip
+    with pytest.raises(MoveError, match=r"declare the table's primary key, e\.g\. notes:user_id:"
+                                        r"user_id,id"):  # fmt: skip
+        move_bucket(small.shards, small.bucket, 1, tables=[ShardedTable("notes", "user_id", "id")],
+                    control=small.control, sleep=small.waits.append)  # fmt: skip
+    assert len(small.shards[0].primary.query("SELECT * FROM notes")) == 2
+    move_bucket(small.shards, small.bucket, 1, control=small.control, sleep=small.waits.append,
+                tables=[ShardedTable("notes", "user_id", ("user_id", "id"))])  # fmt: skip
+    assert small.shards[0].primary.query("SELECT body FROM notes") == [{"body": "not mine"}]

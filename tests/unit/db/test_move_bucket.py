@@ -534,3 +534,19 @@ def test_shards_given_in_another_order_are_refused(setup: Setup) -> None:
                     sleep=setup.waits.append)  # fmt: skip
     assert len(setup.rows(0, setup.users)) == len(before)
     setup.move()  # in the right order
+
+
+def test_a_declared_primary_key_that_is_not_the_tables_is_refused(setup: Setup) -> None:
+    """Rows are deleted by the declared key: ``id`` where the key is (user_id, id) deleted
+    other buckets' rows sharing an id on the source."""
+    for index in (0, 1):
+        setup.primary(index).execute(
+            "CREATE TABLE notes (user_id INTEGER NOT NULL, id INTEGER NOT NULL, "
+            "PRIMARY KEY (user_id, id))"
+        )
+    setup.primary(0).execute("INSERT INTO notes VALUES (%s, 1), (%s, 1)",
+                             (setup.users[0], setup.others[0]))  # fmt: skip
+    with pytest.raises(MoveError, match="notes:user_id:user_id,id"):
+        move_bucket(setup.shards, setup.bucket, 1, tables=[ShardedTable("notes", "user_id", "id")],
+                    control=setup.control, sleep=setup.waits.append)  # fmt: skip
+    assert len(setup.primary(0).query("SELECT * FROM notes")) == 2
