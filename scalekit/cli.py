@@ -14,6 +14,7 @@ Every error is one line on stderr saying what to fix, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -149,7 +150,8 @@ def _move(args: argparse.Namespace, out: TextIO, checkpoint: Checkpoint | None) 
         shards: list[Pool | ReplicaSet] = []
         for index, urls in enumerate(args.shard):
             # "PRIMARY_URL,REPLICA_URL,...": the mover waits for the replicas before the flip.
-            primary, *replicas = urls.split(",")
+            # A comma starts the next URL only before a scheme (a password may hold one).
+            primary, *replicas = re.split(r",(?=[A-Za-z][A-Za-z0-9+.-]*://)", urls)
             first = Pool.from_url(primary, name=f"shard{index}")
             pools.append(first)
             if not replicas:

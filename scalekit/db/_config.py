@@ -46,6 +46,11 @@ def redact(url: str) -> str:
     except ValueError:
         return "<unparsable URL>"
     if parts.password is None:
+        # No "@": a mistyped "mysql://user:password/db" reads as host:port,
+        # and the "port" is a password that must not reach a message.
+        head, colon, tail = parts.netloc.rpartition(":")
+        if colon and head and not head.endswith("]") and not tail.isdigit():
+            return parts._replace(netloc=f"{head}:***").geturl()
         return url
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
@@ -85,9 +90,16 @@ def parse_url(url: str) -> ParsedURL:
     safe = redact(url)
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError as exc:
         raise ConfigError(f"bad database URL {safe}: {exc}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        # Not urllib's message: it quotes the "port", which may be a password.
+        raise ConfigError(
+            f"bad database URL {safe}: the port is not a number from 0 to 65535 "
+            "(write mysql://user:password@host:3306/database)"
+        ) from None
     scheme = parts.scheme.lower()
     options = _options(parts.query, safe)
     if scheme == "sqlite":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, error_code
 from ..pool import Pool, Row
 from ..replicas import ReplicaSet
 from .bucket_map import BucketMap
@@ -53,7 +53,7 @@ class MapStore:
         Raises:
             ConfigError: the table is empty or inconsistent.
         """
-        rows = self.pool.query(f"SELECT bucket, shard, version FROM {self.table}")
+        rows = self._read(f"SELECT bucket, shard, version FROM {self.table}")
         if not rows:
             raise ConfigError(
                 f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"
@@ -72,12 +72,7 @@ class MapStore:
         Raises:
             ConfigError: the table holds no map.
         """
-        sql = f"SELECT version FROM {self.table} WHERE bucket = -1"
-        if timeout is None:
-            rows = self.pool.query(sql)
-        else:
-            with self.pool.connection(timeout, deadline=timeout) as conn:
-                rows = conn.query(sql)
+        rows = self._read(f"SELECT version FROM {self.table} WHERE bucket = -1", timeout)
         if not rows:
             raise ConfigError(
                 f"table {self.table} holds no bucket map: save one first (BucketMap.save_db)"
@@ -139,6 +134,21 @@ class MapStore:
                 raise
             conn.commit()
         bucket_map._stored = True
+
+    def _read(self, sql: str, timeout: float | None = None) -> list[Row]:
+        try:
+            if timeout is None:
+                return self.pool.query(sql)
+            with self.pool.connection(timeout, deadline=timeout) as conn:
+                return conn.query(sql)
+        except Exception as exc:
+            # The driver's own error: MariaDB 1146, SQLite "no such table".
+            if error_code(exc) == 1146 or "no such table" in str(exc):
+                raise ConfigError(
+                    f"{self.pool.name!r} has no table {self.table}: save a bucket map there "
+                    "first (BucketMap.save_db), or point at the control database that holds it"
+                ) from None
+            raise
 
     def _from_rows(self, rows: Iterable[Row]) -> BucketMap:
         meta: Row | None = None

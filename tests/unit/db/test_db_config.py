@@ -55,6 +55,9 @@ def test_from_url_builds_a_pool_without_connecting() -> None:
         ("postgres://app:hunter2@h/db", "unsupported database URL scheme 'postgres'"),
         ("mysql://app:hunter2@h/db?max_connections=0", "max_connections=0"),
         ("sqlite://host/x.db", "three or four slashes"),
+        # No "@host": urllib reads the password as a port and quoted it (attack11).
+        ("mysql://app:hunter2/db", "the port is not a number"),
+        ("mysql://app:hunter2/db?max_connections=0", "the port is not a number"),
     ],
 )
 def test_bad_urls_name_the_bad_part_and_hide_the_password(url: str, named: str) -> None:

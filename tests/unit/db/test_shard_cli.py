@@ -136,3 +136,20 @@ def test_move_refuses_a_refresh_interval_that_is_not_a_number_of_seconds(
     _one_line_error(capsys, "refresh_interval", "finite")
     with pytest.raises(ConfigError, match="finite"):
         ShardSet([ReplicaSet(Pool.from_url("sqlite:///:memory:"))], refresh_interval=float(seconds))
+
+
+def test_move_errors_never_show_a_password_nor_blame_the_tables_for_a_missing_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A control database with no map said "check that every --table exists"; a password
+    holding a comma was cut in two URLs, and the error showed its second half (attack11)."""
+    argv = ["shards", "move", "--bucket", "0", "--to", "1", "--table", "tasks:user_id:id",
+            "--control", f"sqlite:///{tmp_path}/control.db"]  # fmt: skip
+    assert cli.main([*argv, "--shard", "mysql://app:hunter2@127.0.0.1:1/db"]) == 2
+    _one_line_error(capsys, "has no table scalekit_bucket_map", "save a bucket map")
+    BucketMap.uniform(2, buckets=8).save_db(Pool.from_url(f"sqlite:///{tmp_path}/control.db"))
+    shards = ["--shard", "mysql://app:hun,ter2@127.0.0.1:1/db",
+              "--shard", "mysql://app:x@127.0.0.1:1/db,mysql://app:pw/db"]  # fmt: skip
+    assert cli.main([*argv, *shards]) == 2
+    line = _one_line_error(capsys, "the port is not a number")  # the replica's URL
+    assert "ter2" not in line and "pw" not in line
