@@ -123,7 +123,13 @@ def _statement(
                 raise TypeError(f"ShardSet.{method}() got two values for {name!r}")
             values[name] = options.pop(name)
     if key is _MISSING:
-        if "key" not in values or not isinstance(values.get("sql"), str):
+        if (
+            "key" not in values
+            or not isinstance(values.get("sql"), str)
+            or (_looks_like_sql(values["key"]) and not _looks_like_sql(values["sql"]))
+        ):
+            # The last case: (sql, "a str param") without key=, which the old order
+            # would run as (key=sql, sql=the param).
             raise TypeError(
                 f"ShardSet.{method}() needs key=, the shard key: "
                 f"shards.{method}(sql, params, key=user_id)"
@@ -138,6 +144,19 @@ def _statement(
     if not isinstance(values.get("sql"), str):
         raise TypeError(f"ShardSet.{method}() needs the SQL text: {method}(sql, params, key=...)")
     return key, values["sql"], values.get("params"), options
+
+
+_STATEMENT_WORDS = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "SHOW", "CALL", "VALUES"}
+)
+
+
+def _looks_like_sql(value: object) -> bool:
+    """A str that starts with a statement's first word and goes on (``"SELECT 1"``)."""
+    if not isinstance(value, str):
+        return False
+    first, _, rest = value.strip().lstrip("(").partition(" ")
+    return first.upper() in _STATEMENT_WORDS and bool(rest.strip())
 
 
 def _transaction(

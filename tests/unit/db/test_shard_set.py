@@ -250,6 +250,12 @@ def test_a_statement_without_a_key_is_a_type_error_naming_the_fix(tmp_path: Path
         shard_set.transaction(lambda cursor: 1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="two values"):
         shard_set.query("SELECT 1", [], key=1, params=[])  # type: ignore[call-overload]
+    # (sql, one str parameter) without key=: the old order ran the parameter as the SQL,
+    # on the shard of the SQL text (attack11).
+    with pytest.raises(TypeError, match=r"needs key="):
+        shard_set.execute("DELETE FROM tasks WHERE title = %s", "old")
+    with pytest.warns(DeprecationWarning, match="is deprecated"):  # the old order still works
+        assert shard_set.query("user 3", "SELECT 1 AS one") == [{"one": 1}]
 
 
 @pytest.mark.anyio
