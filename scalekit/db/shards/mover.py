@@ -173,11 +173,22 @@ class _Records:
     def __init__(self, control: Pool, table: str) -> None:
         self.control = control
         self.table = identifier(table)
+        # The tables each move declared: a rerun must move the same ones.
+        self.declared = identifier(f"{table}_tables")
         self.control.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} (bucket INT NOT NULL PRIMARY KEY, "
             "source INT NOT NULL, target INT NOT NULL, step VARCHAR(16) NOT NULL, "
             "map_version BIGINT NOT NULL, updated BIGINT NOT NULL)"
         )
+        self.control.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.declared} (bucket INT NOT NULL PRIMARY KEY, "
+            "tables TEXT NOT NULL)"
+        )
+
+    def tables(self, bucket: int) -> str | None:
+        """The tables the unfinished move of ``bucket`` declared (None: not recorded)."""
+        rows = self.control.query(f"SELECT tables FROM {self.declared} WHERE bucket = %s", [bucket])
+        return str(rows[0]["tables"]) if rows else None
 
     def get(self, bucket: int) -> Row | None:
         rows = self.control.query(
@@ -195,8 +206,11 @@ class _Records:
             ) from None
         return row
 
-    def start(self, bucket: int, source: int, target: int, map_version: int) -> None:
+    def start(self, bucket: int, source: int, target: int, map_version: int, tables: str) -> None:
         dialect = dialect_of(self.control)
+        self.control.execute(
+            dialect.upsert(self.declared, ["bucket", "tables"], ["bucket"], 1), [bucket, tables]
+        )
         columns = ["bucket", "source", "target", "step", "map_version", "updated"]
         self.control.execute(
             dialect.upsert(self.table, columns, ["bucket"], 1),
@@ -213,6 +227,7 @@ class _Records:
 
     def forget(self, bucket: int) -> None:
         self.control.execute(f"DELETE FROM {self.table} WHERE bucket = %s", [bucket])
+        self.control.execute(f"DELETE FROM {self.declared} WHERE bucket = %s", [bucket])
 
 
 class _Mismatch(Exception):
@@ -291,6 +306,14 @@ class _Move:
                     f"(step {record['step'].value!r}): rerun it with --to {record['target']} "
                     "first"
                 )
+            declared = self.records.tables(bucket)
+            if declared is not None and declared != _spec(self.tables):
+                raise MoveError(
+                    f"the unfinished move of bucket {bucket} moves the tables "
+                    f"{declared.replace(';', ', ')}: rerun it (or roll it back) with the same "
+                    f"--table declarations, not {_spec(self.tables).replace(';', ', ')}; a table "
+                    "left out would stay behind on the source"
+                )
             self.source = int(record["source"])
             self.step: Step = record["step"]
             self.resumed_from = self.step
@@ -366,7 +389,8 @@ class _Move:
 
     def start(self) -> None:
         """Record a new move at its first step."""
-        self.records.start(self.bucket, self.source, self.target, self.map.version)
+        self.records.start(self.bucket, self.source, self.target, self.map.version,
+                           _spec(self.tables))  # fmt: skip
         _logger.info("bucket move started", bucket=self.bucket, source=self.source,
                      target=self.target)  # fmt: skip
 
@@ -596,6 +620,11 @@ class _Move:
                     self._checkpoint(Step.DELETE, batches)
                 self._report(Step.DELETE, table.name, done, max(done, total))
         return Step.DONE
+
+
+def _spec(tables: Sequence[ShardedTable]) -> str:
+    """The declared tables as the command line writes them, sorted: ``a:k:id;b:k:id``."""
+    return ";".join(sorted(f"{t.name}:{t.shard_key}:{','.join(t.primary_key)}" for t in tables))
 
 
 def _pools(shards: ShardSet | Sequence[ReplicaSet | Pool]) -> list[Pool]:
