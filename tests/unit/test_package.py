@@ -28,7 +28,7 @@ def run_without_extras(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_version() -> None:
-    assert scalekit.__version__ == "0.1.0.dev0"
+    assert scalekit.__version__ == "0.1.0"
 
 
 def test_core_imports_without_any_extra() -> None:
