@@ -93,6 +93,10 @@ _CHANGES = frozenset(
     {"INSERT", "UPDATE", "DELETE", "REPLACE", "INTO", "CALL", "LOAD", "CREATE", "DROP",
      "ALTER", "TRUNCATE", "RENAME", "GRANT", "REVOKE", "SET", "DO", "HANDLER", "OUTFILE"}
 )  # fmt: skip
+# Statements MariaDB runs only after committing the open transaction (besides DDL).
+_COMMITS_FIRST = frozenset(
+    {"LOCK", "UNLOCK", "GRANT", "REVOKE", "ANALYZE", "OPTIMIZE", "REPAIR", "FLUSH", "RESET"}
+)
 # Functions whose effect outlives the statement on that session.
 _SESSION_FUNCTIONS = frozenset({"GET_LOCK", "SETVAL", "SET_CONFIG"})
 
@@ -109,6 +113,9 @@ class Statement:
     needs no reset before its next borrower.
     ``begins``/``ends``: starts or ends a transaction.
     ``changes_database``: ``USE``, which ``COM_RESET_CONNECTION`` does not undo.
+    ``commits``: on MariaDB/MySQL it commits an open transaction first (a schema
+    change not about a ``TEMPORARY`` table, ``BEGIN``, ``LOCK``/``UNLOCK
+    TABLES``, ``SET autocommit``, ``GRANT``, ``ANALYZE TABLE``, ...).
     """
 
     read: bool
@@ -116,6 +123,7 @@ class Statement:
     begins: bool
     ends: bool
     changes_database: bool = False
+    commits: bool = False
 
 
 def _words(sql: str) -> tuple[list[str], bool]:
@@ -183,6 +191,10 @@ def classify(sql: str) -> Statement:
         begins=begins,
         ends=ends,
         changes_database=first == "USE",
+        commits=(first in _DDL_FIRST and "TEMPORARY" not in words)
+        or begins
+        or first in _COMMITS_FIRST
+        or (first == "SET" and "AUTOCOMMIT" in words),
     )
 
 

@@ -211,6 +211,15 @@ class Connection:
         in flight, even if its text reads (``SELECT f()`` where ``f`` writes)."""
         pool = self._pool
         statement = classify(sql)
+        if in_transaction and statement.commits and pool.dialect == "mysql":
+            # MariaDB would commit what the transaction did so far, run the rest in
+            # autocommit, and a rollback (or a retry after a deadlock) would undo
+            # nothing of it: the writes before would count once per attempt.
+            raise DatabaseError(
+                f"{sql.strip()[:60]!r} would commit the open transaction implicitly on "
+                f"{pool.where}: run it outside transaction() (a schema change on a "
+                "TEMPORARY table is fine)"
+            )
         if not statement.session_clean:
             self._dirty = True
             self._database_changed = self._database_changed or statement.changes_database

@@ -17,7 +17,14 @@ from harness import APP_DATABASE, CountingProxy, MariaDBReplication
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scalekit.db import ConnectionLost, Pool, PoolTimeout, ReplicaSet, WriteOutcomeUnknown
+from scalekit.db import (
+    ConnectionLost,
+    DatabaseError,
+    Pool,
+    PoolTimeout,
+    ReplicaSet,
+    WriteOutcomeUnknown,
+)
 
 
 def rows_with(setup: MariaDBReplication, note: str) -> int:
@@ -246,6 +253,31 @@ def test_a_select_sent_with_execute_is_never_sent_again(
         pool.execute("SELECT scalekit_add_item(%s) AS added", [tag])
     assert proxy.drops == 1
     assert rows_with(mariadb_replication, tag) == 1  # it ran once, and was not sent again
+
+
+def test_a_statement_that_commits_implicitly_is_refused_inside_a_transaction(
+    mariadb_replication: MariaDBReplication, pools: Pools
+) -> None:
+    """A schema change inside transaction(fn, retries=...) committed the writes before it and
+    ran the rest in autocommit; the retry after a deadlock wrote them all again (attack11)."""
+    rs = ReplicaSet(pools.pool(mariadb_replication.primary.url))
+    note = marker()
+    attempts: list[int] = []
+
+    def fn(cursor: Any) -> None:
+        attempts.append(1)
+        cursor.execute(f"INSERT INTO {TABLE} (user_id, note) VALUES (7, %s)", [note])
+        cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS scratch_tx (a INT)")  # no commit
+        cursor.execute("CREATE TABLE IF NOT EXISTS scalekit_implicit (a INT)")
+        cursor.execute(f"INSERT INTO {TABLE} (user_id, note) VALUES (8, %s)", [note])
+        if len(attempts) == 1:  # a deadlock, as the server reports one
+            cursor.execute("SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, "
+                           "MESSAGE_TEXT = 'Deadlock found'")  # fmt: skip
+
+    with pytest.raises(DatabaseError, match="commit the open transaction implicitly"):
+        rs.transaction(fn, retries=2)
+    assert rows_with(mariadb_replication, note) == 0  # rolled back: nothing was committed
+    assert len(attempts) == 1
 
 
 def test_execute_returning_gives_the_rows(

@@ -102,3 +102,23 @@ def test_transaction_boundaries() -> None:
     assert classify("ROLLBACK").ends
     assert not classify("ROLLBACK TO SAVEPOINT a").ends
     assert not classify("COMMIT AND CHAIN").ends
+
+
+@pytest.mark.parametrize(
+    ("sql", "commits"),
+    [
+        ("CREATE TABLE t (a INT)", True),
+        ("/* why */ ALTER TABLE t ADD b INT", True),
+        ("TRUNCATE t", True),
+        ("LOCK TABLES t WRITE", True),
+        ("BEGIN", True),
+        ("SET autocommit = 1", True),
+        ("CREATE TEMPORARY TABLE t (a INT)", False),
+        ("DROP TEMPORARY TABLE t", False),
+        ("INSERT INTO t VALUES (1)", False),
+        ("SELECT * FROM t FOR UPDATE", False),
+        ("SET @x = 1", False),
+    ],
+)
+def test_what_commits_an_open_transaction_implicitly(sql: str, commits: bool) -> None:
+    assert classify(sql).commits is commits
