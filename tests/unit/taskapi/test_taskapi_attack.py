@@ -70,7 +70,8 @@ async def test_an_email_with_an_invisible_character_is_422(
             response = await client.post(REGISTER, json=body)
             assert response.status_code == 422, response.text
             assert response.json()["fields"][0]["loc"] == ["body", "email"]
-            assert "invisible" in response.json()["fields"][0]["message"]
+            # refused by the schema's own pattern (printable ASCII after NFKC)
+            assert "pattern" in response.json()["fields"][0]["message"]
 
 
 @pytest.mark.parametrize("declared", [b"+13", b" 13", b"1_3", b"0x0d", b""])
