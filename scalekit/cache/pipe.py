@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scalekit._extras import require
+from scalekit._resp import Batches, deliver, fail, read_replies
 
 __all__ = ["ScriptPipe", "supports_pipe"]
 
@@ -58,9 +59,7 @@ class ScriptPipe:
         self._read_only: type[Exception] = exceptions.ReadOnlyError
         self._connection: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[_Pending] = []
-        self._sending = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches: Batches[_Pending] = Batches(self._send)
 
     @property
     def script(self) -> str:
@@ -89,24 +88,11 @@ class ScriptPipe:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # a connection belongs to the loop it was opened on (tests run several)
-            self._loop, self._connection, self._pending, self._sending = loop, None, [], False
+            self._loop, self._connection = loop, None
+            self._batches.reset()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, future, orphaned))
-        if not self._sending:
-            self._sending = True
-            task = asyncio.ensure_future(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._batches.add((keys, args, future, orphaned))
         return await future
-
-    async def _drain(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let the lookups of this loop turn join
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
-        finally:
-            self._sending = False
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
@@ -117,21 +103,14 @@ class ScriptPipe:
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException as exc:
-            for _, _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            fail((future for _, _, future, _ in batch), exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for (_, _, future, orphaned), reply in zip(batch, replies, strict=True):
-            if future.done():  # its caller was cancelled
-                if orphaned is not None and not isinstance(reply, BaseException):
-                    orphaned(reply)
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            delivered = deliver(future, reply)
+            if not delivered and orphaned is not None and not isinstance(reply, BaseException):
+                orphaned(reply)  # its caller was cancelled: nobody awaits this reply
 
     async def _round_trip(self, batch: list[_Pending], *, reload: bool) -> list[Any]:
         connection = self._connection
@@ -154,12 +133,7 @@ class ScriptPipe:
                 ),
                 check_health=False,
             )
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await connection.read_response())
-                except self._response_error as exc:  # the script's own error: the rest follow
-                    replies.append(exc)
+            replies = await read_replies(connection, len(batch), self._response_error)
         except BaseException:
             await self._drop(connection)
             raise

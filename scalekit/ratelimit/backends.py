@@ -40,6 +40,7 @@ from scalekit._clock import Clock, get_clock
 from scalekit._extras import require
 from scalekit._prefetch import Prefetch
 from scalekit._redis import DEFAULT_SOCKET_TIMEOUT, AsyncRedisClient, from_url, redis_errors
+from scalekit._resp import Batches, deliver, fail, read_replies
 from scalekit.ratelimit.errors import RateLimitConfigError, RateLimitUnavailable
 from scalekit.ratelimit.failover import SentinelFollower
 
@@ -325,13 +326,11 @@ class RedisRateLimitBackend:
         self._init_lock = asyncio.Lock()
         # redis-py's Cluster pipelines route differently; batch only elsewhere
         self._batching = batching and not hasattr(client, "get_nodes")
-        self._pending: list[_Pending] = []
-        self._sending = False
+        self._batches: Batches[_Pending] = Batches(self._send)
         self._connection: Any = None
         exceptions = require("redis.exceptions", "redis")
         self._response_error: type[BaseException] = exceptions.ResponseError
         self._read_only: type[BaseException] = exceptions.ReadOnlyError
-        self._tasks: set[asyncio.Future[None]] = set()
         self._no_script: type[BaseException] = exceptions.NoScriptError
         # On Sentinel: hold checks while a failover is under way and move the
         # held connection to the announced master (see failover.py).
@@ -434,22 +433,8 @@ class RedisRateLimitBackend:
         # still its own atomic script; they share one write and one read,
         # which is most of a call's cost. A lone check is sent as it is.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((keys, args, future, prefetch))
-        if not self._sending:
-            self._sending = True
-            task = asyncio.ensure_future(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._batches.add((keys, args, future, prefetch))
         return await future
-
-    async def _drain(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let the checks of this loop turn join
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send(batch)
-        finally:
-            self._sending = False
 
     async def _send(self, pending: list[_Pending]) -> None:
         try:
@@ -465,21 +450,15 @@ class RedisRateLimitBackend:
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         except BaseException as exc:
-            for _, _, future, prefetch in pending:
+            for _, _, _, prefetch in pending:
                 if prefetch is not None:
                     prefetch.forget()
-                if not future.done():
-                    future.set_exception(exc)
+            fail((future for _, _, future, _ in pending), exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for (_, _, future, _), result in zip(pending, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            deliver(future, result)
 
     async def _on_connection(
         self,
@@ -510,12 +489,7 @@ class RedisRateLimitBackend:
             )
             if reload and len(commands) > 1:
                 await connection.read_response()  # the script's SHA1
-            results: list[Any] = []
-            for _ in pending:
-                try:
-                    results.append(await connection.read_response())
-                except self._response_error as exc:
-                    results.append(exc)
+            results = await read_replies(connection, len(pending), self._response_error)
             for extra in extras:
                 # NOSCRIPT or any error reply: the cache looks up on its own
                 with contextlib.suppress(self._response_error):
