@@ -34,6 +34,9 @@ class ReplicaStatus:
     ``lag`` is ``Seconds_Behind_Master`` (whole seconds; None when the server
     does not know, e.g. while the IO thread reconnects). ``applied_all_received``
     is True when the SQL thread has executed everything the IO thread fetched.
+    ``received_gtid`` is MariaDB's ``Gtid_IO_Pos`` (the GTIDs the IO thread
+    fetched; None on MySQL or without GTID), which a ``MASTER_GTID_WAIT``
+    can wait for.
     """
 
     configured: bool
@@ -41,6 +44,7 @@ class ReplicaStatus:
     sql_running: bool
     lag: float | None
     applied_all_received: bool
+    received_gtid: str | None = None
 
     @property
     def replicating(self) -> bool:
@@ -75,10 +79,12 @@ def parse_replica_status(rows: Sequence[Mapping[str, Any]]) -> ReplicaStatus:
     exec_file = _column(row, "Relay_Master_Log_File", "Relay_Source_Log_File")
     exec_pos = _column(row, "Exec_Master_Log_Pos", "Exec_Source_Log_Pos")
     applied = read_file is not None and read_file == exec_file and read_pos == exec_pos
+    received = row.get("Gtid_IO_Pos")
     return ReplicaStatus(
         configured=True,
         io=io,
         sql_running=sql_running,
         lag=None if lag is None else float(lag),
         applied_all_received=bool(applied),
+        received_gtid=str(received) if received else None,
     )

@@ -10,10 +10,11 @@ tried again before its back-off ends — callers get "server down" at once.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -42,9 +43,15 @@ _SSL_ARGS = frozenset({"ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_disabled", "
 class ServerBackoff:
     """Connect back-off for one server: one outage is one step, a success ends it.
 
-    Failures of attempts that started before the current back-off (many
-    threads failing together) do not lengthen it; only an attempt made after
-    it ended and failing again doubles it, up to ``cap`` seconds.
+    A server that did not answer (a timeout: every attempt holds its caller
+    for up to ``connect_timeout``) is tried again after ``base`` seconds,
+    doubling per outage step up to ``cap``. A server that refused (nothing
+    listens: an attempt costs one round trip) is tried again every ``base``
+    seconds, so a restarted server serves again within ``base`` of coming
+    back, not after a long back-off. Failures of attempts that started
+    before the current back-off (many threads failing together) do not
+    lengthen it. While the server is out, at most one caller at a time
+    tries a connect (``attempt``); the others get "server down" at once.
     """
 
     def __init__(self, clock: Clock, *, base: float = 0.05, cap: float = 1.0) -> None:
@@ -52,6 +59,7 @@ class ServerBackoff:
         self.base = base
         self.cap = cap
         self._lock = threading.Lock()
+        self._trial = threading.Lock()
         self.failures = 0
         self.until = 0.0
         self.unresponsive = False
@@ -61,6 +69,26 @@ class ServerBackoff:
         """Seconds before the next connect may be tried (0: now)."""
         return max(self.until - self._clock.monotonic(), 0.0)
 
+    @property
+    def trying(self) -> bool:
+        """A caller is trying a connect to a server that is out."""
+        return self._trial.locked()
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[bool]:
+        """Whether this caller may connect now: always while the server is in,
+        else once its back-off ended and no other caller is trying."""
+        if not self.failures:
+            yield True
+            return
+        if self.remaining() > 0 or not self._trial.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._trial.release()
+
     def failed(self, error: str, *, unresponsive: bool) -> None:
         now = self._clock.monotonic()
         with self._lock:
@@ -69,7 +97,8 @@ class ServerBackoff:
             if now < self.until:
                 return  # the same outage, already counted
             self.failures += 1
-            self.until = now + min(self.base * 2 ** (self.failures - 1), self.cap)
+            step = self.base * 2 ** (self.failures - 1) if unresponsive else self.base
+            self.until = now + min(step, self.cap)
 
     def succeeded(self) -> None:
         if self.failures:
@@ -80,6 +109,7 @@ class ServerBackoff:
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._trial = threading.Lock()
 
 
 class Connector:

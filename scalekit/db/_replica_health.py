@@ -6,7 +6,9 @@ and before the first read after a back-off. Reads that find it due while
 another read probes wait for that probe, so none is served on a status
 older than the interval. Any error from the probe or from the replica's
 connections takes the replica out for a back-off: one outage is one step,
-however many reads failed in it, and a good probe ends it.
+however many reads failed in it, and a good probe ends it. When the
+primary fails, a status that rules the replica out is probed again once it
+is ``RECHECK`` old (``last_resort``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,20 @@ class ReplicaState(enum.StrEnum):
     STOPPED = "stopped"
     DETACHED = "detached"
     """IO thread reconnecting, SQL thread has applied all it received: a last resort."""
+    CATCHING_UP = "catching_up"
+    """IO thread reconnecting, SQL thread still applying what it received: a last
+    resort once it has applied it (``MASTER_GTID_WAIT`` for ``Gtid_IO_Pos``)."""
     DOWN = "down"
 
 
 LAST_RESORT = frozenset({ReplicaState.SERVING, ReplicaState.DETACHED})
 """When the primary fails too: replicas whose last status was good, or that have
 applied everything they received from the primary that is now gone."""
+
+RECHECK = 0.05
+"""Seconds after which a replica that could not be a last resort is probed
+again when the primary fails (rather than after a whole ``lag_check_interval``:
+a replica catching up or reconnecting changes within milliseconds)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +79,8 @@ class ReplicaHealth:
         self.down_until = 0.0
         self.failures = 0
         self.last_lag: float | None = None
+        self.received: str | None = None
+        """The GTIDs the IO thread had fetched at the last probe (MariaDB)."""
         self._status_sql = STATUS_STATEMENTS[0]
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
@@ -91,23 +103,38 @@ class ReplicaHealth:
             return ReplicaState.UNCHECKED  # the probe timed out: no read on an old status
         return state
 
-    def _due(self, now: float) -> bool:
+    def last_resort(self) -> ReplicaState:
+        """The state when the primary failed: a verdict that rules the replica out is
+        probed again once it is ``RECHECK`` seconds old, a serving one once it is due."""
+        now = self.policy.clock.monotonic()
+        if self.state is ReplicaState.DOWN and now < self.down_until:
+            return ReplicaState.DOWN
+        interval = None if self.state in LAST_RESORT else RECHECK
+        if self._due(now, interval):
+            self.probe(interval)
+        return self.state
+
+    def _due(self, now: float, interval: float | None = None) -> bool:
         if self.state is ReplicaState.DOWN:
             return now >= self.down_until
-        return now >= self.checked_at + self.policy.lag_check_interval
+        if interval is None:
+            interval = self.policy.lag_check_interval
+        return now >= self.checked_at + interval
 
-    def probe(self) -> None:
+    def probe(self, interval: float | None = None) -> None:
         """Check replication status; one thread probes, reads that find it due wait for it.
 
         Any error — connect refused, timeout, a missing privilege — takes the
         replica out for a back-off; a pool that is merely busy is left alone.
+        ``interval``: how old a status may be and still count (default
+        ``lag_check_interval``), for a read that waited for another's probe.
         """
         pool = self.pool
         limit = pool.connect_timeout
         if not self._probe_lock.acquire(timeout=-1 if limit is None else limit):
             return
         try:
-            if not self._due(self.policy.clock.monotonic()):
+            if not self._due(self.policy.clock.monotonic(), interval):
                 return  # another read probed while this one waited
             try:
                 with pool.connection(timeout=limit, deadline=limit) as conn:
@@ -121,6 +148,7 @@ class ReplicaHealth:
             with self._lock:
                 self.failures = 0
                 self.checked_at = now
+                self.received = None if status is None else status.received_gtid
                 self.state = self._judge(status)
         finally:
             self._probe_lock.release()
@@ -148,11 +176,13 @@ class ReplicaHealth:
         if (
             status.sql_running
             and status.io is not IoThread.STOPPED  # reconnecting to a primary that is gone
-            and status.applied_all_received
             and self.last_lag is not None
             and self.last_lag <= max_lag
         ):
-            return ReplicaState.DETACHED
+            if status.applied_all_received:
+                return ReplicaState.DETACHED
+            if status.received_gtid is not None:
+                return ReplicaState.CATCHING_UP
         return ReplicaState.STOPPED
 
     def sideline(self, exc: BaseException, during: str) -> None:

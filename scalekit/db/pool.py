@@ -644,10 +644,11 @@ class Pool:
                 slot.close()  # gone (a restart, a kill): a fresh connection will do
                 slot = None
             if slot is None:
-                if self.server_down():
-                    raise self._server_down()
-                with self._slots.connecting_one():
-                    slot = self._new_slot(deadline)
+                with self._backoff.attempt() as allowed:
+                    if not allowed:
+                        raise self._server_down()
+                    with self._slots.connecting_one():
+                        slot = self._new_slot(deadline)
         except BaseException:
             if slot is not None:
                 slot.close()  # its server did not answer the ping
@@ -660,9 +661,14 @@ class Pool:
     def _server_down(self) -> ConnectionLost:
         backoff = self._backoff
         what = "did not answer" if backoff.unresponsive else "refused a connect"
+        remaining = backoff.remaining()
+        next_attempt = (
+            f"next attempt in {remaining:.2f}s"
+            if remaining > 0 or not backoff.trying
+            else "another caller is trying a connect now"
+        )
         return ConnectionLost(
-            f"server down: {self.where} {what} ({backoff.last_error}); "
-            f"next attempt in {backoff.remaining():.2f}s"
+            f"server down: {self.where} {what} ({backoff.last_error}); {next_attempt}"
         )
 
     def _usable(self, slot: Slot, error_generation: int, deadline: Deadline) -> bool:

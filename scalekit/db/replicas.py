@@ -191,15 +191,33 @@ class ReplicaSet:
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
-            if not to_primary:  # nothing demands the primary: the last known good replica
-                last_resort = [r for r in self._replicas if r.state in LAST_RESORT]
-                served, rows, _ = self._replica_read(sql, params, None, iter(last_resort))
+            if not to_primary:  # nothing demands the primary: a replica that has it all
+                served, rows = self._last_resort(sql, params, gtid)
                 if served:
                     self._event("fallback_replica", "primary_down")
                     return rows
             raise NoHealthyServer(
                 f"no replica of {self.name!r} could serve the read and the primary failed: {exc}"
             ) from exc
+
+    def _last_resort(self, sql: str, params: Params, gtid: str | None) -> tuple[bool, list[Row]]:
+        """The read on a replica while the primary fails: one whose last status was good,
+        one that applied everything it received, or one that does within ``max_lag``
+        (and, for a read that must see a GTID, one that has it)."""
+        for replica in self._replicas:
+            state = replica.last_resort()
+            if state in LAST_RESORT:
+                need, wait = gtid, self.causal_timeout
+            elif state is ReplicaState.CATCHING_UP and replica.received is not None:
+                need, wait = merge_gtids(gtid, replica.received), self.max_lag
+            else:
+                continue
+            if need is not None:
+                wait = max(wait, self.causal_timeout)
+            served, rows, _ = self._replica_read(sql, params, need, iter([replica]), wait)
+            if served:
+                return True, rows
+        return False, []
 
     def _primary_query(self, sql: str, params: Params, key: object) -> list[Row]:
         """``query`` on the primary; a write by its text marks and pins as ``execute`` does."""
@@ -240,7 +258,12 @@ class ReplicaSet:
         return False, gtid, ""
 
     def _replica_read(
-        self, sql: str, params: Params, gtid: str | None, candidates: Iterator[ReplicaHealth]
+        self,
+        sql: str,
+        params: Params,
+        gtid: str | None,
+        candidates: Iterator[ReplicaHealth],
+        wait: float | None = None,
     ) -> tuple[bool, list[Row], str]:
         reason = "no_replica"
         read = classify(sql).read
@@ -249,7 +272,7 @@ class ReplicaSet:
             sent = False
             try:
                 with pool.connection(deadline=pool.read_timeout) as conn:
-                    if gtid is not None and not self._caught_up(conn, gtid):
+                    if gtid is not None and not self._caught_up(conn, gtid, wait):
                         return False, [], "causal_timeout"
                     sent = True
                     return True, conn.query(sql, params), ""
@@ -270,8 +293,9 @@ class ReplicaSet:
                 reason = "down"
         return False, [], reason
 
-    def _caught_up(self, conn: Connection, gtid: str) -> bool:
-        (row,) = conn.query(_GTID_WAIT_SQL, (gtid, self.causal_timeout))
+    def _caught_up(self, conn: Connection, gtid: str, wait: float | None = None) -> bool:
+        timeout = self.causal_timeout if wait is None else wait
+        (row,) = conn.query(_GTID_WAIT_SQL, (gtid, timeout))
         return bool(row["waited"] == 0)
 
     def _candidates(self) -> Iterator[ReplicaHealth]:

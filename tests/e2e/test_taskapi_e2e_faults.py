@@ -143,8 +143,9 @@ async def test_primary_restarted_503_only_while_down(taskapi: TaskApi) -> None:
             assert response.headers["retry-after"] == "1"
         taskapi.mariadb.primary.start()
         # "Back" is when every instance sees it back: its readiness (a check
-        # of each primary pool) passes. The pools' connect back-off (at most
-        # 1 s) may answer "server down" for a moment after the server is up.
+        # of each primary pool) passes. The pools' connect back-off (a refused
+        # server is tried again every 50 ms) may answer "server down" for a
+        # moment after the server is up.
         for instance in taskapi.instances:
             wait_until(
                 lambda url=instance.url: (

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ import pytest
 from db_helpers import Pools
 from harness import APP_DATABASE, MariaDBReplication
 
+from scalekit import events
 from scalekit._clock import SystemClock
 from scalekit.db import DatabaseError, ReplicaSet, WriteOutcomeUnknown, request_scope
 
@@ -44,6 +46,14 @@ class Tally:
     unkeyed_failures: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
+    errors: collections.Counter[tuple[str, str]] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    """(phase, error with its numbers blanked): what failed, to say why in the verdict."""
+    routing: collections.Counter[tuple[str, str, str]] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    """(phase, decision, reason) of the set's routing events."""
     too_long: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     per_worker: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -64,6 +74,10 @@ class Run:
         # A probe and a read on the replica, each bounded, then the primary.
         self.read_deadline = 2 * replica.read_timeout + primary.read_timeout + MARGIN
         self.tag = uuid.uuid4().hex[:8]
+
+    def routed(self, event: events.DbRouting) -> None:
+        with self.tally.lock:
+            self.tally.routing[self.phase, event.decision, event.reason] += 1
 
     def timed(self, what: str, deadline: float, started: float) -> None:
         took = time.monotonic() - started
@@ -122,9 +136,10 @@ class Run:
         try:
             with request_scope():
                 self.rs.query("SELECT 1 AS one")
-        except DatabaseError:
+        except DatabaseError as exc:
             with self.tally.lock:
                 self.tally.unkeyed_failures[phase] += 1
+                self.tally.errors[phase, _shape(exc)] += 1
             return
         finally:
             self.timed("read", self.read_deadline, started)
@@ -169,12 +184,22 @@ class Run:
         assert (missing, duplicated, unexplained) == (set(), set(), set())
         assert tally.ryw_misses == []
         assert tally.too_long == []
-        assert sum(tally.unkeyed_failures.values()) == 0, tally.unkeyed_failures
+        assert sum(tally.unkeyed_failures.values()) == 0, "\n".join(
+            [f"unkeyed read failures by phase: {dict(tally.unkeyed_failures)}"]
+            + [f"  {n} x {phase}: {error}" for (phase, error), n in tally.errors.most_common(10)]
+            + ["routing events:"]
+            + [f"  {n} x {key}" for key, n in sorted(tally.routing.items())]
+        )
         assert len(tally.acknowledged) > 10 * workers
         assert tally.ryw_reads > 10 * workers
         for kind in (0, 1):  # writers, readers: every worker of a kind served alike
             counts = [tally.per_worker[uid] for uid in range(kind, workers, 2)]
             assert min(counts) >= 0.3 * sum(counts) / len(counts), counts
+
+
+def _shape(exc: BaseException) -> str:
+    """An error's class and message with numbers blanked, so one cause counts once."""
+    return re.sub(r"\d+(\.\d+)?", "#", f"{type(exc).__name__}: {exc}")[:160]
 
 
 @pytest.fixture
@@ -232,6 +257,7 @@ def primary_faults(setup: MariaDBReplication, run: Run) -> None:
 
 def run_threads(run: Run, faults: Callable[[], None], workers: int = 8) -> None:
     threads = [threading.Thread(target=run.thread_worker, args=(uid,)) for uid in range(workers)]
+    unsubscribe = events.bus.subscribe(run.routed, events.DbRouting)
     for thread in threads:
         thread.start()
     try:
@@ -240,18 +266,23 @@ def run_threads(run: Run, faults: Callable[[], None], workers: int = 8) -> None:
         run.stop.set()
         for thread in threads:
             thread.join(60)
+        unsubscribe()
 
 
 async def run_tasks(run: Run, faults: Callable[[], None], workers: int = 50) -> None:
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = workers + 5  # every task gets a worker thread
-    async with anyio.create_task_group() as group:
-        for uid in range(workers):
-            group.start_soon(run.task_worker, uid)
-        try:
-            await anyio.to_thread.run_sync(faults)
-        finally:
-            run.stop.set()
+    unsubscribe = events.bus.subscribe(run.routed, events.DbRouting)
+    try:
+        async with anyio.create_task_group() as group:
+            for uid in range(workers):
+                group.start_soon(run.task_worker, uid)
+            try:
+                await anyio.to_thread.run_sync(faults)
+            finally:
+                run.stop.set()
+    finally:
+        unsubscribe()
 
 
 def test_eight_threads_through_replica_kill_freeze_and_lag(

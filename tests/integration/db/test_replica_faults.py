@@ -239,6 +239,44 @@ def test_reads_continue_from_a_caught_up_replica_while_the_primary_is_down(
         mariadb_replication.primary.start()
 
 
+def test_a_replica_still_applying_what_it_received_serves_once_applied_while_the_primary_is_down(
+    mariadb_replication: MariaDBReplication,
+    pools: Pools,
+    clock: ManualClock,
+    routing_events: list[events.DbRouting],
+) -> None:
+    setup = mariadb_replication
+    rs = pools.replica_set(lag_check_interval=1.0, max_lag=5.0, pin_after_write=8.0)
+    assert served_by(rs) == REPLICA  # its last known lag: 0
+    setup.set_delay(3)  # the SQL thread applies each event 3 s after the primary wrote it
+    try:
+        setup.wait_replicating()
+        note = marker()
+        rs.execute(f"INSERT INTO {TABLE} (user_id, note) VALUES (9, %s)", [note])
+        (row,) = setup.primary.query("SELECT @@gtid_binlog_pos AS pos")
+        wait_until(
+            lambda: setup.replication_status().get("Gtid_IO_Pos") == row["pos"],
+            timeout=30,
+            what="the replica to receive the write",
+        )
+        setup.primary.stop()
+        wait_until(
+            lambda: setup.replication_status().get("Slave_IO_Running") != "Yes",
+            timeout=30,
+            what="the replica's IO thread to notice the primary is gone",
+        )
+        clock.advance(10.0)  # the pin is over and a probe is due: received, not yet applied
+        sql = f"SELECT COUNT(*) AS n FROM {TABLE} WHERE note = %s"
+        assert rs.query(sql, [note]) == [{"n": 1}]  # waited for it, then served it
+        reasons = {(e.decision, e.reason) for e in routing_events}
+        assert {("replica_skipped", "catching_up"), ("fallback_replica", "primary_down")} <= reasons
+    finally:
+        setup.primary.start()
+        setup.clear_delay()
+        setup.wait_replicating()
+        setup.wait_caught_up()
+
+
 # -- point 8: one request, one scope ----------------------------------------------------
 
 

@@ -378,3 +378,82 @@ def test_a_released_connection_goes_to_the_longest_waiter() -> None:
     for thread in threads:
         thread.join()
     assert order == [0, 1, 2, 3, 4, 99]
+
+
+# -- the connect back-off ends when the server is back --------------------------------
+
+
+def test_a_refused_server_is_tried_again_within_the_base_step_however_long_it_was_down() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=2, clock=clock)
+    server.down = True
+    for step in range(20):  # a long outage: twenty back-off steps
+        if step:
+            clock.advance(1.0)
+        with pytest.raises(ConnectionLost):
+            pool.query("SELECT 1")
+    assert server.connect_attempts == 20
+    server.down = False  # a restart: it listens again
+    with pytest.raises(ConnectionLost, match="server down"):
+        pool.query("SELECT 1")
+    clock.advance(0.05)  # refused connects cost nothing: tried again after 50 ms, not 1 s
+    assert pool.query("SELECT 1")[0]["server"] == "p"
+
+
+def test_an_unanswered_connect_backs_off_doubling_up_to_one_second() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=2, clock=clock)
+    real_connect = server.connect
+
+    def silent(**kwargs: object) -> object:
+        server.connect_attempts += 1
+        raise OperationalError(2003, "Can't connect to MySQL server") from TimeoutError("timed out")
+
+    server.module.connect = silent  # type: ignore[attr-defined]
+    with pytest.raises(ConnectionLost):
+        pool.query("SELECT 1")
+    waits = []
+    for _ in range(7):  # how long after each failed attempt the next one is made
+        attempts, waited = server.connect_attempts, 0.0
+        while server.connect_attempts == attempts:
+            clock.advance(0.01)
+            waited += 0.01
+            with pytest.raises(ConnectionLost):
+                pool.query("SELECT 1")
+        waits.append(waited)
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0], abs=0.011)
+    server.module.connect = real_connect  # type: ignore[attr-defined]
+
+
+def test_one_caller_at_a_time_tries_a_server_that_is_out() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=4, clock=clock)
+    server.down = True
+    with pytest.raises(ConnectionLost):
+        pool.query("SELECT 1")
+    clock.advance(0.05)  # the back-off ended: the next caller may try
+    trying, release = threading.Event(), threading.Event()
+    real_connect = server.connect
+
+    def slow_connect(**kwargs: object) -> object:
+        trying.set()
+        release.wait(10)
+        return real_connect(**kwargs)  # type: ignore[arg-type]
+
+    server.down = False
+    server.module.connect = slow_connect  # type: ignore[attr-defined]
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(pool.query("SELECT 1")))
+    first.start()
+    assert trying.wait(10)
+    with pytest.raises(ConnectionLost, match="another caller is trying a connect"):
+        pool.query("SELECT 1")  # not a second connect to a server that may be down
+    assert server.connect_attempts == 1
+    release.set()
+    first.join(10)
+    assert len(results) == 1
+    assert server.connect_attempts == 2
+    assert pool.query("SELECT 1")[0]["server"] == "p"  # back: everyone connects again

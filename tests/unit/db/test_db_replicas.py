@@ -361,3 +361,73 @@ def test_a_status_probe_that_fails_in_any_way_sidelines_the_replica() -> None:
     routing = [(e.decision, e.reason) for e in seen if isinstance(e, events.DbRouting)]
     assert routing.count(("replica_down", "error_1227")) == 5
     assert any(isinstance(e, events.BackendError) and "1227" in e.error for e in seen)
+
+
+# -- the primary down: which replica may still serve -----------------------------------
+
+RECONNECTING = {
+    "Slave_IO_Running": "Connecting",
+    "Seconds_Behind_Master": None,
+    "Master_Log_File": "primary-bin.000001",
+    "Relay_Master_Log_File": "primary-bin.000001",
+}
+
+
+def test_a_replica_still_applying_what_it_received_serves_once_it_has() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    assert served_by(rs.query("SELECT 1")) == "replica0"  # lag 0: its last known lag
+    assert replica.status is not None
+    replica.status.update(
+        RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=400, Gtid_IO_Pos="0-1-9"
+    )
+    primary.down = True
+    clock.advance(1.0)
+    assert served_by(rs.query("SELECT 1")) == "replica0"  # after it applied 0-1-9
+    assert replica.count("MASTER_GTID_WAIT") == 1
+    replica.gtid_wait = -1  # it did not get there within max_lag
+    with pytest.raises(NoHealthyServer):
+        rs.query("SELECT 1")
+    assert replica.count("MASTER_GTID_WAIT") == 2
+
+
+def test_a_replica_without_gtid_still_applying_does_not_serve() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    rs.query("SELECT 1")
+    assert replica.status is not None
+    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=400)
+    primary.down = True
+    clock.advance(1.0)
+    with pytest.raises(NoHealthyServer):
+        rs.query("SELECT 1")
+    replica.status["Exec_Master_Log_Pos"] = 900  # applied all it received: detached
+    clock.advance(0.05)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+
+
+def test_a_verdict_ruling_a_replica_out_is_probed_again_when_the_primary_fails() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    assert replica.status is not None
+    replica.status["Seconds_Behind_Master"] = 3
+    assert served_by(rs.query("SELECT 1")) == "primary"  # lagging
+    replica.status["Seconds_Behind_Master"] = 0  # caught up since
+    primary.down = True
+    probes = replica.count("SHOW REPLICA STATUS")
+    with pytest.raises(NoHealthyServer):  # the same instant: the verdict stands
+        rs.query("SELECT 1")
+    clock.advance(0.05)  # not a whole lag_check_interval
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    assert replica.count("SHOW REPLICA STATUS") == probes + 1
+    for _ in range(50):
+        assert served_by(rs.query("SELECT 1")) == "replica0"
+    assert replica.count("SHOW REPLICA STATUS") == probes + 1
+
+
+def test_a_read_that_must_see_a_gtid_gets_it_from_the_last_resort_replica_or_fails() -> None:
+    rs, primary, (replica,), _ = make(causal=True)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    primary.down = True
+    replica.gtid_wait = -1  # the replica has not applied 0-1-5
+    with pytest.raises(NoHealthyServer):
+        rs.query("SELECT 1", after="0-1-5")
+    replica.gtid_wait = 0
+    assert served_by(rs.query("SELECT 1", after="0-1-5")) == "replica0"
