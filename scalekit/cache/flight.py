@@ -25,10 +25,10 @@ from typing import Protocol
 
 import anyio
 
-from scalekit.cache.backends import Lookup
 from scalekit.cache.entry import Entry
 from scalekit.cache.errors import CacheBackendError
 from scalekit.cache.keys import EntryKeys
+from scalekit.cache.protocol import Lookup
 
 __all__ = [
     "Alone",

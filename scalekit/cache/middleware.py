@@ -33,7 +33,6 @@ from scalekit._clock import Clock, get_clock
 from scalekit._prefetch import SCOPE_KEY as PREFETCHED
 from scalekit._prefetch import Prefetch
 from scalekit.cache import respond
-from scalekit.cache.backends import CacheBackend, Lookup
 from scalekit.cache.capture import Captured, ResponseCapture
 from scalekit.cache.entry import Entry
 from scalekit.cache.errors import CacheBackendError, CacheConfigError
@@ -50,6 +49,7 @@ from scalekit.cache.plan import (
     plan,
     user_identity,
 )
+from scalekit.cache.protocol import CacheBackend, Lookup
 from scalekit.cache.rules import CacheRule
 
 __all__ = ["CacheMiddleware", "IdentityFunction", "user_identity"]

@@ -18,7 +18,6 @@ from starlette.types import Scope
 
 from scalekit._identity import user_attribute
 from scalekit._identity import user_identity as _user_identity
-from scalekit.cache.backends import Lookup
 from scalekit.cache.entry import Entry
 from scalekit.cache.headers import (
     RequestDirective,
@@ -34,6 +33,7 @@ from scalekit.cache.keys import (
     request_target,
     vary_values,
 )
+from scalekit.cache.protocol import Lookup
 from scalekit.cache.rules import CacheRule
 
 __all__ = [

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from scalekit.ratelimit.backends import LimitResult, Verdict
 from scalekit.ratelimit.plan import IdentityLimits, Limit
+from scalekit.ratelimit.protocol import LimitResult, Verdict
 
 __all__ = ["Admitted", "Checked", "Outcome", "Rejected", "Unavailable"]
 

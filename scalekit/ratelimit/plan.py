@@ -17,8 +17,8 @@ from typing import Any
 from starlette.types import Scope
 
 from scalekit._net import ClientIP
-from scalekit.ratelimit.backends import LimitCheck, Mode, Strategy
 from scalekit.ratelimit.keys import CLIENT_IP_SCOPE_KEY, client_ip, identity_of, identity_tag
+from scalekit.ratelimit.protocol import LimitCheck, Mode, Strategy
 from scalekit.ratelimit.rules import Count, OnBackendError, Rate, Rule
 
 __all__ = ["NOTHING", "IdentityLimits", "Limit", "Plan", "Planner"]

@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.types import Message, Send
 
-from scalekit.ratelimit.backends import LimitResult
 from scalekit.ratelimit.outcomes import Checked, Rejected
 from scalekit.ratelimit.plan import Limit
+from scalekit.ratelimit.protocol import LimitResult
 
 __all__ = ["HeaderFields", "ResponseWatcher", "send_too_many_requests", "send_unavailable"]
 

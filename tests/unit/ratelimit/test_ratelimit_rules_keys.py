@@ -23,9 +23,12 @@ def test_all_is_complete_and_sorted() -> None:
             "errors",
             "failover",
             "keys",
+            "memory",
             "middleware",
             "outcomes",
             "plan",
+            "protocol",
+            "redis_backend",
             "responses",
             "rules",
         }
