@@ -22,19 +22,16 @@ from __future__ import annotations
 import bisect
 import copy
 import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -50,6 +47,11 @@ from scalekit._routes import (
     route_path,
 )
 from scalekit.errors import ConfigurationError
+from scalekit.observability.multiprocess import (
+    cleanup_dead_workers,
+    multiprocess_dir,
+    workers_registry,
+)
 from scalekit.options import DEFAULT_METRICS_BUCKETS
 
 __all__ = [
@@ -78,11 +80,6 @@ REGISTRY_SCOPE_KEY = "scalekit.metrics_registry"
 
 DEFAULT_EXCLUDED_PATHS: tuple[str, ...] = ("/metrics", "/health/live", "/health/ready")
 """Paths the middleware does not count: scrapes and probes."""
-
-
-def multiprocess_dir() -> str | None:
-    """The ``PROMETHEUS_MULTIPROC_DIR`` in force, or None in single-process mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class HttpMetrics:
@@ -370,45 +367,6 @@ class MetricsMiddleware:
             )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed worker its supervisor has not reaped yet is a zombie
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def cleanup_dead_workers(path: str | None = None) -> list[int]:
-    """Remove the live-gauge files of worker processes that no longer exist.
-
-    Counters and histograms of dead workers are kept, so totals never go
-    down; their live gauges (``http_requests_in_progress``) are removed so a
-    killed worker's in-flight requests stop counting. Called at every scrape
-    in multiprocess mode.
-
-    Returns:
-        The PIDs whose files were removed.
-    """
-    directory = path or multiprocess_dir()
-    if directory is None:
-        return []
-    pids: set[int] = set()
-    for file in Path(directory).glob("gauge_live*_*.db"):
-        pid_text = file.stem.rpartition("_")[2]
-        if pid_text.isdigit():
-            pids.add(int(pid_text))
-    dead = sorted(pid for pid in pids if pid != os.getpid() and not _pid_alive(pid))
-    for pid in dead:
-        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-    return dead
-
-
 class _WithoutCreated:
     """A view of a registry without the ``*_created`` samples (a quarter of all samples)."""
 
@@ -451,12 +409,7 @@ def render_metrics(
     directory = multiprocess_dir()
     source: Collector
     if directory is not None and (registry is None or registry is REGISTRY):
-        cleanup_dead_workers(directory)
-        summed = CollectorRegistry()
-        MultiProcessCollector(summed, path=directory)  # type: ignore[no-untyped-call]
-        for collector in process_collectors:
-            summed.register(collector)
-        source = summed
+        source = workers_registry(directory, process_collectors)
     else:
         source = registry if registry is not None else REGISTRY
     if not created_series:
