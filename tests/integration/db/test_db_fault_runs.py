@@ -246,6 +246,10 @@ def primary_faults(setup: MariaDBReplication, run: Run) -> None:
     time.sleep(2.0)
     setup.primary.start()
     run.phase = "steady"
+    # The crash below is meant to find a current replica (its last known lag
+    # within max_lag), as a restart long ago would: let it catch up with the
+    # writes made while it reconnected, then one lag check see that.
+    setup.wait_caught_up()
     time.sleep(1.5)
     run.phase = "primary_crash"
     setup.primary.kill()
