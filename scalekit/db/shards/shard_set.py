@@ -15,6 +15,7 @@ from typing import Any, TypeVar, overload
 from ... import events
 from ..._clock import Clock, get_clock
 from .. import _fork
+from .._scope import run_in_thread
 from ..errors import BucketMoved, ConfigError
 from ..pool import Cursor, Params, Result, Row
 from ..replicas import ReplicaSet
@@ -483,7 +484,7 @@ class ShardSet:
     async def _current(self) -> ShardStrategy:
         """The strategy to route by; a due poll runs in a worker thread."""
         if self._map.due():
-            return await _to_thread(self._map.current)
+            return await run_in_thread(self._map.current)
         return self._map.strategy
 
     @overload
@@ -562,7 +563,7 @@ class ShardSet:
         retry = _FenceRetry(self)
         strategy = await self._current()
         while True:
-            route = await _to_thread(functools.partial(self._route, key, strategy))
+            route = await run_in_thread(functools.partial(self._route, key, strategy))
             token = events.current_shard.set(route.index)
             try:
                 guarded = self._guard(fn, route)
@@ -575,11 +576,11 @@ class ShardSet:
                 events.current_shard.reset(token)
             await anyio.sleep(delay)
             if self.follows:  # the move may have flipped the map while we waited
-                strategy = await _to_thread(self._map.reload)
+                strategy = await run_in_thread(self._map.reload)
 
     async def aquery_all(self, sql: str, params: Params = None, **options: Any) -> list[ShardRow]:
         """``query_all`` from async code: the shards still run concurrently, off the loop."""
-        return await _to_thread(functools.partial(self.query_all, sql, params, **options))
+        return await run_in_thread(functools.partial(self.query_all, sql, params, **options))
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
@@ -614,10 +615,3 @@ def _returning(method: str, options: dict[str, Any]) -> bool:
     if options:
         raise TypeError(f"ShardSet.{method}() got unexpected arguments {sorted(options)}")
     return returning
-
-
-async def _to_thread(call: Callable[[], T]) -> T:
-    import anyio.to_thread
-
-    context = contextvars.copy_context()
-    return await anyio.to_thread.run_sync(context.run, call)
