@@ -56,6 +56,11 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         raise _UsageError("--save writes a BucketMap: add --strategy bucket (or --map FILE)")
     if args.to < 1:
         raise _UsageError(f"--to {args.to}: give the shard count after the change (at least 1)")
+    if args.buckets is not None and (args.map or args.strategy != "bucket"):
+        raise _UsageError(
+            f"--buckets {args.buckets} applies to --strategy bucket without --map "
+            "(a map file has its own bucket count)"
+        )
     if args.map:
         try:
             current: Any = BucketMap.load(args.map)
@@ -66,11 +71,11 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     elif getattr(args, "from") is None:
         raise _UsageError("give the shard count now: --from N (or the current map: --map FILE)")
     else:
-        current = _strategy(args.strategy, getattr(args, "from"), args.buckets)
+        current = _strategy(args.strategy, getattr(args, "from"), args.buckets or 1024)
     if isinstance(current, BucketMap):
         proposed: Any = current.rebalance(args.to)
     else:
-        proposed = _strategy(args.strategy, args.to, args.buckets)
+        proposed = _strategy(args.strategy, args.to, args.buckets or 1024)
     keys: range | None = range(args.keys or 100_000)
     if isinstance(proposed, BucketMap) and not args.keys:
         keys = None  # the reassigned buckets are exact
@@ -221,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="examine ids 0..K-1 (default 100000; bucket maps need none)",
     )
-    plan.add_argument("--buckets", type=int, default=1024, help="bucket count (bucket strategy)")
+    plan.add_argument("--buckets", type=int, help="bucket count (--strategy bucket; default 1024)")
     plan.add_argument("--map", help="current BucketMap JSON file (instead of a uniform map)")
     plan.add_argument("--save", help="write the proposed BucketMap to this JSON file")
 
@@ -267,8 +272,11 @@ def main(argv: Sequence[str] | None = None, *, checkpoint: Checkpoint | None = N
 
     try:
         if args.action == "plan":
-            if args.keys and args.keys < 0:
-                raise _UsageError(f"--keys {args.keys}: give a positive number of ids")
+            if args.keys and not 0 < args.keys <= _MAX_PLAN_KEYS:
+                raise _UsageError(
+                    f"--keys {args.keys}: give a positive number of ids, at most "
+                    f"{_MAX_PLAN_KEYS} (the share that moves is exact to 0.1% long before)"
+                )
             return _plan(args, out)
         return _move(args, out, checkpoint)
     except (_UsageError, DatabaseError, ValueError) as exc:
@@ -280,6 +288,10 @@ def main(argv: Sequence[str] | None = None, *, checkpoint: Checkpoint | None = N
         # The driver's own error (a missing table or column): the pool raises it unchanged.
         return _error(args.action, f"the database refused a statement: {exc}; check that every "
                       "--table (table:shard_key:primary_key) exists on every shard")  # fmt: skip
+
+
+_MAX_PLAN_KEYS = 10_000_000
+"""``shards plan --keys``: hashing more ids takes minutes and tells nothing new."""
 
 
 def _error(action: str, message: str) -> int:

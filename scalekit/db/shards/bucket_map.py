@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from ..pool import Pool
     from ..replicas import ReplicaSet
 
-__all__ = ["BucketMap"]
+__all__ = ["MAX_BUCKETS", "BucketMap"]
+
+MAX_BUCKETS = 1 << 20
+"""The most buckets a map may have: every instance holds the whole table in
+memory and the control database stores it as one JSON document."""
 
 
 class BucketMap:
@@ -60,6 +64,12 @@ class BucketMap:
     ) -> None:
         if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
             raise ConfigError(f"buckets={buckets!r} must be an integer of at least 1")
+        if buckets > MAX_BUCKETS:
+            raise ConfigError(
+                f"buckets={buckets} exceeds {MAX_BUCKETS}: every instance holds the whole "
+                "map and the control database stores it as one document; a few thousand "
+                "buckets (default 1024) spread keys finely enough"
+            )
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise ConfigError(f"version={version!r} must be a non-negative integer")
         if shards is not None:

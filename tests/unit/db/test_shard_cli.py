@@ -154,3 +154,20 @@ def test_move_errors_never_show_a_password_nor_blame_the_tables_for_a_missing_ma
     line = _one_line_error(capsys, "the port is not a number")  # the replica's URL
     assert "ter2" not in line
     assert "pw" not in line
+
+
+def test_plan_refuses_sizes_that_would_exhaust_the_machine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    huge = str(10**9)
+    bucket = ["shards", "plan", "--strategy", "bucket", "--from", "2", "--to", "3"]
+    assert cli.main([*bucket, "--buckets", huge]) == 2
+    _one_line_error(capsys, f"buckets={huge}", "exceeds")
+    jump = ["shards", "plan", "--from", "2", "--to", "3", "--buckets", "64"]
+    assert cli.main(jump) == 2  # not silently ignored
+    _one_line_error(capsys, "--buckets 64 applies to --strategy bucket")
+    assert cli.main(["shards", "plan", "--strategy", "jump", "--from", "2", "--to", "3",
+                     "--keys", huge]) == 2  # fmt: skip
+    _one_line_error(capsys, f"--keys {huge}", "at most")
+    with pytest.raises(ConfigError, match="exceeds"):
+        BucketMap(buckets=(1 << 20) + 1, shards=2)
