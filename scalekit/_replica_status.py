@@ -35,8 +35,9 @@ class ReplicaStatus:
     does not know, e.g. while the IO thread reconnects). ``applied_all_received``
     is True when the SQL thread has executed everything the IO thread fetched.
     ``received_gtid`` is MariaDB's ``Gtid_IO_Pos`` (the GTIDs the IO thread
-    fetched; None on MySQL or without GTID), which a ``MASTER_GTID_WAIT``
-    can wait for.
+    fetched) when the replica replicates by GTID (``Using_Gtid`` is
+    ``Slave_Pos`` or ``Current_Pos``); None on MySQL or by file and position.
+    A ``MASTER_GTID_WAIT`` can wait for it.
     """
 
     configured: bool
@@ -79,7 +80,10 @@ def parse_replica_status(rows: Sequence[Mapping[str, Any]]) -> ReplicaStatus:
     exec_file = _column(row, "Relay_Master_Log_File", "Relay_Source_Log_File")
     exec_pos = _column(row, "Exec_Master_Log_Pos", "Exec_Source_Log_Pos")
     applied = read_file is not None and read_file == exec_file and read_pos == exec_pos
-    received = row.get("Gtid_IO_Pos")
+    # Gtid_IO_Pos keeps its last value when the replica stops using GTID
+    # (MASTER_USE_GTID=no): it then says nothing about what was received.
+    using_gtid = str(row.get("Using_Gtid") or "").lower()
+    received = row.get("Gtid_IO_Pos") if using_gtid in ("slave_pos", "current_pos") else None
     return ReplicaStatus(
         configured=True,
         io=io,

@@ -25,7 +25,7 @@ from ._driver_errors import is_timeout
 from .errors import PoolTimeout, error_code
 from .pool import Connection, Pool
 
-__all__ = ["LAST_RESORT", "HealthPolicy", "ReplicaHealth", "ReplicaState"]
+__all__ = ["LAST_RESORT", "HealthPolicy", "ReplicaHealth", "ReplicaState", "Standing"]
 
 _SYNTAX_ERROR = 1064
 
@@ -56,6 +56,17 @@ a replica catching up or reconnecting changes within milliseconds)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """One consistent reading of a replica for a last-resort read."""
+
+    state: ReplicaState
+    received: str | None
+    """``Gtid_IO_Pos`` at the last probe (MariaDB with GTID), else None."""
+    serving_at: float
+    """When a probe last found it replicating within ``max_lag`` (-inf: never)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HealthPolicy:
     """The ``ReplicaSet`` options a replica's health follows, and where it reports."""
 
@@ -81,6 +92,11 @@ class ReplicaHealth:
         self.last_lag: float | None = None
         self.received: str | None = None
         """The GTIDs the IO thread had fetched at the last probe (MariaDB)."""
+        self.serving_at = float("-inf")
+        """When a probe last found it replicating within ``max_lag``."""
+        self.stalled: str | None = None
+        """A ``received`` position it failed to apply within ``max_lag``: no more waits
+        for it until it has applied everything."""
         self._status_sql = STATUS_STATEMENTS[0]
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
@@ -103,16 +119,31 @@ class ReplicaHealth:
             return ReplicaState.UNCHECKED  # the probe timed out: no read on an old status
         return state
 
-    def last_resort(self) -> ReplicaState:
-        """The state when the primary failed: a verdict that rules the replica out is
-        probed again once it is ``RECHECK`` seconds old, a serving one once it is due."""
-        now = self.policy.clock.monotonic()
+    def last_resort(self) -> Standing:
+        """The replica when the primary failed: a verdict that rules it out is probed
+        again once it is ``RECHECK`` seconds old, any other once it is due; a status
+        older than ``lag_check_interval`` (its probe could not run) is ``UNCHECKED``."""
+        clock = self.policy.clock
+        now = clock.monotonic()
         if self.state is ReplicaState.DOWN and now < self.down_until:
-            return ReplicaState.DOWN
+            return Standing(ReplicaState.DOWN, None, self.serving_at)
         interval = None if self.state in LAST_RESORT else RECHECK
         if self._due(now, interval):
             self.probe(interval)
-        return self.state
+            now = clock.monotonic()
+        with self._lock:
+            state = self.state
+            if state is not ReplicaState.DOWN and self._due(now):
+                state = ReplicaState.UNCHECKED
+            return Standing(state, self.received, self.serving_at)
+
+    def did_not_catch_up(self, received: str) -> None:
+        """A read waited ``max_lag`` for it to apply ``received`` in vain: it is out
+        until it has applied everything (a later probe says ``detached``)."""
+        with self._lock:
+            self.stalled = received
+            if self.state is ReplicaState.CATCHING_UP and self.received == received:
+                self.state = ReplicaState.STOPPED
 
     def _due(self, now: float, interval: float | None = None) -> bool:
         if self.state is ReplicaState.DOWN:
@@ -149,7 +180,7 @@ class ReplicaHealth:
                 self.failures = 0
                 self.checked_at = now
                 self.received = None if status is None else status.received_gtid
-                self.state = self._judge(status)
+                self.state = self._judge(status, now)
         finally:
             self._probe_lock.release()
 
@@ -165,14 +196,17 @@ class ReplicaHealth:
         self._status_sql = STATUS_STATEMENTS[-1]  # MariaDB < 10.5
         return parse_replica_status(conn.query(self._status_sql))
 
-    def _judge(self, status: ReplicaStatus | None) -> ReplicaState:
+    def _judge(self, status: ReplicaStatus | None, now: float) -> ReplicaState:
         if status is None:
+            self.serving_at = now
             return ReplicaState.SERVING
         max_lag = self.policy.max_lag
         if status.replicating:
             self.last_lag = status.lag
-            lagging = (status.lag or 0.0) > max_lag
-            return ReplicaState.LAGGING if lagging else ReplicaState.SERVING
+            if (status.lag or 0.0) > max_lag:
+                return ReplicaState.LAGGING
+            self.serving_at = now
+            return ReplicaState.SERVING
         if (
             status.sql_running
             and status.io is not IoThread.STOPPED  # reconnecting to a primary that is gone
@@ -180,8 +214,10 @@ class ReplicaHealth:
             and self.last_lag <= max_lag
         ):
             if status.applied_all_received:
+                self.stalled = None
                 return ReplicaState.DETACHED
-            if status.received_gtid is not None:
+            received = status.received_gtid
+            if received is not None and received != self.stalled:
                 return ReplicaState.CATCHING_UP
         return ReplicaState.STOPPED
 

@@ -12,7 +12,7 @@ from .. import events
 from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
 from . import _fork, _scope
-from ._replica_health import LAST_RESORT, HealthPolicy, ReplicaHealth, ReplicaState
+from ._replica_health import HealthPolicy, ReplicaHealth, ReplicaState
 from ._sql import classify
 from .errors import (
     SERVER_REFUSED_CODES,
@@ -37,6 +37,9 @@ _GTID_WAIT_SQL = "SELECT MASTER_GTID_WAIT(%s, %s) AS waited"
 
 LAG_RESOLUTION = 1.0
 """``Seconds_Behind_Master`` counts whole seconds: the real lag may exceed it by up to this."""
+
+_READ_MARGIN = 0.5
+"""Seconds of a replica read's deadline left for the read after a GTID wait."""
 
 
 class ReplicaSet:
@@ -143,6 +146,10 @@ class ReplicaSet:
         )
         self._replicas = [ReplicaHealth(pool, policy) for pool in self.replicas]
         self._turn = itertools.count()
+        self._primary_seen = float("-inf")
+        """When the primary last answered this set (a detached replica that lost it
+        earlier misses what it acknowledged since)."""
+        self._resolution = lag_check_interval + LAG_RESOLUTION
         self._id = next(_set_ids)
         _fork.register(self._after_fork)
 
@@ -191,45 +198,77 @@ class ReplicaSet:
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
-            if not to_primary:  # nothing demands the primary: a replica that has it all
-                served, rows = self._last_resort(sql, params, gtid)
+            why = ""
+            if not to_primary and classify(sql).read:  # a replica that has it all may do
+                served, rows, why = self._last_resort(sql, params, gtid)
                 if served:
                     self._event("fallback_replica", "primary_down")
                     return rows
             raise NoHealthyServer(
-                f"no replica of {self.name!r} could serve the read and the primary failed: {exc}"
+                f"no replica of {self.name!r} could serve the read and the primary failed: "
+                f"{exc}{why}"
             ) from exc
 
-    def _last_resort(self, sql: str, params: Params, gtid: str | None) -> tuple[bool, list[Row]]:
-        """The read on a replica while the primary fails: one whose last status was good,
-        one that applied everything it received, or one that does within ``max_lag``
-        (and, for a read that must see a GTID, one that has it)."""
-        for replica in self._replicas:
-            state = replica.last_resort()
-            if state in LAST_RESORT:
-                need, wait = gtid, self.causal_timeout
-            elif state is ReplicaState.CATCHING_UP and replica.received is not None:
-                need, wait = merge_gtids(gtid, replica.received), self.max_lag
-            else:
+    def _last_resort(
+        self, sql: str, params: Params, gtid: str | None
+    ) -> tuple[bool, list[Row], str]:
+        """The read on a replica while the primary fails (and why none served).
+
+        A replica qualifies when its last status was good, or when it lost the
+        primary no earlier than this set last reached the primary (give or take
+        one lag check) and has applied everything it received — waiting up to
+        ``max_lag`` for that (``catching_up``) on MariaDB with GTID. A read that
+        must see a GTID gets it there or not at all.
+        """
+        replicas = self._replicas
+        start = next(self._turn) % len(replicas)
+        reasons: list[str] = []
+        for replica in replicas[start:] + replicas[:start]:
+            standing = replica.last_resort()
+            state, received = standing.state, standing.received
+            name = replica.pool.name
+            detached = state in (ReplicaState.DETACHED, ReplicaState.CATCHING_UP)
+            if detached and standing.serving_at < self._primary_seen - self._resolution:
+                reasons.append(f"{name} lost the primary before this set last reached it")
                 continue
-            if need is not None:
-                wait = max(wait, self.causal_timeout)
+            if detached and not _covers(received, gtid):
+                reasons.append(f"{name} never received GTID {gtid}")
+                continue  # its IO thread is gone: waiting cannot help
+            if state in (ReplicaState.SERVING, ReplicaState.DETACHED):
+                need, wait = gtid, self.causal_timeout
+            elif state is ReplicaState.CATCHING_UP and received is not None:
+                need, wait = merge_gtids(gtid, received), max(self.max_lag, self.causal_timeout)
+            else:
+                reasons.append(f"{name} is {state.value}")
+                continue
+            read_timeout = replica.pool.read_timeout
+            if read_timeout is not None:  # the wait and the read share one deadline
+                wait = max(min(wait, read_timeout - _READ_MARGIN), 0.0)
             served, rows, _ = self._replica_read(sql, params, need, iter([replica]), wait)
             if served:
-                return True, rows
-        return False, []
+                return True, rows, ""
+            if state is ReplicaState.CATCHING_UP and received is not None:
+                replica.did_not_catch_up(received)
+                reasons.append(
+                    f"{name} was catching up and did not apply what it received within {wait:g}s"
+                )
+            else:
+                reasons.append(f"{name} could not serve it")
+        return False, [], ("; " + "; ".join(reasons)) if reasons else ""
 
     def _primary_query(self, sql: str, params: Params, key: object) -> list[Row]:
         """``query`` on the primary; a write by its text marks and pins as ``execute`` does."""
         if classify(sql).read:
-            return self.primary.query(sql, params)
+            rows = self.primary.query(sql, params)
+            self._primary_seen = self._clock.monotonic()
+            return rows
         mark_key = str(key) if key is not None else _scope.bound_key()
         try:
             rows = self.primary.query(sql, params)
         except WriteOutcomeUnknown:
             self._wrote(mark_key, None)
             raise
-        self._wrote(mark_key, None)
+        self._wrote(mark_key, None, answered=True)
         return rows
 
     def _plan(self, key: object, after: str | None) -> tuple[bool, str | None, str]:
@@ -332,7 +371,7 @@ class ReplicaSet:
             raise
         if token is not None:
             result = Result(result.rowcount, result.lastrowid, token, result.rows)
-        self._wrote(mark_key, token)
+        self._wrote(mark_key, token, answered=True)
         return result
 
     def _write(self, run: Callable[[Connection], T]) -> tuple[T, str | None]:
@@ -414,7 +453,7 @@ class ReplicaSet:
                 self._wrote(mark_key, None)
                 raise
             cursor.token = self._last_gtid(conn) if self.causal else None
-        self._wrote(mark_key, cursor.token)
+        self._wrote(mark_key, cursor.token, answered=True)
 
     def _begin(self, stack: contextlib.ExitStack[bool | None]) -> Connection:
         """A primary connection with a transaction begun; a stale one is replaced once.
@@ -439,10 +478,16 @@ class ReplicaSet:
         """Use ``key`` for every read and write in the block that passes none."""
         return _scope.bind(key)
 
-    def _wrote(self, mark_key: str | None, gtid: str | None) -> None:
-        """After a write (or one whose outcome is unknown): mark its key, pin this request."""
+    def _wrote(self, mark_key: str | None, gtid: str | None, *, answered: bool = False) -> None:
+        """After a write (or one whose outcome is unknown): mark its key, pin this request.
+
+        ``answered``: the primary acknowledged it.
+        """
         self._mark(mark_key, gtid)
-        _scope.pin(self._id, self._clock.monotonic() + self.pin_after_write, gtid)
+        now = self._clock.monotonic()
+        if answered:
+            self._primary_seen = now
+        _scope.pin(self._id, now + self.pin_after_write, gtid)
 
     def _mark(self, key: str | None, gtid: str | None) -> None:
         if key is None:
@@ -504,3 +549,11 @@ class ReplicaSet:
 
     def __repr__(self) -> str:
         return f"<ReplicaSet {self.name!r} replicas={len(self.replicas)}>"
+
+
+def _covers(received: str | None, gtid: str | None) -> bool:
+    """Whether a replica that received ``received`` has (or can apply) ``gtid``
+    (True when either is unknown: the GTID wait decides then)."""
+    if received is None or gtid is None:
+        return True
+    return merge_gtids(received, gtid) == merge_gtids(received)

@@ -58,3 +58,18 @@ def test_mysql_8_spelling(row: dict[str, Any]) -> None:
 def test_no_rows_is_not_a_replica() -> None:
     status = parse_replica_status([])
     assert (status.configured, status.replicating) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("using_gtid", "received"),
+    [("Slave_Pos", "0-1-17"), ("Current_Pos", "0-1-17"), ("No", None), (None, None)],
+)
+def test_received_gtid_only_when_the_replica_replicates_by_gtid(
+    using_gtid: str | None, received: str | None
+) -> None:
+    # With MASTER_USE_GTID=no, Gtid_IO_Pos keeps the last GTID-mode position:
+    # waiting for it would wait for nothing (the attack's r5/r6 scripts).
+    row = {"Slave_IO_Running": "Connecting", "Slave_SQL_Running": "Yes", "Gtid_IO_Pos": "0-1-17"}
+    if using_gtid is not None:
+        row["Using_Gtid"] = using_gtid
+    assert parse_replica_status([row]).received_gtid == received

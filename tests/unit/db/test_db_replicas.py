@@ -378,7 +378,11 @@ def test_a_replica_still_applying_what_it_received_serves_once_it_has() -> None:
     assert served_by(rs.query("SELECT 1")) == "replica0"  # lag 0: its last known lag
     assert replica.status is not None
     replica.status.update(
-        RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=400, Gtid_IO_Pos="0-1-9"
+        RECONNECTING,
+        Read_Master_Log_Pos=900,
+        Exec_Master_Log_Pos=400,
+        Using_Gtid="Slave_Pos",
+        Gtid_IO_Pos="0-1-9",
     )
     primary.down = True
     clock.advance(1.0)
@@ -431,3 +435,138 @@ def test_a_read_that_must_see_a_gtid_gets_it_from_the_last_resort_replica_or_fai
         rs.query("SELECT 1", after="0-1-5")
     replica.gtid_wait = 0
     assert served_by(rs.query("SELECT 1", after="0-1-5")) == "replica0"
+
+
+def test_a_catching_up_replica_that_did_not_catch_up_is_not_waited_for_again() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    rs.query("SELECT 1")
+    assert replica.status is not None
+    replica.status.update(
+        RECONNECTING,
+        Read_Master_Log_Pos=900,
+        Exec_Master_Log_Pos=400,
+        Using_Gtid="Slave_Pos",
+        Gtid_IO_Pos="0-1-9",
+    )
+    primary.down = True
+    replica.gtid_wait = -1  # stuck: a lock, a long ALTER
+    clock.advance(1.0)
+    with pytest.raises(NoHealthyServer, match="catching up and did not apply"):
+        rs.query("SELECT 1")
+    for _ in range(20):  # every later read fails at once, re-probed or not
+        with pytest.raises(NoHealthyServer):
+            rs.query("SELECT 1")
+        clock.advance(0.05)
+    assert replica.count("MASTER_GTID_WAIT") == 1
+    replica.status["Exec_Master_Log_Pos"] = 900  # it got there after all: detached
+    clock.advance(0.05)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+
+
+def test_a_replica_that_lost_the_primary_before_the_set_last_reached_it_does_not_serve() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    assert replica.status is not None
+    # Its IO thread loses the primary (a changed replication password, a
+    # network cut) while the primary keeps acknowledging writes for 30 s.
+    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    for _ in range(30):
+        clock.advance(1.0)
+        rs.execute("INSERT INTO t VALUES (1)")
+        assert served_by(rs.query("SELECT 1")) == "primary"  # detached: not while it answers
+    clock.advance(10.0)  # the last write's pin is over
+    primary.down = True
+    with pytest.raises(NoHealthyServer, match="lost the primary before this set last reached it"):
+        rs.query("SELECT 1")
+
+
+def test_a_replica_that_lost_the_primary_with_it_serves_after_writes() -> None:
+    rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
+    rs.execute("INSERT INTO t VALUES (1)")
+    clock.advance(10.0)  # the pin is over
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    primary.down = True  # the primary stops; the replica's IO thread notices
+    assert replica.status is not None
+    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    clock.advance(1.0)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+
+
+def test_a_status_too_old_to_trust_is_not_a_last_resort() -> None:
+    clock = ManualClock()
+    primary = FakeServer("primary")
+    replica = FakeServer("replica0")
+    rs = ReplicaSet(
+        primary.pool(clock=clock),
+        [replica.pool(clock=clock, max_connections=1, connect_args={"connect_timeout": 0.01})],
+        clock=clock,
+    )
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    primary.down = True
+    clock.advance(30.0)
+    busy = rs.replicas[0].connection()  # the replica's only connection: no probe can run
+    with busy, pytest.raises(NoHealthyServer, match="replica0 is unchecked"):
+        rs.query("SELECT 1")  # its 30 s old "serving" is not enough
+    assert replica.count("SELECT 1") == 1
+
+
+def test_last_resort_reads_are_spread_over_the_replicas() -> None:
+    rs, primary, servers, clock = make(3)
+    for _ in range(3):
+        rs.query("SELECT 1")
+    primary.down = True
+    for server in servers:
+        assert server.status is not None
+        server.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    clock.advance(1.0)
+    before = [server.count("SELECT /* r */") for server in servers]
+    for _ in range(300):
+        rs.query("SELECT /* r */ 1")
+    assert [
+        server.count("SELECT /* r */") - n for server, n in zip(servers, before, strict=True)
+    ] == [
+        100,
+        100,
+        100,
+    ]
+
+
+def test_a_write_sent_as_a_query_is_not_sent_to_a_replica_when_the_primary_is_down() -> None:
+    rs, primary, (replica,), clock = make()
+    rs.query("SELECT 1")
+    primary.down = True
+    assert replica.status is not None
+    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    clock.advance(1.0)
+    with pytest.raises(NoHealthyServer):
+        rs.query("INSERT INTO t VALUES (1) RETURNING id")
+    assert replica.count("INSERT") == 0
+
+
+def test_the_catch_up_wait_leaves_the_replica_read_time_within_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rs, primary, (replica,), clock = make(max_lag=12.0, pin_after_write=15.0)
+    rs.query("SELECT 1")
+    assert replica.status is not None
+    replica.status.update(
+        RECONNECTING,
+        Read_Master_Log_Pos=900,
+        Exec_Master_Log_Pos=400,
+        Using_Gtid="Slave_Pos",
+        Gtid_IO_Pos="0-1-9",
+    )
+    primary.down = True
+    clock.advance(1.0)
+    waits: list[float | None] = []
+    caught_up = rs._caught_up
+
+    def recording(conn: object, gtid: str, wait: float | None = None) -> bool:
+        waits.append(wait)
+        return caught_up(conn, gtid, wait)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rs, "_caught_up", recording)
+    assert served_by(rs.query("SELECT 1")) == "replica0"
+    read_timeout = rs.replicas[0].read_timeout
+    assert read_timeout is not None
+    assert waits == [read_timeout - 0.5]  # not max_lag=12 past the 10 s read deadline
