@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from db_helpers import TABLE, Pools, count_statements, marker
 from harness import APP_PASSWORD, CountingProxy, MariaDBReplication
-from harness.ports import wait_until
+from harness.ports import free_port, wait_until
 
 from scalekit import events
 from scalekit._clock import ManualClock
 from scalekit.db import (
+    NoHealthyServer,
     ReplicaSet,
     RequestScopeMiddleware,
     WriteOutcomeUnknown,
@@ -273,6 +274,47 @@ def test_a_replica_still_applying_what_it_received_serves_once_applied_while_the
     finally:
         setup.primary.start()
         setup.clear_delay()
+        setup.wait_replicating()
+        setup.wait_caught_up()
+
+
+def test_a_replica_cut_off_before_the_primary_went_down_serves_no_stale_read(
+    mariadb_replication: MariaDBReplication,
+    pools: Pools,
+    clock: ManualClock,
+    routing_events: list[events.DbRouting],
+) -> None:
+    setup = mariadb_replication
+    rs = pools.replica_set(lag_check_interval=1.0)
+    assert served_by(rs) == REPLICA  # seen replicating, lag 0
+
+    def point_replica_at(port: int) -> None:
+        with setup.replica.admin() as conn, conn.cursor() as cursor:
+            cursor.execute("STOP SLAVE")
+            cursor.execute("CHANGE MASTER TO MASTER_PORT=%s", (port,))
+            cursor.execute("START SLAVE")
+
+    point_replica_at(free_port())  # its IO thread loses the primary; the primary stays up
+    try:
+        wait_until(
+            lambda: setup.replication_status().get("Slave_IO_Running") == "Connecting",
+            timeout=30,
+            what="the replica's IO thread to reconnect in vain",
+        )
+        clock.advance(1.0)
+        note = marker()
+        rs.execute(f"INSERT INTO {TABLE} (user_id, note) VALUES (9, %s)", [note])
+        sql = f"SELECT COUNT(*) AS n FROM {TABLE} WHERE note = %s"
+        assert rs.query(sql, [note]) == [{"n": 1}]  # pinned: the primary
+        clock.advance(10.0)
+        assert rs.query(sql, [note]) == [{"n": 1}]  # detached: the primary still answers
+        setup.primary.stop()
+        with pytest.raises(NoHealthyServer, match="lost the primary before"):
+            rs.query(sql, [note])  # the replica has no such row: never served from it
+        assert ("replica_skipped", "detached") in {(e.decision, e.reason) for e in routing_events}
+    finally:
+        setup.primary.start()
+        point_replica_at(setup.primary.port)
         setup.wait_replicating()
         setup.wait_caught_up()
 
