@@ -21,10 +21,16 @@ from typing import Any
 from .._clock import Clock
 from ._deadline import Deadline
 
-__all__ = ["SLACK", "Connector", "ServerBackoff", "SslMode"]
+__all__ = ["SLACK", "TRIAL_DEFAULT", "TRIAL_SLACK", "Connector", "ServerBackoff", "SslMode"]
 
 SLACK = 0.1
 """Seconds an operation may overrun its deadline rather than reset socket timeouts."""
+
+TRIAL_DEFAULT = 10.0
+"""Seconds a trial connect with no timeout holds its lease (pymysql's default connect_timeout)."""
+
+TRIAL_SLACK = 1.0
+"""Seconds a trial's lease outlasts its connect timeout (the session statements after it)."""
 
 
 class SslMode(enum.StrEnum):
@@ -50,8 +56,13 @@ class ServerBackoff:
     seconds, so a restarted server serves again within ``base`` of coming
     back, not after a long back-off. Failures of attempts that started
     before the current back-off (many threads failing together) do not
-    lengthen it. While the server is out, at most one caller at a time
-    tries a connect (``attempt``); the others get "server down" at once.
+    lengthen it.
+
+    While the server is out, at most one caller at a time tries a connect
+    (``attempt``); the others get "server down" at once. That caller holds
+    a *lease* (``trial_until``) rather than a lock: a caller that never ends
+    its trial (an exception raised by a signal handler at the wrong moment)
+    blocks the others only until the lease runs out.
     """
 
     def __init__(self, clock: Clock, *, base: float = 0.05, cap: float = 1.0) -> None:
@@ -59,11 +70,13 @@ class ServerBackoff:
         self.base = base
         self.cap = cap
         self._lock = threading.Lock()
-        self._trial = threading.Lock()
         self.failures = 0
         self.until = 0.0
         self.unresponsive = False
         self.last_error = ""
+        self.trial_until = 0.0
+        """While the clock is before this, a caller is trying a connect (its lease)."""
+        self._trials = 0
 
     def remaining(self) -> float:
         """Seconds before the next connect may be tried (0: now)."""
@@ -72,22 +85,44 @@ class ServerBackoff:
     @property
     def trying(self) -> bool:
         """A caller is trying a connect to a server that is out."""
-        return self._trial.locked()
+        return self._clock.monotonic() < self.trial_until
 
     @contextlib.contextmanager
-    def attempt(self) -> Iterator[bool]:
+    def attempt(self, timeout: float | None) -> Iterator[bool]:
         """Whether this caller may connect now: always while the server is in,
-        else once its back-off ended and no other caller is trying."""
+        else once its back-off ended and no other caller is trying.
+
+        Args:
+            timeout: the seconds the connect may take (None: no limit). The
+                trial's lease lasts that (``TRIAL_DEFAULT`` when None) plus
+                ``TRIAL_SLACK``.
+        """
         if not self.failures:
             yield True
             return
-        if self.remaining() > 0 or not self._trial.acquire(blocking=False):
+        trial = self._start_trial(timeout)
+        if trial is None:
             yield False
             return
         try:
             yield True
         finally:
-            self._trial.release()
+            self._end_trial(trial)
+
+    def _start_trial(self, timeout: float | None) -> int | None:
+        lease = (TRIAL_DEFAULT if timeout is None else timeout) + TRIAL_SLACK
+        with self._lock:
+            now = self._clock.monotonic()
+            if now < self.until or now < self.trial_until:
+                return None
+            self._trials += 1
+            self.trial_until = now + lease
+            return self._trials
+
+    def _end_trial(self, trial: int) -> None:
+        with self._lock:
+            if trial == self._trials:  # not a later trial taken once this lease ran out
+                self.trial_until = 0.0
 
     def failed(self, error: str, *, unresponsive: bool) -> None:
         now = self._clock.monotonic()
@@ -106,10 +141,11 @@ class ServerBackoff:
                 self.failures = 0
                 self.until = 0.0
                 self.unresponsive = False
+                self.trial_until = 0.0
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._trial = threading.Lock()
+        self.trial_until = 0.0  # the parent's trial, not ours
 
 
 class Connector:

@@ -644,7 +644,7 @@ class Pool:
                 slot.close()  # gone (a restart, a kill): a fresh connection will do
                 slot = None
             if slot is None:
-                with self._backoff.attempt() as allowed:
+                with self._backoff.attempt(self.connect_timeout) as allowed:
                     if not allowed:
                         raise self._server_down()
                     with self._slots.connecting_one():

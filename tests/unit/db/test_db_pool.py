@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import linecache
 import random
+import sys
 import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from db_fakedb import FakeServer, OperationalError, lost
@@ -457,3 +461,81 @@ def test_one_caller_at_a_time_tries_a_server_that_is_out() -> None:
     assert len(results) == 1
     assert server.connect_attempts == 2
     assert pool.query("SELECT 1")[0]["server"] == "p"  # back: everyone connects again
+
+
+class _Interrupt(BaseException):
+    """What a signal handler raises (a job timeout, KeyboardInterrupt)."""
+
+
+def _interrupt_at_the_try_of_attempt(frame: FrameType, event: str, arg: object) -> Any:
+    """A tracer raising ``_Interrupt`` where a signal may land: after the trial is taken,
+    before the ``try:`` that would end it."""
+    if frame.f_code.co_name != "attempt":
+        return None
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and line.strip() == "try:":
+            raise _Interrupt
+        return local
+
+    return local
+
+
+def test_a_trial_abandoned_by_a_signal_expires_and_the_server_is_tried_again() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=2, clock=clock, connect_args={"connect_timeout": 2})
+    server.down = True
+    with pytest.raises(ConnectionLost):
+        pool.query("SELECT 1")
+    server.down = False
+    clock.advance(0.05)  # the back-off ended: this caller takes the trial ...
+    previous = sys.gettrace()
+    sys.settrace(_interrupt_at_the_try_of_attempt)
+    try:
+        with pytest.raises(_Interrupt):  # ... and a signal handler's exception leaves it
+            pool.query("SELECT 1")
+    finally:
+        sys.settrace(previous)
+    assert server.connect_attempts == 1
+    clock.advance(2.9)  # within the lease (connect_timeout + 1 s): still one trial at a time
+    with pytest.raises(ConnectionLost, match="another caller is trying a connect"):
+        pool.query("SELECT 1")
+    clock.advance(0.2)  # the abandoned lease ran out: a connect is tried, and succeeds
+    assert pool.query("SELECT 1")[0]["server"] == "p"
+    assert server.connect_attempts == 2
+
+
+def test_a_hung_trial_connect_lets_another_caller_try_once_its_lease_ran_out() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=4, clock=clock, connect_args={"connect_timeout": 2})
+    server.down = True
+    with pytest.raises(ConnectionLost):
+        pool.query("SELECT 1")
+    clock.advance(0.05)
+    hung, release = threading.Event(), threading.Event()
+    real_connect = server.connect
+
+    def hanging_connect(**kwargs: object) -> object:  # a connect_timeout the driver ignores
+        server.module.connect = real_connect  # type: ignore[attr-defined]
+        hung.set()
+        release.wait(10)
+        return real_connect(**kwargs)  # type: ignore[arg-type]
+
+    server.down = False
+    server.module.connect = hanging_connect  # type: ignore[attr-defined]
+    first = threading.Thread(target=lambda: pool.query("SELECT 1"))
+    first.start()
+    try:
+        assert hung.wait(10)
+        with pytest.raises(ConnectionLost, match="another caller is trying a connect"):
+            pool.query("SELECT 1")
+        clock.advance(3.0)  # connect_timeout + 1 s: the hung trial's lease is over
+        assert pool.query("SELECT 1")[0]["server"] == "p"
+        assert server.connect_attempts == 2  # the refused one, then this one
+    finally:
+        release.set()
+        first.join(10)
+    assert server.connect_attempts == 3  # the hung one, once released
