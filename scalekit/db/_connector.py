@@ -4,7 +4,7 @@ Why a connector: pymysql builds a new ``SSLContext`` (loading the system
 CA store, ~30 ms of CPU) on every ``connect()`` in its default "preferred"
 TLS mode, even when the server offers no TLS; during an outage a pool that
 reconnects on every checkout burns the CPU its callers need. Here one
-context per pool is made once, and a server that refused a connect is not
+context per pool is made once, and a server that failed a connect is not
 tried again before its back-off ends — callers get "server down" at once.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from .._clock import Clock
 from ._deadline import Deadline
+from ._driver_errors import ConnectFailure
 
 __all__ = ["SLACK", "TRIAL_DEFAULT", "TRIAL_SLACK", "Connector", "ServerBackoff", "SslMode"]
 
@@ -49,14 +50,15 @@ _SSL_ARGS = frozenset({"ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_disabled", "
 class ServerBackoff:
     """Connect back-off for one server: one outage is one step, a success ends it.
 
-    A server that did not answer (a timeout: every attempt holds its caller
-    for up to ``connect_timeout``) is tried again after ``base`` seconds,
-    doubling per outage step up to ``cap``. A server that refused (nothing
-    listens: an attempt costs one round trip) is tried again every ``base``
-    seconds, so a restarted server serves again within ``base`` of coming
-    back, not after a long back-off. Failures of attempts that started
-    before the current back-off (many threads failing together) do not
-    lengthen it.
+    A server that refused a TCP connect (nothing listens: an attempt costs
+    one round trip) is tried again every ``base`` seconds, so a restarted
+    server serves again within ``base`` of coming back. Any other failure —
+    no answer (every attempt holds its caller for up to ``connect_timeout``),
+    a server that rejects the connect (1045 access denied, 1040 too many
+    connections, 1129 host blocked: each attempt adds to the problem) — is
+    tried again after ``base`` seconds, doubling per outage step up to
+    ``cap``. Failures of attempts that started before the current back-off
+    (many threads failing together) do not lengthen it.
 
     While the server is out, at most one caller at a time tries a connect
     (``attempt``); the others get "server down" at once. That caller holds
@@ -72,7 +74,7 @@ class ServerBackoff:
         self._lock = threading.Lock()
         self.failures = 0
         self.until = 0.0
-        self.unresponsive = False
+        self.cause = ConnectFailure.REFUSED
         self.last_error = ""
         self.trial_until = 0.0
         """While the clock is before this, a caller is trying a connect (its lease)."""
@@ -81,6 +83,11 @@ class ServerBackoff:
     def remaining(self) -> float:
         """Seconds before the next connect may be tried (0: now)."""
         return max(self.until - self._clock.monotonic(), 0.0)
+
+    @property
+    def unresponsive(self) -> bool:
+        """The last failure was a timeout: the server did not answer."""
+        return bool(self.failures) and self.cause is ConnectFailure.UNANSWERED
 
     @property
     def trying(self) -> bool:
@@ -124,15 +131,18 @@ class ServerBackoff:
             if trial == self._trials:  # not a later trial taken once this lease ran out
                 self.trial_until = 0.0
 
-    def failed(self, error: str, *, unresponsive: bool) -> None:
+    def failed(self, error: str, *, cause: ConnectFailure) -> None:
         now = self._clock.monotonic()
         with self._lock:
             self.last_error = error
-            self.unresponsive = unresponsive
+            self.cause = cause
             if now < self.until:
                 return  # the same outage, already counted
             self.failures += 1
-            step = self.base * 2 ** (self.failures - 1) if unresponsive else self.base
+            if cause is ConnectFailure.REFUSED:
+                step = self.base
+            else:  # the exponent is bounded: a float overflows past 2 ** 1023
+                step = self.base * 2 ** min(self.failures - 1, 64)
             self.until = now + min(step, self.cap)
 
     def succeeded(self) -> None:
@@ -140,7 +150,6 @@ class ServerBackoff:
             with self._lock:
                 self.failures = 0
                 self.until = 0.0
-                self.unresponsive = False
                 self.trial_until = 0.0
 
     def after_fork(self) -> None:

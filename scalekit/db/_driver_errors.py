@@ -9,6 +9,8 @@ off from the server, recheck ``@@read_only``).
 from __future__ import annotations
 
 import dataclasses
+import enum
+import errno
 import socket
 from types import ModuleType
 
@@ -25,7 +27,16 @@ from .errors import (
     error_code,
 )
 
-__all__ = ["Decision", "connect_error", "is_timeout", "outcome_name", "translate"]
+__all__ = [
+    "ConnectFailure",
+    "Decision",
+    "connect_error",
+    "connect_failure",
+    "is_refused",
+    "is_timeout",
+    "outcome_name",
+    "translate",
+]
 
 _SQLITE_READONLY = 8
 
@@ -56,6 +67,55 @@ def is_timeout(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def is_refused(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a refused TCP connect: nothing listens.
+
+    pymysql raises ``OperationalError(2003, "... ([Errno 111] Connection
+    refused)")`` while handling the socket's ``ConnectionRefusedError``, so
+    the refusal is found on the exception's ``__cause__``/``__context__``.
+    """
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or (
+            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ConnectFailure(enum.Enum):
+    """Why a connect failed: how its server's back-off grows, and what "server down" says."""
+
+    REFUSED = "refused a connect"
+    """Nothing listens (a TCP connect refused): one round trip, retried every base step."""
+    UNANSWERED = "did not answer"
+    """A timeout: every attempt holds its caller for ``connect_timeout``."""
+    REJECTED = "rejected the connect"
+    """The server answered with an error: 1045 access denied, 1040 too many
+    connections, 1129 host blocked. Retrying at once only adds to it."""
+    FAILED = "could not be connected to"
+    """Anything else: no route to the host, an unknown host name, a lost handshake."""
+
+
+def connect_failure(exc: BaseException) -> tuple[ConnectFailure, str]:
+    """Why a connect failed, and the error in words for the "server down" message."""
+    code = error_code(exc)
+    # The server's own error numbers; pymysql's client errors (CR_*: 2000-2999) and an
+    # OSError's errno are not an answer from the server.
+    if code is not None and not isinstance(exc, OSError) and not 2000 <= code < 3000:
+        args = exc.args
+        text = f"{code} {args[1]}" if len(args) == 2 and isinstance(args[1], str) else str(exc)
+        return ConnectFailure.REJECTED, text
+    if is_timeout(exc):
+        return ConnectFailure.UNANSWERED, str(exc)
+    if is_refused(exc):
+        return ConnectFailure.REFUSED, str(exc)
+    return ConnectFailure.FAILED, str(exc)
 
 
 def translate(

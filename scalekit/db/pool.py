@@ -32,7 +32,15 @@ from . import _fork, _hygiene
 from ._config import parse_url, redact
 from ._connector import Connector, ServerBackoff, SslMode
 from ._deadline import Deadline
-from ._driver_errors import Decision, connect_error, is_timeout, outcome_name, translate
+from ._driver_errors import (
+    ConnectFailure,
+    Decision,
+    connect_error,
+    connect_failure,
+    is_timeout,
+    outcome_name,
+    translate,
+)
 from ._slots import Exhausted, Slot, Slots
 from ._sql import classify, to_qmark
 from ._types import DEFAULT_TIMEOUTS, Params, PoolStats, Result, Role, Row
@@ -660,7 +668,7 @@ class Pool:
 
     def _server_down(self) -> ConnectionLost:
         backoff = self._backoff
-        what = "did not answer" if backoff.unresponsive else "refused a connect"
+        what = backoff.cause.value
         remaining = backoff.remaining()
         next_attempt = (
             f"next attempt in {remaining:.2f}s"
@@ -688,7 +696,7 @@ class Pool:
         except Exception as exc:
             if not is_timeout(exc):
                 return False  # gone (restart, kill): a fresh connection will do
-            self._backoff.failed(f"no answer to a ping: {exc}", unresponsive=True)
+            self._backoff.failed(f"no answer to a ping: {exc}", cause=ConnectFailure.UNANSWERED)
             raise ConnectionLost(
                 f"{self.where} did not answer a ping within "
                 f"{deadline.cap(self.connect_timeout)}s: {exc}"
@@ -728,7 +736,8 @@ class Pool:
             if error is None:
                 raise
             self._connection_failed()
-            self._backoff.failed(str(exc), unresponsive=is_timeout(exc))
+            cause, detail = connect_failure(exc)
+            self._backoff.failed(detail, cause=cause)
             raise error from exc
         self._backoff.succeeded()
         if self.dialect == "mysql" and hasattr(steady._con, "_read_timeout"):

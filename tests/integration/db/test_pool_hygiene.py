@@ -406,6 +406,7 @@ def test_a_down_server_is_tried_once_per_backoff_and_reported_down(
     assert len(errors) == 80
     assert not [e for e in errors if isinstance(e, PoolTimeout)]  # never "all in use"
     assert sum("server down" in str(e) for e in errors) >= 78
+    assert all("refused a connect" in str(e) for e in errors if "server down" in str(e))
     assert counted_connects["connects"] <= 2  # the injected clock never ends the back-off
     assert counted_connects["tls_contexts"] <= 1
     primary.start()

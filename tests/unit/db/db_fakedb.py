@@ -82,7 +82,11 @@ class FakeServer:
         with self.lock:
             self.connect_attempts += 1
             if self.down:
-                raise OperationalError(2003, f"Can't connect to MySQL server on {self.name}")
+                # As pymysql: the client's 2003, raised while handling the socket's refusal.
+                refused = ConnectionRefusedError(111, "Connection refused")
+                raise OperationalError(
+                    2003, f"Can't connect to MySQL server on {self.name} ({refused})"
+                ) from refused
             self.connects += 1
             self.open_connections += 1
         return FakeConnection(self, kwargs)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import linecache
 import random
+import re
 import sys
 import threading
 from pathlib import Path
@@ -24,6 +26,7 @@ from scalekit.db import (
     RetryableTransactionError,
     WriteOutcomeUnknown,
 )
+from scalekit.db._driver_errors import ConnectFailure, connect_failure
 
 
 def test_sqlite_pool_round_trip(tmp_path: Path) -> None:
@@ -539,3 +542,144 @@ def test_a_hung_trial_connect_lets_another_caller_try_once_its_lease_ran_out() -
         release.set()
         first.join(10)
     assert server.connect_attempts == 3  # the hung one, once released
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            OperationalError(1045, "Access denied for user 'app'@'10.0.0.7' (using password: YES)"),
+            r"rejected the connect \(1045 Access denied for user 'app'",
+        ),
+        (OperationalError(1040, "Too many connections"), r"rejected the connect \(1040 Too many"),
+        (
+            OperationalError(1129, "Host '10.0.0.7' is blocked because of many connection errors"),
+            r"rejected the connect \(1129 Host '10.0.0.7' is blocked",
+        ),
+        (
+            OperationalError(2003, "Can't connect to MySQL server on 'p' ([Errno 113] No route)"),
+            r"could not be connected to \(\(2003, \"Can't connect",
+        ),
+    ],
+    ids=["access-denied", "too-many-connections", "host-blocked", "no-route"],
+)
+def test_a_server_that_rejects_the_connect_backs_off_doubling_up_to_one_second(
+    error: OperationalError, message: str
+) -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(max_connections=2, clock=clock)
+    cause = OSError(errno.EHOSTUNREACH, "No route to host") if error.args[0] == 2003 else None
+
+    def rejecting(**kwargs: object) -> object:
+        server.connect_attempts += 1
+        raise error from cause
+
+    server.module.connect = rejecting  # type: ignore[attr-defined]
+    failures: list[str] = []
+    for _ in range(1000):  # ten seconds of a busy app: one read every 10 ms
+        try:
+            pool.query("SELECT 1")
+        except ConnectionLost as exc:
+            failures.append(str(exc))
+        clock.advance(0.01)
+    # 0.05, 0.1, 0.2, 0.4, 0.8 s, then every 1 s: 14 attempts (200 if retried every 50 ms)
+    assert server.connect_attempts == 14
+    assert len(failures) == 1000
+    assert re.search(r"server down: pool 'p' \(primary\) " + message, failures[1])
+
+
+def test_the_server_down_message_says_why_the_server_is_out() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(clock=clock)
+    server.down = True
+    with pytest.raises(ConnectionLost, match="Connection refused"):
+        pool.query("SELECT 1")
+    with pytest.raises(ConnectionLost, match=r"\(primary\) refused a connect \(\(2003, "):
+        pool.query("SELECT 1")
+
+    def silent(**kwargs: object) -> object:
+        raise OperationalError(2003, "Can't connect to MySQL server") from TimeoutError("timed out")
+
+    server.module.connect = silent  # type: ignore[attr-defined]
+    clock.advance(0.05)
+    with pytest.raises(ConnectionLost, match="cannot connect"):
+        pool.query("SELECT 1")
+    with pytest.raises(ConnectionLost, match=r"\(primary\) did not answer \(\(2003, "):
+        pool.query("SELECT 1")
+
+
+def test_an_outage_of_any_length_keeps_its_back_off() -> None:
+    server = FakeServer("p")
+    clock = ManualClock()
+    pool = server.pool(clock=clock)
+
+    def silent(**kwargs: object) -> object:
+        server.connect_attempts += 1
+        raise OperationalError(2003, "Can't connect to MySQL server") from TimeoutError("timed out")
+
+    server.module.connect = silent  # type: ignore[attr-defined]
+    for _ in range(1500):  # 25 minutes of a server that does not answer: 1500 one-second steps
+        with pytest.raises(ConnectionLost, match="cannot connect"):
+            pool.query("SELECT 1")
+        with pytest.raises(ConnectionLost, match="server down"):
+            pool.query("SELECT 1")
+        clock.advance(1.0)
+    assert server.connect_attempts == 1500
+
+
+def _raised_while_handling(error: Exception, during: BaseException) -> Exception:
+    """``error`` raised inside ``except``, as pymysql raises its 2003 (``__context__``)."""
+    try:
+        try:
+            raise during
+        except BaseException:
+            raise error  # noqa: B904 - the implicit context is what pymysql leaves
+    except Exception as raised:
+        return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "during", "failure"),
+    [
+        (
+            OperationalError(2003, "Can't connect ([Errno 111] Connection refused)"),
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+            ConnectFailure.REFUSED,
+        ),
+        (
+            OperationalError(2003, "Can't connect (timed out)"),
+            TimeoutError("timed out"),
+            ConnectFailure.UNANSWERED,
+        ),
+        (
+            OperationalError(2003, "Can't connect ([Errno 113] No route to host)"),
+            OSError(errno.EHOSTUNREACH, "No route to host"),
+            ConnectFailure.FAILED,
+        ),
+        (
+            OperationalError(2013, "Lost connection to MySQL server during handshake"),
+            ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            ConnectFailure.FAILED,
+        ),
+        (  # the server's answer counts, whatever was refused before it
+            OperationalError(1045, "Access denied for user 'app'"),
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+            ConnectFailure.REJECTED,
+        ),
+    ],
+    ids=["refused", "timeout", "no-route", "reset", "rejected-after-a-refusal"],
+)
+def test_a_connect_failure_is_told_by_what_reached_the_server(
+    error: Exception, during: BaseException, failure: ConnectFailure
+) -> None:
+    assert connect_failure(_raised_while_handling(error, during))[0] is failure
+
+
+def test_a_bare_socket_refusal_is_a_refusal_and_a_bare_errno_is_no_server_error() -> None:
+    assert connect_failure(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))[0] is (
+        ConnectFailure.REFUSED
+    )
+    assert connect_failure(OSError(errno.ECONNREFUSED, "refused"))[0] is ConnectFailure.REFUSED
+    assert connect_failure(OSError(errno.ENOENT, "No such file"))[0] is ConnectFailure.FAILED
