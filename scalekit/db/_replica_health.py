@@ -230,7 +230,8 @@ class ReplicaHealth:
                 return
             self.failures += 1
             self.state = ReplicaState.DOWN
-            delay = min(policy.backoff * 2 ** (self.failures - 1), policy.max_backoff)
+            # The exponent is bounded: 2.0 ** 1024 overflows after a long enough outage.
+            delay = min(policy.backoff * 2.0 ** min(self.failures - 1, 60), policy.max_backoff)
             self.down_until = now + delay
         code = error_code(exc) or (exc.__cause__ and error_code(exc.__cause__))
         kind = "timeout" if is_timeout(exc) else (f"error_{code}" if code else "connection")

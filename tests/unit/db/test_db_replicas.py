@@ -570,3 +570,15 @@ def test_the_catch_up_wait_leaves_the_replica_read_time_within_its_deadline(
     read_timeout = rs.replicas[0].read_timeout
     assert read_timeout is not None
     assert waits == [read_timeout - 0.5]  # not max_lag=12 past the 10 s read deadline
+
+
+def test_a_replica_down_for_thousands_of_probes_keeps_its_back_off() -> None:
+    rs, _primary, (replica,), clock = make(backoff=0.5, max_backoff=5.0)
+    replica.down = True
+    for _ in range(1100):  # 2 ** 1024 overflows a float: the delay must stay bounded
+        clock.advance(5.0)
+        assert served_by(rs.query("SELECT 1")) == "primary"
+    attempts = replica.connect_attempts
+    clock.advance(4.9)
+    rs.query("SELECT 1")
+    assert replica.connect_attempts == attempts  # still backing off for max_backoff
