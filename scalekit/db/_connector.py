@@ -22,7 +22,15 @@ from .._clock import Clock
 from ._deadline import Deadline
 from ._driver_errors import ConnectFailure
 
-__all__ = ["SLACK", "TRIAL_DEFAULT", "TRIAL_SLACK", "Connector", "ServerBackoff", "SslMode"]
+__all__ = [
+    "SLACK",
+    "TRIAL_DEFAULT",
+    "TRIAL_SLACK",
+    "TRIAL_STEPS",
+    "Connector",
+    "ServerBackoff",
+    "SslMode",
+]
 
 SLACK = 0.1
 """Seconds an operation may overrun its deadline rather than reset socket timeouts."""
@@ -31,7 +39,11 @@ TRIAL_DEFAULT = 10.0
 """Seconds a trial connect with no timeout holds its lease (pymysql's default connect_timeout)."""
 
 TRIAL_SLACK = 1.0
-"""Seconds a trial's lease outlasts its connect timeout (the session statements after it)."""
+"""Seconds a trial's lease outlasts its connect steps."""
+
+TRIAL_STEPS = 4
+"""Socket steps of one connect that may each take ``connect_timeout``: the TCP
+connect, the greeting, the login and the session statements."""
 
 
 class SslMode(enum.StrEnum):
@@ -101,8 +113,9 @@ class ServerBackoff:
 
         Args:
             timeout: the seconds the connect may take (None: no limit). The
-                trial's lease lasts that (``TRIAL_DEFAULT`` when None) plus
-                ``TRIAL_SLACK``.
+                trial's lease lasts ``TRIAL_STEPS`` times that (``TRIAL_DEFAULT``
+                when None) plus ``TRIAL_SLACK``: each socket step of a connect
+                may take the whole timeout.
         """
         if not self.failures:
             yield True
@@ -117,7 +130,7 @@ class ServerBackoff:
             self._end_trial(trial)
 
     def _start_trial(self, timeout: float | None) -> int | None:
-        lease = (TRIAL_DEFAULT if timeout is None else timeout) + TRIAL_SLACK
+        lease = TRIAL_STEPS * (TRIAL_DEFAULT if timeout is None else timeout) + TRIAL_SLACK
         with self._lock:
             now = self._clock.monotonic()
             if now < self.until or now < self.trial_until:

@@ -12,6 +12,7 @@ from .. import events
 from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
 from . import _fork, _scope
+from ._deadline import Deadline
 from ._replica_health import HealthPolicy, ReplicaHealth, ReplicaState
 from ._sql import classify
 from .errors import (
@@ -146,9 +147,11 @@ class ReplicaSet:
         )
         self._replicas = [ReplicaHealth(pool, policy) for pool in self.replicas]
         self._turn = itertools.count()
-        self._primary_seen = float("-inf")
-        """When the primary last answered this set (a detached replica that lost it
-        earlier misses what it acknowledged since)."""
+        self._rescue_turn = itertools.count()
+        self._primary_failed_at: float | None = None
+        """When this set first found the primary failing since it last answered: a
+        detached replica last seen replicating well before that lost the primary
+        earlier, and misses what it acknowledged since."""
         self._resolution = lag_check_interval + LAG_RESOLUTION
         self._id = next(_set_ids)
         _fork.register(self._after_fork)
@@ -198,6 +201,7 @@ class ReplicaSet:
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
+            self._primary_failed()
             why = ""
             if not to_primary and classify(sql).read:  # a replica that has it all may do
                 served, rows, why = self._last_resort(sql, params, gtid)
@@ -221,15 +225,27 @@ class ReplicaSet:
         must see a GTID gets it there or not at all.
         """
         replicas = self._replicas
-        start = next(self._turn) % len(replicas)
+        start = next(self._rescue_turn) % len(replicas)
+        failed_at = self._primary_failed_at
+        if failed_at is None:  # pragma: no cover - query() records it first
+            failed_at = self._clock.monotonic()
+        timeouts = [r.pool.read_timeout for r in replicas]
+        deadline = Deadline(None if None in timeouts else max(t or 0.0 for t in timeouts))
         reasons: list[str] = []
         for replica in replicas[start:] + replicas[:start]:
+            left = deadline.remaining()
+            if left is not None and left <= _READ_MARGIN:
+                reasons.append("no time left for another replica")
+                break
             standing = replica.last_resort()
             state, received = standing.state, standing.received
             name = replica.pool.name
             detached = state in (ReplicaState.DETACHED, ReplicaState.CATCHING_UP)
-            if detached and standing.serving_at < self._primary_seen - self._resolution:
-                reasons.append(f"{name} lost the primary before this set last reached it")
+            if detached and standing.serving_at < failed_at - self._resolution:
+                reasons.append(
+                    f"{name} was last seen replicating more than {self._resolution:g}s before "
+                    "this set found the primary down: it may have lost the primary earlier"
+                )
                 continue
             if detached and not _covers(received, gtid):
                 reasons.append(f"{name} never received GTID {gtid}")
@@ -244,10 +260,12 @@ class ReplicaSet:
             read_timeout = replica.pool.read_timeout
             if read_timeout is not None:  # the wait and the read share one deadline
                 wait = max(min(wait, read_timeout - _READ_MARGIN), 0.0)
-            served, rows, _ = self._replica_read(sql, params, need, iter([replica]), wait)
+            if left is not None:  # and all replicas tried share the read's
+                wait = max(min(wait, left - _READ_MARGIN), 0.0)
+            served, rows, why = self._replica_read(sql, params, need, iter([replica]), wait)
             if served:
                 return True, rows, ""
-            if state is ReplicaState.CATCHING_UP and received is not None:
+            if state is ReplicaState.CATCHING_UP and received is not None and why != "busy":
                 replica.did_not_catch_up(received)
                 reasons.append(
                     f"{name} was catching up and did not apply what it received within {wait:g}s"
@@ -260,7 +278,7 @@ class ReplicaSet:
         """``query`` on the primary; a write by its text marks and pins as ``execute`` does."""
         if classify(sql).read:
             rows = self.primary.query(sql, params)
-            self._primary_seen = self._clock.monotonic()
+            self._primary_failed_at = None
             return rows
         mark_key = str(key) if key is not None else _scope.bound_key()
         try:
@@ -367,7 +385,11 @@ class ReplicaSet:
         try:
             result, token = self._write(lambda conn: conn.execute(sql, params, returning=returning))
         except WriteOutcomeUnknown:
+            self._primary_failed()
             self._wrote(mark_key, None)
+            raise
+        except ConnectionLost:
+            self._primary_failed()
             raise
         if token is not None:
             result = Result(result.rowcount, result.lastrowid, token, result.rows)
@@ -484,10 +506,13 @@ class ReplicaSet:
         ``answered``: the primary acknowledged it.
         """
         self._mark(mark_key, gtid)
-        now = self._clock.monotonic()
         if answered:
-            self._primary_seen = now
-        _scope.pin(self._id, now + self.pin_after_write, gtid)
+            self._primary_failed_at = None
+        _scope.pin(self._id, self._clock.monotonic() + self.pin_after_write, gtid)
+
+    def _primary_failed(self) -> None:
+        if self._primary_failed_at is None:
+            self._primary_failed_at = self._clock.monotonic()
 
     def _mark(self, key: str | None, gtid: str | None) -> None:
         if key is None:

@@ -178,6 +178,12 @@ class Run:
         )
         present = {row["token"]: int(row["n"]) for row in rows}
         tally = self.tally
+        print(  # shown with -s: what the run did, for the record
+            f"\nfault run, {workers} workers: {len(tally.acknowledged)} acknowledged writes "
+            f"({len(tally.unknown)} unknown, {tally.failed_writes} failed), "
+            f"{tally.ryw_reads} read-your-writes reads, unkeyed reads by phase "
+            f"{dict(tally.reads)}, failures {dict(tally.unkeyed_failures)}"
+        )
         missing = tally.acknowledged - set(present)
         duplicated = {token for token, n in present.items() if n > 1}
         unexplained = set(present) - tally.acknowledged - tally.unknown

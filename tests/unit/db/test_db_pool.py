@@ -502,7 +502,7 @@ def test_a_trial_abandoned_by_a_signal_expires_and_the_server_is_tried_again() -
     finally:
         sys.settrace(previous)
     assert server.connect_attempts == 1
-    clock.advance(2.9)  # within the lease (connect_timeout + 1 s): still one trial at a time
+    clock.advance(8.9)  # within the lease (4 connect steps of 2 s + 1 s): one trial at a time
     with pytest.raises(ConnectionLost, match="another caller is trying a connect"):
         pool.query("SELECT 1")
     clock.advance(0.2)  # the abandoned lease ran out: a connect is tried, and succeeds
@@ -535,7 +535,7 @@ def test_a_hung_trial_connect_lets_another_caller_try_once_its_lease_ran_out() -
         assert hung.wait(10)
         with pytest.raises(ConnectionLost, match="another caller is trying a connect"):
             pool.query("SELECT 1")
-        clock.advance(3.0)  # connect_timeout + 1 s: the hung trial's lease is over
+        clock.advance(9.0)  # 4 x connect_timeout + 1 s: the hung trial's lease is over
         assert pool.query("SELECT 1")[0]["server"] == "p"
         assert server.connect_attempts == 2  # the refused one, then this one
     finally:
