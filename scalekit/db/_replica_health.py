@@ -25,7 +25,14 @@ from ._driver_errors import is_timeout
 from .errors import PoolTimeout, error_code
 from .pool import Connection, Pool
 
-__all__ = ["LAST_RESORT", "HealthPolicy", "ReplicaHealth", "ReplicaState", "Standing"]
+__all__ = [
+    "LAG_RESOLUTION",
+    "LAST_RESORT",
+    "HealthPolicy",
+    "ReplicaHealth",
+    "ReplicaState",
+    "Standing",
+]
 
 _SYNTAX_ERROR = 1064
 
@@ -48,6 +55,9 @@ class ReplicaState(enum.StrEnum):
 LAST_RESORT = frozenset({ReplicaState.SERVING, ReplicaState.DETACHED})
 """When the primary fails too: replicas whose last status was good, or that have
 applied everything they received from the primary that is now gone."""
+
+LAG_RESOLUTION = 1.0
+"""``Seconds_Behind_Master`` counts whole seconds: the real lag may exceed it by up to this."""
 
 RECHECK = 0.05
 """Seconds after which a replica that could not be a last resort is probed

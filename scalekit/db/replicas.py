@@ -12,8 +12,8 @@ from .. import events
 from .._breaker import CircuitBreaker, CircuitOpen
 from .._clock import Clock, get_clock
 from . import _fork, _scope
-from ._deadline import Deadline
-from ._replica_health import HealthPolicy, ReplicaHealth, ReplicaState
+from ._last_resort import LastResort
+from ._replica_health import LAG_RESOLUTION, HealthPolicy, ReplicaHealth, ReplicaState
 from ._sql import classify
 from .errors import (
     SERVER_REFUSED_CODES,
@@ -35,12 +35,6 @@ T = TypeVar("T")
 _set_ids = itertools.count(1)  # never reused, unlike id()
 
 _GTID_WAIT_SQL = "SELECT MASTER_GTID_WAIT(%s, %s) AS waited"
-
-LAG_RESOLUTION = 1.0
-"""``Seconds_Behind_Master`` counts whole seconds: the real lag may exceed it by up to this."""
-
-_READ_MARGIN = 0.5
-"""Seconds of a replica read's deadline left for the read after a GTID wait."""
 
 
 class ReplicaSet:
@@ -147,12 +141,14 @@ class ReplicaSet:
         )
         self._replicas = [ReplicaHealth(pool, policy) for pool in self.replicas]
         self._turn = itertools.count()
-        self._rescue_turn = itertools.count()
-        self._primary_failed_at: float | None = None
-        """When this set first found the primary failing since it last answered: a
-        detached replica last seen replicating well before that lost the primary
-        earlier, and misses what it acknowledged since."""
-        self._resolution = lag_check_interval + LAG_RESOLUTION
+        self._last_resort = LastResort(
+            self._replicas,
+            max_lag=max_lag,
+            causal_timeout=causal_timeout,
+            lag_check_interval=lag_check_interval,
+            clock=self._clock,
+            read=self._replica_read,
+        )
         self._id = next(_set_ids)
         _fork.register(self._after_fork)
 
@@ -201,10 +197,10 @@ class ReplicaSet:
         except WriteOutcomeUnknown:
             raise
         except ConnectionLost as exc:
-            self._primary_failed()
+            self._last_resort.primary_failed()
             why = ""
             if not to_primary and classify(sql).read:  # a replica that has it all may do
-                served, rows, why = self._last_resort(sql, params, gtid)
+                served, rows, why = self._last_resort.read(sql, params, gtid)
                 if served:
                     self._event("fallback_replica", "primary_down")
                     return rows
@@ -213,72 +209,11 @@ class ReplicaSet:
                 f"{exc}{why}"
             ) from exc
 
-    def _last_resort(
-        self, sql: str, params: Params, gtid: str | None
-    ) -> tuple[bool, list[Row], str]:
-        """The read on a replica while the primary fails (and why none served).
-
-        A replica qualifies when its last status was good, or when it lost the
-        primary no earlier than this set last reached the primary (give or take
-        one lag check) and has applied everything it received — waiting up to
-        ``max_lag`` for that (``catching_up``) on MariaDB with GTID. A read that
-        must see a GTID gets it there or not at all.
-        """
-        replicas = self._replicas
-        start = next(self._rescue_turn) % len(replicas)
-        failed_at = self._primary_failed_at
-        if failed_at is None:  # pragma: no cover - query() records it first
-            failed_at = self._clock.monotonic()
-        timeouts = [r.pool.read_timeout for r in replicas]
-        deadline = Deadline(None if None in timeouts else max(t or 0.0 for t in timeouts))
-        reasons: list[str] = []
-        for replica in replicas[start:] + replicas[:start]:
-            left = deadline.remaining()
-            if left is not None and left <= _READ_MARGIN:
-                reasons.append("no time left for another replica")
-                break
-            standing = replica.last_resort()
-            state, received = standing.state, standing.received
-            name = replica.pool.name
-            detached = state in (ReplicaState.DETACHED, ReplicaState.CATCHING_UP)
-            if detached and standing.serving_at < failed_at - self._resolution:
-                reasons.append(
-                    f"{name} was last seen replicating more than {self._resolution:g}s before "
-                    "this set found the primary down: it may have lost the primary earlier"
-                )
-                continue
-            if detached and not _covers(received, gtid):
-                reasons.append(f"{name} never received GTID {gtid}")
-                continue  # its IO thread is gone: waiting cannot help
-            if state in (ReplicaState.SERVING, ReplicaState.DETACHED):
-                need, wait = gtid, self.causal_timeout
-            elif state is ReplicaState.CATCHING_UP and received is not None:
-                need, wait = merge_gtids(gtid, received), max(self.max_lag, self.causal_timeout)
-            else:
-                reasons.append(f"{name} is {state.value}")
-                continue
-            read_timeout = replica.pool.read_timeout
-            if read_timeout is not None:  # the wait and the read share one deadline
-                wait = max(min(wait, read_timeout - _READ_MARGIN), 0.0)
-            if left is not None:  # and all replicas tried share the read's
-                wait = max(min(wait, left - _READ_MARGIN), 0.0)
-            served, rows, why = self._replica_read(sql, params, need, iter([replica]), wait)
-            if served:
-                return True, rows, ""
-            if state is ReplicaState.CATCHING_UP and received is not None and why != "busy":
-                replica.did_not_catch_up(received)
-                reasons.append(
-                    f"{name} was catching up and did not apply what it received within {wait:g}s"
-                )
-            else:
-                reasons.append(f"{name} could not serve it")
-        return False, [], ("; " + "; ".join(reasons)) if reasons else ""
-
     def _primary_query(self, sql: str, params: Params, key: object) -> list[Row]:
         """``query`` on the primary; a write by its text marks and pins as ``execute`` does."""
         if classify(sql).read:
             rows = self.primary.query(sql, params)
-            self._primary_failed_at = None
+            self._last_resort.primary_answered()
             return rows
         mark_key = str(key) if key is not None else _scope.bound_key()
         try:
@@ -385,11 +320,11 @@ class ReplicaSet:
         try:
             result, token = self._write(lambda conn: conn.execute(sql, params, returning=returning))
         except WriteOutcomeUnknown:
-            self._primary_failed()
+            self._last_resort.primary_failed()
             self._wrote(mark_key, None)
             raise
         except ConnectionLost:
-            self._primary_failed()
+            self._last_resort.primary_failed()
             raise
         if token is not None:
             result = Result(result.rowcount, result.lastrowid, token, result.rows)
@@ -507,12 +442,8 @@ class ReplicaSet:
         """
         self._mark(mark_key, gtid)
         if answered:
-            self._primary_failed_at = None
+            self._last_resort.primary_answered()
         _scope.pin(self._id, self._clock.monotonic() + self.pin_after_write, gtid)
-
-    def _primary_failed(self) -> None:
-        if self._primary_failed_at is None:
-            self._primary_failed_at = self._clock.monotonic()
 
     def _mark(self, key: str | None, gtid: str | None) -> None:
         if key is None:
@@ -574,11 +505,3 @@ class ReplicaSet:
 
     def __repr__(self) -> str:
         return f"<ReplicaSet {self.name!r} replicas={len(self.replicas)}>"
-
-
-def _covers(received: str | None, gtid: str | None) -> bool:
-    """Whether a replica that received ``received`` has (or can apply) ``gtid``
-    (True when either is unknown: the GTID wait decides then)."""
-    if received is None or gtid is None:
-        return True
-    return merge_gtids(received, gtid) == merge_gtids(received)

@@ -631,7 +631,7 @@ def test_last_resort_reads_rotate_over_an_even_number_of_replicas() -> None:
 def test_one_read_waits_on_catching_up_replicas_within_one_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import scalekit.db.replicas as replicas_module
+    import scalekit.db._last_resort as last_resort_module
 
     rs, primary, servers, clock = make(4, max_lag=5.0, pin_after_write=8.0)
     for _ in range(4):
@@ -657,7 +657,7 @@ def test_one_read_waits_on_catching_up_replicas_within_one_deadline(
         def remaining(self) -> float:
             return next(left)
 
-    monkeypatch.setattr(replicas_module, "Deadline", SpentDeadline)
+    monkeypatch.setattr(last_resort_module, "Deadline", SpentDeadline)
     with pytest.raises(NoHealthyServer, match="no time left"):
         rs.query("SELECT 1")
     assert sum(server.count("MASTER_GTID_WAIT") for server in servers) == 2
