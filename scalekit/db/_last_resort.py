@@ -2,8 +2,9 @@
 
 A replica whose last status was good serves. One whose IO thread is
 reconnecting serves only if it lost the primary *with* the set — it was last
-seen replicating at most ``lag_check_interval`` + 1 s before the set first
-found the primary failing — and has applied everything it received
+seen replicating at most ``max_lag`` + 1 s + ``lag_check_interval`` (the
+staleness bound of a serving replica) before the set first found the primary
+failing — and has applied everything it received
 (``detached``), waiting up to ``max_lag`` for that when it is still applying
 it (``catching_up``, MariaDB with GTID). A read that must see a GTID gets it
 there or not at all. The waits of one read share one deadline; reads rotate
@@ -49,7 +50,9 @@ class LastResort:
         self._replicas = list(replicas)
         self.max_lag = max_lag
         self.causal_timeout = causal_timeout
-        self._resolution = lag_check_interval + LAG_RESOLUTION
+        # A serving replica may be this far behind (whole-second lag, checked
+        # once per interval); a detached one is trusted no further.
+        self._resolution = max_lag + LAG_RESOLUTION + lag_check_interval
         self._clock = clock
         self._read = read
         self._turn = itertools.count()
@@ -69,10 +72,10 @@ class LastResort:
         """The read on a replica while the primary fails (and why none served).
 
         A replica qualifies when its last status was good, or when it was last
-        seen replicating at most ``lag_check_interval`` + 1 s before the set
-        found the primary failing and has applied everything it received — waiting up to
-        ``max_lag`` for that (``catching_up``) on MariaDB with GTID. A read that
-        must see a GTID gets it there or not at all.
+        seen replicating at most ``max_lag`` + 1 s + ``lag_check_interval``
+        before the set found the primary failing and has applied everything
+        it received — waiting up to ``max_lag`` for that (``catching_up``) on
+        MariaDB with GTID. A read that must see a GTID gets it there or not at all.
         """
         replicas = self._replicas
         start = next(self._turn) % len(replicas)
@@ -93,8 +96,9 @@ class LastResort:
             detached = state in (ReplicaState.DETACHED, ReplicaState.CATCHING_UP)
             if detached and standing.serving_at < failed_at - self._resolution:
                 reasons.append(
-                    f"{name} was last seen replicating more than {self._resolution:g}s before "
-                    "this set found the primary down: it may have lost the primary earlier"
+                    f"{name} was last seen replicating {failed_at - standing.serving_at:.1f}s "
+                    f"(more than {self._resolution:g}s) before this set found the primary "
+                    "down: it may have lost the primary earlier"
                 )
                 continue
             if detached and not _covers(received, gtid):

@@ -205,7 +205,8 @@ class Run:
 
 def _shape(exc: BaseException) -> str:
     """An error's class and message with numbers blanked, so one cause counts once."""
-    return re.sub(r"\d+(\.\d+)?", "#", f"{type(exc).__name__}: {exc}")[:160]
+    text = re.sub(r"(?<![\d.])\d+(?![\d.]*s\b)", "#", f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= 400 else f"{text[:150]} ... {text[-250:]}"
 
 
 @pytest.fixture
