@@ -373,17 +373,25 @@ RECONNECTING = {
 }
 
 
+def detach(server: FakeServer) -> None:
+    """Its IO thread reconnects in vain; its SQL thread has applied everything."""
+    assert server.status is not None
+    server.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+
+
+def catch_up(server: FakeServer, *, gtid: bool = True) -> None:
+    """Its IO thread reconnects in vain; its SQL thread still applies what it received."""
+    assert server.status is not None
+    server.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=400)
+    if gtid:
+        server.status.update(Using_Gtid="Slave_Pos", Gtid_IO_Pos="0-1-9")
+
+
 def test_a_replica_still_applying_what_it_received_serves_once_it_has() -> None:
     rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
     assert served_by(rs.query("SELECT 1")) == "replica0"  # lag 0: its last known lag
     assert replica.status is not None
-    replica.status.update(
-        RECONNECTING,
-        Read_Master_Log_Pos=900,
-        Exec_Master_Log_Pos=400,
-        Using_Gtid="Slave_Pos",
-        Gtid_IO_Pos="0-1-9",
-    )
+    catch_up(replica)
     primary.down = True
     clock.advance(1.0)
     assert served_by(rs.query("SELECT 1")) == "replica0"  # after it applied 0-1-9
@@ -398,7 +406,7 @@ def test_a_replica_without_gtid_still_applying_does_not_serve() -> None:
     rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
     rs.query("SELECT 1")
     assert replica.status is not None
-    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=400)
+    catch_up(replica, gtid=False)
     primary.down = True
     clock.advance(1.0)
     with pytest.raises(NoHealthyServer):
@@ -441,13 +449,7 @@ def test_a_catching_up_replica_that_did_not_catch_up_is_not_waited_for_again() -
     rs, primary, (replica,), clock = make(max_lag=2.0, lag_check_interval=1.0)
     rs.query("SELECT 1")
     assert replica.status is not None
-    replica.status.update(
-        RECONNECTING,
-        Read_Master_Log_Pos=900,
-        Exec_Master_Log_Pos=400,
-        Using_Gtid="Slave_Pos",
-        Gtid_IO_Pos="0-1-9",
-    )
+    catch_up(replica)
     primary.down = True
     replica.gtid_wait = -1  # stuck: a lock, a long ALTER
     clock.advance(1.0)
@@ -469,7 +471,7 @@ def test_a_replica_that_lost_the_primary_before_the_set_last_reached_it_does_not
     assert replica.status is not None
     # Its IO thread loses the primary (a changed replication password, a
     # network cut) while the primary keeps acknowledging writes for 30 s.
-    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(replica)
     for _ in range(30):
         clock.advance(1.0)
         rs.execute("INSERT INTO t VALUES (1)")
@@ -487,7 +489,7 @@ def test_a_replica_that_lost_the_primary_with_it_serves_after_writes() -> None:
     assert served_by(rs.query("SELECT 1")) == "replica0"
     primary.down = True  # the primary stops; the replica's IO thread notices
     assert replica.status is not None
-    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(replica)
     clock.advance(1.0)
     assert served_by(rs.query("SELECT 1")) == "replica0"
 
@@ -517,7 +519,7 @@ def test_last_resort_reads_are_spread_over_the_replicas() -> None:
     primary.down = True
     for server in servers:
         assert server.status is not None
-        server.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+        detach(server)
     clock.advance(1.0)
     before = [server.count("SELECT /* r */") for server in servers]
     for _ in range(300):
@@ -536,7 +538,7 @@ def test_a_write_sent_as_a_query_is_not_sent_to_a_replica_when_the_primary_is_do
     rs.query("SELECT 1")
     primary.down = True
     assert replica.status is not None
-    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(replica)
     clock.advance(1.0)
     with pytest.raises(NoHealthyServer):
         rs.query("INSERT INTO t VALUES (1) RETURNING id")
@@ -549,13 +551,7 @@ def test_the_catch_up_wait_leaves_the_replica_read_time_within_its_deadline(
     rs, primary, (replica,), clock = make(max_lag=12.0, pin_after_write=15.0)
     rs.query("SELECT 1")
     assert replica.status is not None
-    replica.status.update(
-        RECONNECTING,
-        Read_Master_Log_Pos=900,
-        Exec_Master_Log_Pos=400,
-        Using_Gtid="Slave_Pos",
-        Gtid_IO_Pos="0-1-9",
-    )
+    catch_up(replica)
     primary.down = True
     clock.advance(1.0)
     waits: list[float | None] = []
@@ -590,7 +586,7 @@ def test_an_idle_set_does_not_serve_a_replica_it_last_saw_replicating_long_ago()
     assert replica.status is not None
     # While this set is idle, the replica loses the primary (another set's
     # writes are acknowledged meanwhile); then the primary goes down.
-    replica.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(replica)
     clock.advance(10.0)
     primary.down = True
     with pytest.raises(NoHealthyServer, match="may have lost the primary earlier"):
@@ -603,12 +599,12 @@ def test_a_replica_cut_off_while_another_kept_serving_is_not_a_last_resort() -> 
     rs.query("SELECT 1", primary=True)
     assert cut.status is not None
     assert live.status is not None
-    cut.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(cut)
     for _ in range(3600):  # an hour of reads, all served by the live replica
         clock.advance(1.0)
         assert served_by(rs.query("SELECT 1")) == "replica1"
     primary.down = True  # the live one loses it too, now
-    live.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+    detach(live)
     clock.advance(1.0)
     served = {served_by(rs.query("SELECT 1")) for _ in range(20)}
     assert served == {"replica1"}  # never the one an hour behind
@@ -621,7 +617,7 @@ def test_last_resort_reads_rotate_over_an_even_number_of_replicas() -> None:
     primary.down = True
     for server in servers:
         assert server.status is not None
-        server.status.update(RECONNECTING, Read_Master_Log_Pos=900, Exec_Master_Log_Pos=900)
+        detach(server)
     clock.advance(1.0)
     for _ in range(300):
         rs.query("SELECT /* r */ 1")
@@ -638,13 +634,7 @@ def test_one_read_waits_on_catching_up_replicas_within_one_deadline(
         rs.query("SELECT 1")
     for server in servers:
         assert server.status is not None
-        server.status.update(
-            RECONNECTING,
-            Read_Master_Log_Pos=900,
-            Exec_Master_Log_Pos=400,
-            Using_Gtid="Slave_Pos",
-            Gtid_IO_Pos="0-1-9",
-        )
+        catch_up(server)
         server.gtid_wait = -1  # none catches up
     primary.down = True
     clock.advance(1.0)
@@ -674,13 +664,7 @@ def test_a_busy_catching_up_replica_is_not_taken_for_one_that_will_not_catch_up(
     )
     rs.query("SELECT 1")
     assert replica.status is not None
-    replica.status.update(
-        RECONNECTING,
-        Read_Master_Log_Pos=900,
-        Exec_Master_Log_Pos=400,
-        Using_Gtid="Slave_Pos",
-        Gtid_IO_Pos="0-1-9",
-    )
+    catch_up(replica)
     primary.down = True
     clock.advance(1.0)
     rs.query("SELECT 1")  # probed: catching up, waited for, served
