@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import errno
 import socket
+from collections.abc import Callable
 from types import ModuleType
 
 from .errors import (
@@ -57,16 +58,22 @@ class Decision:
     demoted: bool = False
 
 
-def is_timeout(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it wraps) is a socket timeout."""
+def _in_chain(exc: BaseException, found: Callable[[BaseException], bool]) -> bool:
+    """True when ``exc`` or one of the exceptions it wraps (``__cause__`` or
+    ``__context__``, four deep) is ``found``."""
     seen: BaseException | None = exc
     for _ in range(4):
         if seen is None:
             return False
-        if isinstance(seen, (TimeoutError, socket.timeout)):
+        if found(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a socket timeout."""
+    return _in_chain(exc, lambda seen: isinstance(seen, (TimeoutError, socket.timeout)))
 
 
 def is_refused(exc: BaseException) -> bool:
@@ -76,16 +83,13 @@ def is_refused(exc: BaseException) -> bool:
     refused)")`` while handling the socket's ``ConnectionRefusedError``, so
     the refusal is found on the exception's ``__cause__``/``__context__``.
     """
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError) or (
-            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return _in_chain(
+        exc,
+        lambda seen: (
+            isinstance(seen, ConnectionRefusedError)
+            or (isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED)
+        ),
+    )
 
 
 class ConnectFailure(enum.Enum):
