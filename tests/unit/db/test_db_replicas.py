@@ -25,7 +25,7 @@ from scalekit.db.marks import Mark
 
 
 def make(
-    replicas: int = 1, **options: object
+    replicas: int = 1, *, replica_options: dict[str, object] | None = None, **options: object
 ) -> tuple[ReplicaSet, FakeServer, list[FakeServer], ManualClock]:
     clock = ManualClock()
     primary = FakeServer("primary")
@@ -33,10 +33,14 @@ def make(
     options.setdefault("clock", clock)
     rs = ReplicaSet(
         primary.pool(clock=clock),
-        [s.pool(clock=clock) for s in servers],
+        [s.pool(clock=clock, **(replica_options or {})) for s in servers],
         **options,  # type: ignore[arg-type]
     )
     return rs, primary, servers, clock
+
+
+ONE_CONNECTION = {"max_connections": 1, "connect_args": {"connect_timeout": 0.01}}
+"""A replica pool a test can make busy by holding its only connection."""
 
 
 def served_by(rows: list[dict[str, object]]) -> object:
@@ -495,14 +499,7 @@ def test_a_replica_that_lost_the_primary_with_it_serves_after_writes() -> None:
 
 
 def test_a_status_too_old_to_trust_is_not_a_last_resort() -> None:
-    clock = ManualClock()
-    primary = FakeServer("primary")
-    replica = FakeServer("replica0")
-    rs = ReplicaSet(
-        primary.pool(clock=clock),
-        [replica.pool(clock=clock, max_connections=1, connect_args={"connect_timeout": 0.01})],
-        clock=clock,
-    )
+    rs, primary, (replica,), clock = make(replica_options=ONE_CONNECTION)
     assert served_by(rs.query("SELECT 1")) == "replica0"
     primary.down = True
     clock.advance(30.0)
@@ -654,14 +651,7 @@ def test_one_read_waits_on_catching_up_replicas_within_one_deadline(
 
 
 def test_a_busy_catching_up_replica_is_not_taken_for_one_that_will_not_catch_up() -> None:
-    clock = ManualClock()
-    primary = FakeServer("primary")
-    replica = FakeServer("replica0")
-    rs = ReplicaSet(
-        primary.pool(clock=clock),
-        [replica.pool(clock=clock, max_connections=1, connect_args={"connect_timeout": 0.01})],
-        clock=clock,
-    )
+    rs, primary, (replica,), clock = make(replica_options=ONE_CONNECTION)
     rs.query("SELECT 1")
     assert replica.status is not None
     catch_up(replica)
