@@ -117,13 +117,9 @@ class ReplicaHealth:
 
     def check(self) -> ReplicaState:
         """The state a read may rely on now, probing first when a probe is due."""
-        clock = self.policy.clock
-        now = clock.monotonic()
-        if self.state is ReplicaState.DOWN and now < self.down_until:
+        now = self._probe_if_due(None)
+        if now is None:
             return ReplicaState.DOWN
-        if self._due(now):
-            self.probe()
-            now = clock.monotonic()
         state = self.state
         if state is ReplicaState.SERVING and self._due(now):
             return ReplicaState.UNCHECKED  # the probe timed out: no read on an old status
@@ -133,19 +129,26 @@ class ReplicaHealth:
         """The replica when the primary failed: a verdict that rules it out is probed
         again once it is ``RECHECK`` seconds old, any other once it is due; a status
         older than ``lag_check_interval`` (its probe could not run) is ``UNCHECKED``."""
-        clock = self.policy.clock
-        now = clock.monotonic()
-        if self.state is ReplicaState.DOWN and now < self.down_until:
+        now = self._probe_if_due(None if self.state in LAST_RESORT else RECHECK)
+        if now is None:
             return Standing(ReplicaState.DOWN, None, self.serving_at)
-        interval = None if self.state in LAST_RESORT else RECHECK
-        if self._due(now, interval):
-            self.probe(interval)
-            now = clock.monotonic()
-        with self._lock:
+        with self._lock:  # state and received from the same probe
             state = self.state
             if state is not ReplicaState.DOWN and self._due(now):
                 state = ReplicaState.UNCHECKED
             return Standing(state, self.received, self.serving_at)
+
+    def _probe_if_due(self, interval: float | None) -> float | None:
+        """Probe when the status is older than ``interval``; the time after, or None
+        while a back-off keeps the replica out."""
+        clock = self.policy.clock
+        now = clock.monotonic()
+        if self.state is ReplicaState.DOWN and now < self.down_until:
+            return None
+        if self._due(now, interval):
+            self.probe(interval)
+            now = clock.monotonic()
+        return now
 
     def did_not_catch_up(self, received: str) -> None:
         """A read waited ``max_lag`` for it to apply ``received`` in vain: it is out
