@@ -6,7 +6,9 @@ Where things live:
 * :mod:`.bucket_map` — ``BucketMap``: key → bucket → shard by a versioned table.
 * :mod:`.map_store` — ``MapStore``: the map in a database table on a control database.
 * :mod:`.shard_set` — ``ShardSet``: one ``ReplicaSet`` per shard, statements routed by key.
+* :mod:`.call_order` — the old ``(key, sql, params)`` argument order, kept for one release.
 * :mod:`.fence` — the per-shard bucket fences: every fence read and write.
+* :mod:`.fence_retry` — what a guarded statement does after meeting a fence.
 * :mod:`.dialect` — the SQL that differs between MariaDB/MySQL and SQLite.
 * :mod:`.rows` — ``ShardedTable`` and a bucket's rows on one shard.
 * :mod:`.mover` — ``move_bucket``, ``abort_move``, ``plan_move``: the move steps.

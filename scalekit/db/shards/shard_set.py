@@ -8,7 +8,6 @@ import contextvars
 import functools
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -16,13 +15,14 @@ from ... import events
 from ..._clock import Clock, get_clock
 from .. import _fork
 from .._scope import run_in_thread
-from ..errors import BucketMoved, ConfigError
+from ..errors import ConfigError
 from ..pool import Cursor, Params, Result, Row
 from ..replicas import ReplicaSet
-from . import fence
+from . import call_order, fence
 from .bucket_map import BucketMap
 from .dialect import identifier
-from .fence import FENCE_TABLE, Fenced, FenceState
+from .fence import FENCE_TABLE, Fenced
+from .fence_retry import FenceRetry
 from .freshness import DEFAULT_REFRESH_INTERVAL, MapFollower
 from .map_store import MapStore
 from .strategies import JumpHash, ShardStrategy
@@ -45,7 +45,7 @@ class ShardRow(dict[str, Any]):
         return f"ShardRow(shard={self.shard}, {dict.__repr__(self)})"
 
 
-class _Route:
+class Route:
     """Where one attempt of a statement runs: the shard, and the bucket if it is guarded."""
 
     __slots__ = ("bucket", "index", "replica_set")
@@ -54,139 +54,6 @@ class _Route:
         self.index = index
         self.replica_set = replica_set
         self.bucket = bucket
-
-
-class _FenceRetry:
-    """What a guarded statement does after meeting a fence: wait, reload, or give up."""
-
-    def __init__(self, shard_set: ShardSet) -> None:
-        self.shard_set = shard_set
-        self.deadline: float | None = None
-        self.delay = 0.005
-        self.reloads = 0
-
-    def after(self, fenced: Fenced, route: _Route) -> float:
-        """Seconds to wait before the next attempt (the caller reloads the map first).
-
-        Raises:
-            BucketMoved: frozen past ``freeze_timeout``, or moved and no way to reload.
-        """
-        shard_set, bucket, index = self.shard_set, route.bucket, route.index
-        assert bucket is not None
-        if events.bus.has_listeners(events.DbRouting):
-            events.emit(events.DbRouting(route.replica_set.name, f"bucket_{fenced.state}",
-                                         f"bucket {bucket}", index))  # fmt: skip
-        if fenced.state is FenceState.MOVED:
-            self.reloads += 1
-            if not shard_set.follows or self.reloads > 3:
-                raise BucketMoved(
-                    f"bucket {bucket} has moved away from shard {index} "
-                    + (
-                        "and reloading the map did not find its new shard"
-                        if shard_set.follows
-                        else "; pass map_store= (or reload=) to the ShardSet to follow moves"
-                    ),
-                    bucket=bucket,
-                    state=FenceState.MOVED.value,
-                ) from None
-            return 0.0
-        now = shard_set.clock.monotonic()
-        if self.deadline is None:
-            self.deadline = now + shard_set.freeze_timeout
-        if now >= self.deadline:
-            raise BucketMoved(
-                f"bucket {bucket} stayed frozen for a move longer than "
-                f"freeze_timeout={shard_set.freeze_timeout}s: is a mover stuck? rerun "
-                "`scalekit shards move` to finish it",
-                bucket=bucket,
-                state=FenceState.FROZEN.value,
-            ) from None
-        delay, self.delay = self.delay, min(self.delay * 2, 0.2)
-        return delay
-
-
-_MISSING: Any = object()
-
-
-def _statement(
-    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Any, str, Params, dict[str, Any]]:
-    """``(key, sql, params, options)`` from ``(sql, params, key=)`` or the old order."""
-    options = dict(kwargs)
-    key = options.pop("key", _MISSING)
-    names = ("sql", "params") if key is not _MISSING else ("key", "sql", "params")
-    if len(args) > len(names):
-        raise TypeError(f"ShardSet.{method}() takes (sql, params=None, *, key=...)")
-    values = dict(zip(names, args, strict=False))
-    for name in ("sql", "params"):
-        if name in options:
-            if name in values:
-                raise TypeError(f"ShardSet.{method}() got two values for {name!r}")
-            values[name] = options.pop(name)
-    if key is _MISSING:
-        if (
-            "key" not in values
-            or not isinstance(values.get("sql"), str)
-            or (_looks_like_sql(values["key"]) and not _looks_like_sql(values["sql"]))
-        ):
-            # The last case: (sql, "a str param") without key=, which the old order
-            # would run as (key=sql, sql=the param).
-            raise TypeError(
-                f"ShardSet.{method}() needs key=, the shard key: "
-                f"shards.{method}(sql, params, key=user_id)"
-            )
-        warnings.warn(
-            f"ShardSet.{method}(key, sql, params) is deprecated and goes in the next release: "
-            f"write shards.{method}(sql, params, key=key), as on ReplicaSet",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        key = values["key"]
-    if not isinstance(values.get("sql"), str):
-        raise TypeError(f"ShardSet.{method}() needs the SQL text: {method}(sql, params, key=...)")
-    return key, values["sql"], values.get("params"), options
-
-
-_STATEMENT_WORDS = frozenset(
-    {"SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "SHOW", "CALL", "VALUES"}
-)
-
-
-def _looks_like_sql(value: object) -> bool:
-    """A str that starts with a statement's first word and goes on (``"SELECT 1"``)."""
-    if not isinstance(value, str):
-        return False
-    first, _, rest = value.strip().lstrip("(").partition(" ")
-    return first.upper() in _STATEMENT_WORDS and bool(rest.strip())
-
-
-def _transaction(
-    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[Any, Callable[[Cursor], Any], int]:
-    """``(key, fn, retries)`` from ``(fn, key=)`` or the old ``(key, fn)``."""
-    options = dict(kwargs)
-    retries = int(options.pop("retries", 0))
-    key = options.pop("key", _MISSING)
-    fn = options.pop("fn", _MISSING)
-    if options:
-        raise TypeError(f"ShardSet.{method}() got unexpected arguments {sorted(options)}")
-    if key is not _MISSING:
-        if len(args) + (fn is not _MISSING) != 1:
-            raise TypeError(f"ShardSet.{method}() takes (fn, *, key=..., retries=0)")
-        fn = args[0] if args else fn
-    elif len(args) + (fn is not _MISSING) == 2 and callable(fn if fn is not _MISSING else args[1]):
-        warnings.warn(
-            f"ShardSet.{method}(key, fn) is deprecated and goes in the next release: "
-            f"write shards.{method}(fn, key=key), as on ReplicaSet",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        key, fn = args[0], (fn if fn is not _MISSING else args[1])
-    else:
-        raise TypeError(f"ShardSet.{method}() needs key=, the shard key: {method}(fn, key=user_id)")
-    if not callable(fn):
-        raise TypeError(f"ShardSet.{method}() needs a function of a cursor, got {fn!r}")
-    return key, fn, retries
 
 
 class ShardSet:
@@ -329,7 +196,7 @@ class ShardSet:
         """
         return self._map.reload()
 
-    def _route(self, key: Any, strategy: ShardStrategy) -> _Route:
+    def _route(self, key: Any, strategy: ShardStrategy) -> Route:
         index = strategy.shard_for(key)
         bucket = strategy.bucket_for(key) if isinstance(strategy, BucketMap) else None
         if bucket is not None and index not in self._fences_ready:
@@ -340,9 +207,9 @@ class ShardSet:
             finally:
                 events.current_shard.reset(token)
             self._fences_ready.add(index)
-        return _Route(index, self.shards[index], bucket)
+        return Route(index, self.shards[index], bucket)
 
-    def _guard(self, fn: Callable[[Cursor], T], route: _Route) -> Callable[[Cursor], T]:
+    def _guard(self, fn: Callable[[Cursor], T], route: Route) -> Callable[[Cursor], T]:
         if route.bucket is None:
             return fn
         return fence.guard(fn, route.replica_set.primary, route.bucket, self.fence_table)
@@ -377,7 +244,7 @@ class ShardSet:
         ``key`` picks the shard and is the read-your-writes key. The old order
         ``query(key, sql, params)`` still works, with a ``DeprecationWarning``.
         """
-        key, sql, params, options = _statement("query", args, kwargs)
+        key, sql, params, options = call_order.statement("query", args, kwargs)
         index = self._map.current().shard_for(key)
         token = events.current_shard.set(index)
         try:
@@ -402,8 +269,8 @@ class ShardSet:
         ``Result.rows``, as on ``ReplicaSet``. The old order ``execute(key,
         sql, params)`` still works, with a ``DeprecationWarning``.
         """
-        key, sql, params, options = _statement("execute", args, kwargs)
-        returning = _returning("execute", options)
+        key, sql, params, options = call_order.statement("execute", args, kwargs)
+        returning = call_order.returning("execute", options)
         if not isinstance(self._map.current(), BucketMap):
             index = self.strategy.shard_for(key)
             token = events.current_shard.set(index)
@@ -432,11 +299,11 @@ class ShardSet:
             BucketMoved: still frozen after ``freeze_timeout``, or moved and no
                 ``map_store``/``reload`` was given.
         """
-        key, fn, retries = _transaction("transaction", args, kwargs)
+        key, fn, retries = call_order.transaction("transaction", args, kwargs)
         return self._transact(key, fn, retries)
 
     def _transact(self, key: Any, fn: Callable[[Cursor], T], retries: int) -> T:
-        retry = _FenceRetry(self)
+        retry = FenceRetry(self)
         while True:
             route = self._route(key, self._map.current())
             token = events.current_shard.set(route.index)
@@ -512,7 +379,7 @@ class ShardSet:
 
     async def aquery(self, *args: Any, **kwargs: Any) -> list[Row]:
         """``query`` in a worker thread, so the event loop never blocks."""
-        key, sql, params, options = _statement("aquery", args, kwargs)
+        key, sql, params, options = call_order.statement("aquery", args, kwargs)
         index = (await self._current()).shard_for(key)
         token = events.current_shard.set(index)
         try:
@@ -532,8 +399,8 @@ class ShardSet:
 
     async def aexecute(self, *args: Any, **kwargs: Any) -> Result:
         """``execute`` in a worker thread; reads later in the caller's context see the write."""
-        key, sql, params, options = _statement("aexecute", args, kwargs)
-        returning = _returning("aexecute", options)
+        key, sql, params, options = call_order.statement("aexecute", args, kwargs)
+        returning = call_order.returning("aexecute", options)
         strategy = await self._current()
         if not isinstance(strategy, BucketMap):
             index = strategy.shard_for(key)
@@ -554,13 +421,13 @@ class ShardSet:
 
     async def atransaction(self, *args: Any, **kwargs: Any) -> Any:
         """``transaction`` in a worker thread; reads later in the caller's context see it."""
-        key, fn, retries = _transaction("atransaction", args, kwargs)
+        key, fn, retries = call_order.transaction("atransaction", args, kwargs)
         return await self._atransact(key, fn, retries)
 
     async def _atransact(self, key: Any, fn: Callable[[Cursor], T], retries: int) -> T:
         import anyio
 
-        retry = _FenceRetry(self)
+        retry = FenceRetry(self)
         strategy = await self._current()
         while True:
             route = await run_in_thread(functools.partial(self._route, key, strategy))
@@ -608,10 +475,3 @@ def _writer(sql: str, params: Params, returning: bool) -> Callable[[Cursor], Res
         return cursor.execute(sql, params, returning=returning)
 
     return write
-
-
-def _returning(method: str, options: dict[str, Any]) -> bool:
-    returning = bool(options.pop("returning", False))
-    if options:
-        raise TypeError(f"ShardSet.{method}() got unexpected arguments {sorted(options)}")
-    return returning
