@@ -8,26 +8,29 @@ builds the chain once at start-up (or at the first request, when nothing
 ran the lifespan), checks that every explicit path rule matches a route,
 and keeps scalekit's own paths out of it. Part of the stack: like
 ``stack.py`` it knows every component.
+
+This module holds :class:`Chain`, :class:`Layers` and their middleware; the
+route checks are in :mod:`scalekit._route_checks` (``check_paths_free`` and
+``check_not_shadowed`` are re-exported here) and the conversion of
+declarations into rules in :mod:`scalekit._declarations`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from scalekit._declarations import Shadowed, declared_cache_rules, declared_rules
 from scalekit._identity import IDENTITY_SCOPE_KEY, identity_of
-from scalekit._routes import RouteTemplate
-from scalekit.errors import ConfigurationError
-from scalekit.fastapi import Declared, Shadow, declarations, route_templates
+from scalekit._route_checks import check_not_shadowed, check_paths_free, check_rule_paths
+from scalekit.fastapi import Declared, declarations
 from scalekit.options import CacheOptions, DefaultLimit, RateLimitOptions
 from scalekit.settings import Settings
 
@@ -44,152 +47,6 @@ _logger = structlog.get_logger("scalekit.stack")
 
 IdentityFunction = Callable[[Request], "str | Awaitable[str | None] | None"]
 """``install(identity=...)``: the request in, a user id (or None for anonymous) out."""
-
-
-# -- scalekit's own routes ------------------------------------------------
-
-
-def describe(route: BaseRoute) -> str:
-    """A route as a message names it: ``Route('/x', name='spa')``."""
-    path = getattr(route, "path", None)
-    name = getattr(route, "name", None)
-    return f"{type(route).__name__}({path!r}, name={name!r})"
-
-
-def first_full_match(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
-    """The route Starlette's router gives a GET of ``path`` (the first full match)."""
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
-    for route in routes:
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # a custom converter that raises: the router would fail too
-            continue
-        if match is Match.FULL:
-            return route
-    return None
-
-
-def _probe_path() -> str:
-    return f"/scalekit-probe-{uuid.uuid4().hex}/{uuid.uuid4().hex}"
-
-
-def _culprit(route: BaseRoute, path: str) -> str:
-    """``route`` as a message names it, or the route inside it (an included router) at ``path``."""
-    for template, leaf in route_templates([route]):
-        if template == path and leaf is not route:
-            return describe(getattr(leaf, "original_route", leaf))
-    return describe(route)
-
-
-def check_paths_free(routes: Sequence[BaseRoute], paths: Sequence[str]) -> None:
-    """Refuse to mount over a route of the app meant for one of ``paths``.
-
-    A catch-all (``/{path:path}``, a ``Mount("/")``) is expected and is
-    shadowed on purpose; a route that answers our path but not an arbitrary
-    one is the app's own health or metrics route, and one would hide the other.
-    """
-    probe = _probe_path()
-    for path in paths:
-        for route in routes:
-            if (
-                first_full_match([route], path) is route
-                and first_full_match([route], probe) is None
-            ):
-                raise ConfigurationError(
-                    f"the app already has {_culprit(route, path)} answering {path!r}, where "
-                    "install() "
-                    "mounts scalekit's endpoint: remove it, or mount scalekit's elsewhere "
-                    "(HealthOptions(live_path=..., ready_path=...), Settings(metrics_path=...))"
-                )
-
-
-def check_not_shadowed(routes: Sequence[BaseRoute], ours: Sequence[Route]) -> None:
-    """Fail start-up when a route added in front of ours answers one of our paths."""
-    for route in ours:
-        winner = first_full_match(routes, route.path)
-        if winner is not route:
-            by = "no route" if winner is None else describe(winner)
-            raise ConfigurationError(
-                f"{route.path!r} is answered by {by} instead of scalekit's endpoint: routes were "
-                "put in front of the ones install() mounts; add them with app.add_route or "
-                "include_router (which append) instead of inserting them first"
-            )
-
-
-# -- path rules must match a route ------------------------------------------
-
-_SAMPLES = {
-    "str": "x1",
-    "int": "1",
-    "float": "1.5",
-    "uuid": "00000000-0000-4000-8000-000000000001",
-    "path": "x1/y2",
-}
-
-
-def _sample(template: str) -> str | None:
-    """A path the template matches (None when it uses a converter we cannot fill)."""
-    from starlette.routing import PARAM_REGEX
-
-    unknown = False
-
-    def fill(found: Any) -> str:
-        nonlocal unknown
-        converter = (found.group(2) or ":str")[1:]
-        if converter not in _SAMPLES:
-            unknown = True
-            return ""
-        return _SAMPLES[converter]
-
-    sample = PARAM_REGEX.sub(fill, template)
-    return None if unknown else sample
-
-
-def _first_route_for(routes: Sequence[BaseRoute], path: str) -> BaseRoute | None:
-    """The first route whose path matches ``path``, whatever its methods."""
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
-    for route in routes:
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # a custom converter that raises
-            continue
-        if match is not Match.NONE:
-            return route
-    return None
-
-
-def check_rule_paths(routes: Sequence[BaseRoute], rules: Sequence[tuple[str, str]]) -> None:
-    """Each ``(what, path)`` must cover a route of the app; else name the closest route.
-
-    A rule covers a route when it matches a path of that route, or when a
-    mounted sub-app whose routes cannot be seen (static files, another ASGI
-    app) would receive the rule's path. A catch-all route does not count:
-    a typo behind an SPA's ``/{path:path}`` would otherwise pass silently.
-    """
-    from scalekit._routes import RouteTemplate
-
-    templates = list(route_templates(routes))
-    samples = [_sample(template) for template, _ in templates]
-    probe = _probe_path()
-    for what, path in rules:
-        template = RouteTemplate(path)
-        if any(sample is not None and template.match(sample) is not None for sample in samples):
-            continue
-        own = _sample(path)
-        if own is None:
-            continue  # a custom converter: we cannot tell
-        owner = _first_route_for(routes, own)
-        if isinstance(owner, Mount) and not owner.routes:
-            continue
-        if owner is not None and _first_route_for([owner], probe) is None:
-            continue  # a route answers it (one our samples did not reach)
-        known = sorted({t for t, _ in templates})
-        closest = difflib.get_close_matches(path, known, n=1, cutoff=0.0)
-        hint = f"; the closest route is {closest[0]!r}" if closest else ""
-        raise ConfigurationError(
-            f"{what} path {path!r} matches no route of the app{hint} (router prefixes and "
-            "mounts count; root_path does not)"
-        )
 
 
 # -- the chain -----------------------------------------------------------------
@@ -232,48 +89,6 @@ class _Identity:
         )
 
 
-class _Shadowed:
-    """A declared rule's ``exempt``: the request goes to a route in front of the declaring one.
-
-    A rule declared on ``/users/{user_id}`` must not cover ``GET /users/me``
-    when a ``/users/me`` route comes first: the router sends that request
-    there, so neither the limit nor the cache of the other route applies.
-    Matched as the router matches: the earlier route's full template and its
-    methods (HEAD with GET).
-    """
-
-    __slots__ = ("shadows",)
-
-    def __init__(self, shadows: Sequence[Shadow]) -> None:
-        self.shadows = tuple((RouteTemplate(template), methods) for template, methods in shadows)
-
-    def taken(self, method: str, path: str, root_path: str) -> bool:
-        """Whether an earlier route takes a ``method`` request for ``path``."""
-        return any(
-            (methods is None or method in methods) and template.match(path, root_path) is not None
-            for template, methods in self.shadows
-        )
-
-    def __call__(self, scope: Scope) -> bool:
-        return self.taken(scope["method"], scope["path"], scope.get("root_path", ""))
-
-
-class _DeclaredTemplate(RouteTemplate):
-    """A declared cache rule's matcher: its route's template, minus what earlier routes take."""
-
-    __slots__ = ("shadowed",)
-
-    def __init__(self, template: str, shadowed: _Shadowed) -> None:
-        super().__init__(template)
-        self.shadowed = shadowed
-
-    def match(self, path: str, root_path: str = "") -> dict[str, Any] | None:
-        params = super().match(path, root_path)
-        if params is None or self.shadowed.taken("GET", path, root_path):
-            return None
-        return params
-
-
 def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
     """The default rule's ``exempt``: a request some route-level rule covers.
 
@@ -285,7 +100,7 @@ def _fallback_exemption(route_rules: Sequence[Rule]) -> Callable[[Scope], bool]:
         method, path, root_path = scope["method"], scope["path"], scope.get("root_path", "")
         return any(
             rule.matches(method, path, root_path)
-            and not (isinstance(rule.exempt, _Shadowed) and rule.exempt(scope))
+            and not (isinstance(rule.exempt, Shadowed) and rule.exempt(scope))
             for rule in route_rules
         )
 
@@ -314,7 +129,7 @@ class Chain:
             ConfigurationError: a declaration makes an invalid rule (the message
                 names the route).
         """
-        cache_rules = [*_declared_cache_rules(declared), *self.cache_rules]
+        cache_rules = [*declared_cache_rules(declared), *self.cache_rules]
         chain = below
         cached = None
         if cache_rules:
@@ -331,7 +146,7 @@ class Chain:
                 poll_interval=self.cache.poll_interval,
                 clock=self.clock,
             )
-        limited = self._rate_limited(chain, [*_declared_rules(declared), *self.rate_rules])
+        limited = self._rate_limited(chain, [*declared_rules(declared), *self.rate_rules])
         if cached is not None and limited is not chain and self._one_redis():
             from scalekit.ratelimit import RateLimitMiddleware
 
@@ -399,130 +214,6 @@ class Chain:
             clock=self.clock,
             key_prefix=options.key_prefix,
         )
-
-
-def _rule_name(item: Declared, explicit: str | None, clashes: set[str]) -> str:
-    if explicit:
-        return explicit
-    if item.template in clashes and item.methods:
-        return f"{','.join(sorted(item.methods - {'HEAD'}) or ['HEAD'])} {item.template}"
-    return item.template
-
-
-def _check_http(item: Declared, what: str) -> None:
-    """Refuse a declaration on a WebSocket route, which the limiter and the cache never see."""
-    if isinstance(item.route, WebSocketRoute):
-        raise ConfigurationError(
-            f"{what} on {describe(item.route)}: scalekit limits and caches HTTP requests, and a "
-            "WebSocket connection is not one; limit the HTTP route that hands out its URL or "
-            "token instead"
-        )
-
-
-def _declared_rules(declared: Sequence[Declared]) -> list[Rule]:
-    from scalekit.ratelimit import Rule, client_ip
-
-    counts: dict[str, int] = {}
-    for item in declared:
-        if item.limits:
-            counts[item.template] = counts.get(item.template, 0) + 1
-    clashes = {template for template, count in counts.items() if count > 1}
-    rules: list[Rule] = []
-    for item in declared:
-        if item.limits:
-            _check_http(item, "a limit")
-        for index, declared_limit in enumerate(item.limits):
-            name = _rule_name(item, declared_limit.name, clashes)
-            if index:
-                name = f"{name} #{index + 1}"
-            try:
-                rules.append(
-                    Rule(
-                        declared_limit.rate,
-                        path=item.template,
-                        methods=sorted(item.methods) if item.methods else None,
-                        key=declared_limit.key or client_ip,
-                        count=declared_limit.count,
-                        cost=declared_limit.cost,
-                        exempt=_Shadowed(item.shadows) if item.shadows else None,
-                        on_backend_error=declared_limit.on_backend_error,
-                        name=name,
-                    )
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"limit on {describe(item.route)}: {exc}") from exc
-    return rules
-
-
-def _declared_cache_rules(declared: Sequence[Declared]) -> list[CacheRule]:
-    from scalekit.cache import CacheRule
-
-    rules: list[CacheRule] = []
-    for item in declared:
-        marker = item.cache
-        if marker is None:
-            continue
-        _check_http(item, "@cached")
-        if item.methods is not None and "GET" not in item.methods:
-            # Its rule would cache the GET route at the same path instead.
-            served = ", ".join(sorted(item.methods))
-            raise ConfigurationError(
-                f"@cached on {describe(item.route)}, which serves {served}: only GET (and HEAD) "
-                "responses are cached; put @cached on the GET route (use invalidate_on=... there "
-                "for writes to the path)"
-            )
-        try:
-            rule = CacheRule(
-                item.template,
-                ttl=marker.ttl,
-                stale_ttl=marker.stale_ttl,
-                statuses=marker.statuses,
-                vary_user=marker.vary_user,
-                vary_headers=marker.vary_headers,
-                tags=marker.tags,
-                max_body=marker.max_body,
-                invalidate_on=marker.invalidate_on,
-                name=marker.name,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"@cached on {describe(item.route)}: {exc}") from exc
-        if not rule.vary_user:
-            _check_credentials(item, rule)
-        if item.shadows:
-            # Only what the router sends to this route: not /users/me for /users/{user_id}.
-            matcher = _DeclaredTemplate(rule.path, _Shadowed(item.shadows))
-            object.__setattr__(rule, "pattern", matcher)
-        rules.append(rule)
-    return rules
-
-
-def _check_credentials(item: Declared, rule: CacheRule) -> None:
-    """A rule without ``vary_user`` on a route whose security scheme reads credentials.
-
-    ``Authorization`` and ``Cookie`` make the cache bypass the request, so a
-    route that requires them would never be cached; any other header would
-    not, so one caller's response would be served to the next.
-
-    Raises:
-        ConfigurationError: naming the route, the scheme and the fix.
-    """
-    for credential in item.credentials:
-        where = f"{credential.scheme} reads the {credential.name!r} {credential.location}"
-        if credential.location == "header" and credential.name != "authorization":
-            if credential.name in rule.vary_headers:
-                continue
-            raise ConfigurationError(
-                f"@cached on {describe(item.route)}: {where}, which the cache does not see: "
-                "without vary_user it would serve one caller's response to the next. Set "
-                "vary_user=True and tell install(identity=...) who the caller is, or "
-                f"vary_headers=[{credential.name!r}] to keep one entry per credential"
-            )
-        if credential.location != "query" and credential.required:
-            raise ConfigurationError(
-                f"@cached on {describe(item.route)}: {where}, which every request must carry, "
-                "and a rule without vary_user never caches a request with credentials: set "
-                "vary_user=True (install(identity=...) or auth_backend=... says who calls)"
-            )
 
 
 class _Below:
