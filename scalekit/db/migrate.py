@@ -1,6 +1,7 @@
 """Bucket moves; kept so ``scalekit.db.migrate`` imports keep working.
 
-The code lives in :mod:`scalekit.db.shards.mover` (the steps),
+The code lives in :mod:`scalekit.db.shards.mover` (the entry points; the
+steps in :mod:`scalekit.db.shards.move_steps`),
 :mod:`scalekit.db.shards.rows` (``ShardedTable``) and the rest of
 :mod:`scalekit.db.shards`; import from ``scalekit.db`` or there.
 """

@@ -11,7 +11,9 @@ Where things live:
 * :mod:`.fence_retry` — what a guarded statement does after meeting a fence.
 * :mod:`.dialect` — the SQL that differs between MariaDB/MySQL and SQLite.
 * :mod:`.rows` — ``ShardedTable`` and a bucket's rows on one shard.
-* :mod:`.mover` — ``move_bucket``, ``abort_move``, ``plan_move``: the move steps.
+* :mod:`.mover` — ``move_bucket``, ``abort_move``, ``plan_move``: the move's entry points.
+* :mod:`.move_steps` — ``Move``: the move's steps (copy, sync, verify, flip, open, delete).
+* :mod:`.move_records` — the control table of moves, ``Step`` and the values a move reports.
 * :mod:`.lock` — one mover per bucket at a time.
 * :mod:`.plan` — ``plan``: what a change of strategy moves.
 """

@@ -28,7 +28,7 @@ from scalekit.db import (
     move_bucket,
     plan_move,
 )
-from scalekit.db.shards import Step, mover
+from scalekit.db.shards import Step, move_steps, mover
 
 BUCKETS = 16
 TABLES = [ShardedTable("tasks", "user_id", "id")]
@@ -158,10 +158,10 @@ def test_verification_mismatch_goes_back_to_sync(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = setup.primary(1)
-    original = mover._Move.verify
+    original = move_steps.Move.verify
     calls = 0
 
-    def tamper_then_verify(self: mover._Move) -> Step:
+    def tamper_then_verify(self: move_steps.Move) -> Step:
         nonlocal calls
         calls += 1
         if calls == 1:  # a stray row on the target: sync must remove it
@@ -169,7 +169,7 @@ def test_verification_mismatch_goes_back_to_sync(
                            (setup.users[0],))  # fmt: skip
         return original(self)
 
-    monkeypatch.setattr(mover._Move, "verify", tamper_then_verify)
+    monkeypatch.setattr(move_steps.Move, "verify", tamper_then_verify)
     before = setup.rows(0, setup.users)
     setup.move()
     assert calls == 2
