@@ -12,7 +12,7 @@ import scalekit
 from scalekit.errors import ConfigurationError, ScalekitError
 
 # Internal signals that never leave the module that raises them.
-PRIVATE = {"_UsageError", "_NeverRaised", "_Mismatch", "CheckTimeout"}
+PRIVATE = {"_UsageError", "_NeverRaised", "CheckTimeout"}
 
 
 def exception_classes() -> list[type[BaseException]]:

@@ -40,11 +40,6 @@ MAP_WAIT_MARGIN = 0.1
 different rates, and a poll's own round trip."""
 
 
-class _Mismatch(Exception):
-    def __init__(self, table: str, ours: tuple[int, str], theirs: tuple[int, str]) -> None:
-        super().__init__(f"{table}: source {ours} != target {theirs}")
-
-
 class Move:
     """One bucket's move: the recorded step and a handler per step."""
 
