@@ -248,7 +248,7 @@ class RedisCheck(Check):
 
     Args:
         name: the component name (``"redis"``).
-        url_or_client: a URL (any form :mod:`scalekit._redis` takes: standalone,
+        url_or_client: a URL (any form :mod:`scalekit._redis_url` describes: standalone,
             Sentinel, Cluster) or a client with ``ping()`` (sync or async).
         critical: a failure makes ready answer 503 (default False: the cache
             and rate limiter degrade around a Redis outage).

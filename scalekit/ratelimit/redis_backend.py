@@ -42,7 +42,7 @@ class RedisRateLimitBackend:
     ``PING`` per second closes it as soon as Redis answers.
 
     Args:
-        url: a Redis URL (see :mod:`scalekit._redis`), or an existing asyncio
+        url: a Redis URL (see :mod:`scalekit._redis_url`), or an existing asyncio
             client passed as ``client=``.
         client: use this redis-py asyncio client instead of building one.
         socket_timeout: seconds a call may take before it counts as a failure
